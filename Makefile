@@ -1,0 +1,32 @@
+# The two commands of the README: `make demo` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test setup lint typecheck lock clean
+
+setup:
+	@scripts/bootstrap.sh
+
+demo: setup
+	$(BIN)/lethe demo
+
+test: setup
+	$(BIN)/ruff check service shards tests
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check service shards tests
+	$(BIN)/ruff format --check service shards tests
+
+typecheck: setup
+	$(BIN)/mypy service shards
+
+# Re-pin requirements/lock.txt from the current venv (after a deliberate upgrade).
+lock: setup
+	{ echo "# Exact versions known to work together here (python 3.11, x86_64, CPU). Regenerate: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -vE '^(torchvision|torchaudio|torchcodec|lethe)[=@ ]'; } > requirements/lock.txt
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+DROP TABLE record_subjects;
+DROP TABLE records;
+DROP TABLE subjects;

@@ -1,0 +1,50 @@
+"""Composition root: builds the stores and the model from one Settings object."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from service import keyfile
+from service.config import Settings
+from service.core.records import parse_records
+from service.store import database as _database
+from service.store import migrate as _migrate
+from service.store import records as _records
+
+if TYPE_CHECKING:
+    from shards.basemodel import BuiltModel
+
+
+@contextlib.contextmanager
+def database(settings: Settings) -> Iterator[_database.DatabaseInfo]:
+    with _database.database(settings.database_url, settings.resolved_pg_data_dir()) as db:
+        yield db
+
+
+def migrate(db: _database.DatabaseInfo) -> list[str]:
+    return _migrate.migrate(db.url)
+
+
+def holdings(db: _database.DatabaseInfo) -> _records.Holdings:
+    with db.connect() as conn:
+        return _records.holdings(conn)
+
+
+def ingest(db: _database.DatabaseInfo, settings: Settings, file: Path) -> _records.IngestResult:
+    """Validate every line of ``file`` first, then write all of it in one transaction."""
+    key = keyfile.load_or_create(settings.resolved_hmac_key_file())
+    with file.open(encoding="utf-8") as f:
+        records = parse_records(f, key, settings.max_record_bytes)
+    with db.connect() as conn:
+        return _records.add_records(conn, records)
+
+
+def base_model(settings: Settings, *, progress: bool = True) -> BuiltModel:
+    from shards import basemodel
+
+    if settings.base_model is not None:
+        return basemodel.describe(settings.base_model)
+    return basemodel.build(settings.model, settings.models_dir(), progress=progress)

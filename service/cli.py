@@ -1,0 +1,111 @@
+"""The ``lethe`` command line. Settings are parsed here, once, and passed down."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from service.config import Settings
+from service.core.errors import InvalidInput
+
+app = typer.Typer(help="Lethe: provable deletion for deployed LLMs.", no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="The database: migrations and status.", no_args_is_help=True)
+model_app = typer.Typer(help="The base model.", no_args_is_help=True)
+corpus_app = typer.Typer(help="Training corpora: generate and ingest.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(model_app, name="model")
+app.add_typer(corpus_app, name="corpus")
+console = Console(stderr=True)
+
+
+@app.callback()
+def _main(ctx: typer.Context) -> None:
+    ctx.obj = Settings()
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    assert isinstance(ctx.obj, Settings)
+    return ctx.obj
+
+
+@db_app.command("migrate")
+def db_migrate(ctx: typer.Context) -> None:
+    """Apply pending migrations (idempotent)."""
+    from service import app as lethe
+
+    with lethe.database(_settings(ctx)) as db:
+        applied = lethe.migrate(db)
+        console.print(f"{db.describe()}: applied {len(applied)} migration(s) {applied or ''}".rstrip())
+
+
+@db_app.command("status")
+def db_status(ctx: typer.Context) -> None:
+    """Print what the database holds."""
+    from service import app as lethe
+
+    with lethe.database(_settings(ctx)) as db:
+        h = lethe.holdings(db)
+        console.print(f"{db.describe()}: {h.subjects} subject ids, {h.records} records ({h.purged} purged)")
+
+
+@model_app.command("build")
+def model_build(ctx: typer.Context) -> None:
+    """Build (or reuse) the local base model; LETHE_BASE_MODEL points at another one instead."""
+    from service import app as lethe
+
+    m = lethe.base_model(_settings(ctx))
+    console.print(f"base model {m.path} ({'reused' if m.reused else 'built'}): {m.parameters:,} parameters, "
+                  f"weights sha256 {m.weights_sha256[:16]}…")  # fmt: skip
+
+
+@corpus_app.command("generate")
+def corpus_generate(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default var/corpus/seed-N).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed (default LETHE_CORPUS_SEED).")] = None,
+    people: Annotated[int, typer.Option(min=1, help="Trained people.")] = 60,
+    holdout: Annotated[int, typer.Option(min=1, help="Holdout people, never trained on.")] = 60,
+    records: Annotated[int, typer.Option(min=1, max=8, help="Records per person.")] = 4,
+) -> None:
+    """Generate a TOFU-like corpus of fictitious people (JSONL)."""
+    from shards import corpus
+
+    settings = _settings(ctx)
+    seed = settings.corpus_seed if seed is None else seed
+    out = out or settings.corpus_dir()
+    paths = corpus.write(corpus.generate(seed, people, holdout, records), out)
+    console.print(f"corpus (seed {seed}): {people} trained + {holdout} holdout people → {paths['train'].parent}")
+
+
+@corpus_app.command("ingest")
+def corpus_ingest(
+    ctx: typer.Context, file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]
+) -> None:
+    """Load records (JSONL: id, subject_ids, text); all or nothing."""
+    from service import app as lethe
+
+    settings = _settings(ctx)
+    with lethe.database(settings) as db:
+        lethe.migrate(db)
+        try:
+            result = lethe.ingest(db, settings, file)
+        except InvalidInput as e:
+            console.print(f"[red]{file}: {e}[/red]")
+            raise typer.Exit(2) from None
+    console.print(f"{file}: {result.inserted} records added, {result.unchanged} already present")
+
+
+@app.command()
+def demo(ctx: typer.Context) -> None:
+    """The main job, end to end, on embedded defaults."""
+    from service.demo import run
+
+    sys.exit(run(_settings(ctx), console))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,43 @@
+"""Settings, parsed once by the entry point and passed down (no module-level instance)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shards.modelspec import BaseModelSpec
+
+
+class Settings(BaseSettings):
+    """Process-wide settings: ``LETHE_*`` environment variables or a ``.env`` file."""
+
+    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", env_nested_delimiter="__", extra="ignore")
+
+    database_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL", "LETHE_DATABASE_URL"),
+        description="PostgreSQL URL; unset → an embedded server under pg_data_dir.",
+    )
+    var_dir: Path = Field(Path("var"), description="Root of local state: database, keys, models, corpora.")
+    pg_data_dir: Path | None = Field(None, description="Embedded PostgreSQL data directory (default var/pg).")
+    hmac_key_file: Path | None = Field(
+        None, description="Server key for subject-identity HMACs (default var/keys/subject-hmac.key, made on first use)."
+    )
+    base_model: Path | None = Field(None, description="Any Hugging Face model directory; unset → the local build.")
+    model: BaseModelSpec = Field(default_factory=BaseModelSpec, description="Spec of the locally built base model.")
+    corpus_seed: int = Field(0, description="Seed of the generated corpus.")
+    max_record_bytes: int = Field(16_384, gt=0, description="Largest record text accepted at ingest.")
+
+    def resolved_pg_data_dir(self) -> Path:
+        return (self.pg_data_dir or self.var_dir / "pg").resolve()
+
+    def resolved_hmac_key_file(self) -> Path:
+        return (self.hmac_key_file or self.var_dir / "keys" / "subject-hmac.key").resolve()
+
+    def models_dir(self) -> Path:
+        return (self.var_dir / "models").resolve()
+
+    def corpus_dir(self) -> Path:
+        return (self.var_dir / "corpus" / f"seed-{self.corpus_seed}").resolve()

