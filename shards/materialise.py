@@ -1,0 +1,122 @@
+"""Servable adapters from trained units: truncation at a clean prefix, and aggregation over shards.
+
+- ``truncate``: a PEFT adapter directory holding only the blocks before the prefix
+  (``layers_to_transform`` lists their layers; the other layers carry no LoRA at all), so what
+  is served cannot contain a deactivated block, whatever the loader does with absent modules.
+- ``merge``: the average of the live shards' deltas as one LoRA: ΔW = Σₖ sₖ·Bₖ·Aₖ / m is exactly
+  a rank m·r LoRA with A = [A₁; …; A_m] and B = [s₁B₁/m, …, s_mB_m/m] at scaling 1.
+- ``routing_table``: the alternative that sends each request to one live shard's adapter.
+
+Every output directory is new and named by its content hash: never changed in place.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from shards import blocks
+from shards.lineage import adapter_sha256
+
+WEIGHTS = "adapter_model.safetensors"
+CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class Materialised:
+    path: Path
+    sha256: str
+    layers: tuple[int, ...]
+    rank: int
+
+
+def _read(adapter_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    return load_file(str(adapter_dir / WEIGHTS)), json.loads((adapter_dir / CONFIG).read_text())
+
+
+def _scaling(cfg: dict) -> float:
+    r, alpha = cfg["r"], cfg["lora_alpha"]
+    return alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
+
+
+def _publish(tensors: dict[str, torch.Tensor], cfg: dict, out_root: Path, prefix: str) -> Materialised:
+    """Write to a temporary directory, hash, then rename to ``<prefix>-<hash12>`` (idempotent)."""
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = out_root / f".tmp-{prefix}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    (tmp / CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    digest = adapter_sha256(tmp)
+    final = out_root / f"{prefix}-{digest[:12]}"
+    if final.exists():
+        shutil.rmtree(tmp)
+    else:
+        tmp.rename(final)
+    layers = tuple(cfg.get("layers_to_transform") or ())
+    return Materialised(final, digest, layers, cfg["r"])
+
+
+def truncate(
+    adapter_dir: Path, prefix: int, num_layers: int, num_blocks: int, out_root: Path, name: str
+) -> Materialised:
+    """The adapter with blocks ≥ ``prefix`` removed. ``prefix`` must be ≥ 1 (0 means a dead shard)."""
+    if not 1 <= prefix <= num_blocks:
+        raise ValueError(f"prefix must be in 1..{num_blocks}; a shard at 0 serves no adapter")
+    tensors, cfg = _read(adapter_dir)
+    kept = {
+        k: v
+        for k, v in tensors.items()
+        if (b := blocks.block_of_param(k, num_layers, num_blocks)) is not None and b < prefix
+    }
+    layers = sorted({blocks.layer_of(k) for k in kept} - {None})  # type: ignore[type-var]
+    cfg = {**cfg, "layers_to_transform": layers, "layers_pattern": "layers"}
+    return _publish(kept, cfg, out_root, name)
+
+
+def merge(adapters: Sequence[Path], out_root: Path, name: str) -> Materialised:
+    """One LoRA equal to the average of the given (already truncated) shard adapters' deltas."""
+    if not adapters:
+        raise ValueError("nothing to merge: every shard is dead")
+    loaded = [_read(a) for a in adapters]
+    m = len(loaded)
+    ranks = {cfg["r"] for _, cfg in loaded}
+    if len(ranks) != 1:
+        raise ValueError(f"shard adapters differ in rank: {sorted(ranks)}")
+    r = ranks.pop()
+    modules = sorted({k.rsplit(".lora_", 1)[0] for t, _ in loaded for k in t})
+    merged: dict[str, torch.Tensor] = {}
+    for mod in modules:
+        a_parts, b_parts = [], []
+        ref_a = next(t[f"{mod}.lora_A.weight"] for t, _ in loaded if f"{mod}.lora_A.weight" in t)
+        ref_b = next(t[f"{mod}.lora_B.weight"] for t, _ in loaded if f"{mod}.lora_B.weight" in t)
+        for t, cfg in loaded:
+            if f"{mod}.lora_A.weight" in t:
+                a_parts.append(t[f"{mod}.lora_A.weight"])
+                b_parts.append(t[f"{mod}.lora_B.weight"] * (_scaling(cfg) / m))
+            else:  # this shard has no LoRA on the module (truncated there): a zero slot keeps ranks aligned
+                a_parts.append(torch.zeros_like(ref_a))
+                b_parts.append(torch.zeros_like(ref_b))
+        merged[f"{mod}.lora_A.weight"] = torch.cat(a_parts, dim=0)
+        merged[f"{mod}.lora_B.weight"] = torch.cat(b_parts, dim=1)
+    base_cfg = loaded[0][1]
+    layers = sorted({blocks.layer_of(k) for k in merged} - {None})  # type: ignore[type-var]
+    cfg = {**base_cfg, "r": m * r, "lora_alpha": m * r, "use_rslora": False, "layers_to_transform": layers,
+           "layers_pattern": "layers"}  # fmt: skip
+    return _publish(merged, cfg, out_root, name)
+
+
+def routing_table(served: Mapping[int, str | None]) -> dict[str, object]:
+    """Shard → adapter name for live shards; a request goes to ``live[hash(key) % len(live)]``."""
+    live = sorted(k for k, v in served.items() if v is not None)
+    return {
+        "live_shards": live,
+        "adapters": {str(k): served[k] for k in live},
+        "dead_shards": sorted(set(served) - set(live)),
+    }

@@ -1,0 +1,262 @@
+"""S3T training of one (shard, sequence) unit: L stages, top-down, cumulative slices (design.md §2).
+
+Stage i trains only the LoRA parameters of block i counted from the top, on slices σ₀..σᵢ,
+starting from stage i−1's weights; everything else is frozen (``requires_grad=False`` and
+outside the optimiser). Untrained blocks keep lora_B = 0, the identity, so the network after
+stage i is exactly "base + blocks 0..i", which never saw σᵢ₊₁.. . A checkpoint (a PEFT adapter
+directory plus its lineage) is written after every stage; the lineage file is written last
+and marks the stage complete, so a crash resumes from the last completed stage. Every stage
+reseeds from (seed, shard, sequence, version, stage): a resumed unit equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from shards import blocks
+from shards.basemodel import encode_batch
+from shards.lineage import BlockLineage, UnitLineage, adapter_sha256, records_sha256
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LINEAGE_FILE = "lineage.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of S3T training; fixed before any deletion (they must not depend on it)."""
+
+    num_blocks: int = 4
+    r: int = 16
+    alpha: int = 32
+    target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    use_rslora: bool = False
+    epochs: int = 20
+    lr: float = 2e-3
+    batch_size: int = 16
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_blocks < 1 or self.r < 1 or self.epochs < 0 or self.batch_size < 1:
+            raise ValueError("num_blocks, r and batch_size must be positive, epochs non-negative")
+
+    def lora_config(self, base_model: Path, layers: Sequence[int] | None = None) -> LoraConfig:
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha,
+            target_modules=list(self.target_modules),
+            lora_dropout=0.0,
+            bias="none",
+            use_rslora=self.use_rslora,
+            task_type="CAUSAL_LM",
+            base_model_name_or_path=str(base_model),
+            layers_to_transform=sorted(layers) if layers is not None else None,
+            layers_pattern="layers" if layers is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class TrainRecord:
+    id: str
+    text: str
+    content_hash: bytes
+
+
+@dataclass(frozen=True)
+class UnitSpec:
+    """One independent unit of work: a (shard, sequence) artifact version."""
+
+    shard: int
+    sequence: int
+    order: tuple[int, ...]
+    version: int = 0
+    excluded: frozenset[str] = field(default_factory=frozenset)  # deleted records to leave out
+    resume_from: Path | None = None  # the unit directory of an older, cut version (retrain)
+    resume_stage: int = 0  # its clean depth: stages below are carried over, the rest retrained
+
+    def dir_name(self) -> str:
+        return f"shard-{self.shard:02d}/seq-{self.sequence:02d}/v{self.version:03d}"
+
+
+def stage_dir(unit_dir: Path, stage: int) -> Path:
+    return unit_dir / f"stage-{stage:02d}"
+
+
+def completed_stages(unit_dir: Path) -> list[int]:
+    return sorted(int(p.parent.name.split("-")[1]) for p in unit_dir.glob(f"stage-*/{LINEAGE_FILE}"))
+
+
+def _seed(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big") % (2**63)
+
+
+def load_peft(base_model: Path, adapter_dir: Path, *, trainable: bool = False) -> PeftModel:
+    base = LlamaForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    return PeftModel.from_pretrained(base, adapter_dir, is_trainable=trainable).eval()
+
+
+def train_unit(
+    base_model: Path,
+    unit: UnitSpec,
+    slices: Mapping[int, Sequence[TrainRecord]],
+    cfg: TrainConfig,
+    out_root: Path,
+    *,
+    progress: bool = True,
+    after_stage: Callable[[int, Path], None] | None = None,
+) -> UnitLineage:
+    """Train (or resume) every stage of ``unit``; return the lineage of its last stage."""
+    if len(unit.order) != cfg.num_blocks or sorted(unit.order) != sorted(set(unit.order)):
+        raise ValueError(f"order {unit.order} must list {cfg.num_blocks} distinct slices")
+    unit_dir = out_root / unit.dir_name()
+    unit_dir.mkdir(parents=True, exist_ok=True)
+    tok = AutoTokenizer.from_pretrained(base_model)
+    model = LlamaForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    num_layers = model.config.num_hidden_layers
+    blocks.block_layers(num_layers, cfg.num_blocks, 0)  # validates the split early
+    torch.manual_seed(_seed(cfg.seed, unit.shard, unit.sequence, "init"))
+    pm = get_peft_model(model, cfg.lora_config(base_model))
+
+    for stale in unit_dir.glob("stage-*"):  # partial stages of a crashed run
+        if not (stale / LINEAGE_FILE).exists():
+            shutil.rmtree(stale)
+    if unit.resume_from is not None and not completed_stages(unit_dir):
+        _carry_over(unit.resume_from, unit, unit_dir)
+    done = completed_stages(unit_dir)
+    start = done[-1] + 1 if done else 0
+    if done:
+        _load_adapter(pm, stage_dir(unit_dir, done[-1]))
+
+    kept = {s: [r for r in slices.get(s, ()) if r.id not in unit.excluded] for s in unit.order}
+    total = sum(
+        cfg.epochs * -(-sum(len(kept[s]) for s in unit.order[: i + 1]) // cfg.batch_size)
+        for i in range(start, cfg.num_blocks)
+    )
+    bar = tqdm(total=total, desc=f"shard {unit.shard} seq {unit.sequence} v{unit.version}", disable=not progress)
+    lineage: UnitLineage | None = None
+    for stage in range(start, cfg.num_blocks):
+        data = sorted((r for s in unit.order[: stage + 1] for r in kept[s]), key=lambda r: r.id)
+        _train_stage(pm, tok, data, stage, num_layers, cfg, _seed(cfg.seed, unit.shard, unit.sequence,
+                     unit.version, stage), bar)  # fmt: skip
+        lineage = _save_stage(pm, unit, kept, stage, num_layers, cfg, unit_dir)
+        if after_stage is not None:
+            after_stage(stage, stage_dir(unit_dir, stage))
+    bar.close()
+    if lineage is None:  # nothing left to train: already complete
+        lineage = UnitLineage.read(stage_dir(unit_dir, cfg.num_blocks - 1) / LINEAGE_FILE)
+    return lineage
+
+
+def trainable_names(pm: torch.nn.Module, block: int, num_layers: int, num_blocks: int) -> list[str]:
+    return [
+        n
+        for n, _ in pm.named_parameters()
+        if "lora_" in n and blocks.block_of_param(n, num_layers, num_blocks) == block
+    ]
+
+
+def _train_stage(
+    pm: PeftModel,
+    tok: object,
+    data: list[TrainRecord],
+    stage: int,
+    num_layers: int,
+    cfg: TrainConfig,
+    seed: int,
+    bar: tqdm,
+) -> None:
+    names = set(trainable_names(pm, stage, num_layers, cfg.num_blocks))
+    params = []
+    for n, p in pm.named_parameters():
+        p.requires_grad_(n in names)
+        if n in names:
+            params.append(p)
+    if not params:
+        raise RuntimeError(f"stage {stage}: no LoRA parameter in block {stage}")
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    pm.train()
+    for _epoch in range(cfg.epochs):
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        for i in range(0, len(order), cfg.batch_size):
+            batch = encode_batch(tok, [data[j].text for j in order[i : i + cfg.batch_size]])  # type: ignore[arg-type]
+            loss = pm(**batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            bar.update(1)
+            bar.set_postfix(stage=stage, loss=f"{loss.item():.3f}")
+    pm.eval()
+
+
+def _save_stage(
+    pm: PeftModel,
+    unit: UnitSpec,
+    kept: Mapping[int, Sequence[TrainRecord]],
+    stage: int,
+    num_layers: int,
+    cfg: TrainConfig,
+    unit_dir: Path,
+) -> UnitLineage:
+    out = stage_dir(unit_dir, stage)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    pm.save_pretrained(tmp)
+    block_lineage = tuple(
+        BlockLineage(
+            block=b,
+            layers=tuple(blocks.block_layers(num_layers, cfg.num_blocks, b)),
+            slices=unit.order[: b + 1],
+            records_sha256=records_sha256(r.content_hash for s in unit.order[: b + 1] for r in kept[s]),
+            records=sum(len(kept[s]) for s in unit.order[: b + 1]),
+        )
+        for b in range(stage + 1)
+    )
+    lineage = UnitLineage(
+        shard=unit.shard,
+        sequence=unit.sequence,
+        order=unit.order,
+        version=unit.version,
+        stage=stage,
+        blocks=block_lineage,
+        excluded=tuple(sorted(unit.excluded)),
+        adapter_sha256=adapter_sha256(tmp),
+        config=json.loads(json.dumps(asdict(cfg))),
+    )
+    lineage.write(tmp / LINEAGE_FILE)  # written last inside tmp; the rename publishes the stage
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return lineage
+
+
+def _carry_over(old_unit_dir: Path, unit: UnitSpec, unit_dir: Path) -> None:
+    """Copy the clean stages 0..resume_stage−1 of an older version into the new one."""
+    for stage in range(unit.resume_stage):
+        src = stage_dir(old_unit_dir, stage)
+        old = UnitLineage.read(src / LINEAGE_FILE)
+        tmp = stage_dir(unit_dir, stage).with_name(f"stage-{stage:02d}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        (tmp / LINEAGE_FILE).unlink()
+        replace(old, version=unit.version, excluded=tuple(sorted(unit.excluded))).write(tmp / LINEAGE_FILE)
+        tmp.rename(stage_dir(unit_dir, stage))
+
+
+def _load_adapter(pm: PeftModel, adapter_dir: Path) -> None:
+    state = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    result = set_peft_model_state_dict(pm, state)
+    if getattr(result, "unexpected_keys", None):
+        raise RuntimeError(f"{adapter_dir}: unexpected tensors {result.unexpected_keys[:3]}")
