@@ -13,8 +13,10 @@ from service.core.records import parse_records
 from service.store import database as _database
 from service.store import migrate as _migrate
 from service.store import records as _records
+from shards.placement import Layout
 
 if TYPE_CHECKING:
+    from service.training import TrainingJob
     from shards.basemodel import BuiltModel
 
 
@@ -38,8 +40,28 @@ def ingest(db: _database.DatabaseInfo, settings: Settings, file: Path) -> _recor
     key = keyfile.load_or_create(settings.resolved_hmac_key_file())
     with file.open(encoding="utf-8") as f:
         records = parse_records(f, key, settings.max_record_bytes)
+    layout = Layout(settings.s3t.shards, settings.s3t.slices)
     with db.connect() as conn:
-        return _records.add_records(conn, records)
+        return _records.add_records(conn, records, layout)
+
+
+def resolve_records(
+    db: _database.DatabaseInfo, settings: Settings, records: list[str], subjects: list[str]
+) -> list[str]:
+    """Record ids named directly or through a subject identity (hashed with the server key)."""
+    from service.core.identity import subject_hash
+    from service.store import s3t
+
+    key = keyfile.load_or_create(settings.resolved_hmac_key_file())
+    hashes = [subject_hash(key, s) for s in subjects]
+    with db.connect() as conn:
+        return sorted(set(records) | set(s3t.record_ids_of_subjects(conn, hashes)))
+
+
+def training_job(settings: Settings, base_model_path: Path) -> TrainingJob:
+    from service.training import TrainingJob
+
+    return TrainingJob(base_model_path, settings.artifacts_dir(), settings.s3t, settings.train)
 
 
 def base_model(settings: Settings, *, progress: bool = True) -> BuiltModel:

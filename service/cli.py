@@ -19,6 +19,8 @@ corpus_app = typer.Typer(help="Training corpora: generate and ingest.", no_args_
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(corpus_app, name="corpus")
+simulate_app = typer.Typer(help="Simulations that drive the real planner.", no_args_is_help=True)
+app.add_typer(simulate_app, name="simulate")
 console = Console(stderr=True)
 
 
@@ -97,6 +99,57 @@ def corpus_ingest(
             console.print(f"[red]{file}: {e}[/red]")
             raise typer.Exit(2) from None
     console.print(f"{file}: {result.inserted} records added, {result.unchanged} already present")
+
+
+@app.command()
+def train(ctx: typer.Context) -> None:
+    """Train every S3T unit without a complete live version (and retrain cut ones)."""
+    from service import app as lethe
+    from service import training
+
+    settings = _settings(ctx)
+    model = lethe.base_model(settings)
+    with lethe.database(settings) as db:
+        lethe.migrate(db)
+        done = training.train_all(db, lethe.training_job(settings, model.path))
+    console.print(f"trained {len(done)} unit(s): {done or 'all units already complete'}")
+
+
+@app.command()
+def plan(
+    ctx: typer.Context,
+    record: Annotated[list[str] | None, typer.Option("--record", help="Record id to delete (repeatable).")] = None,
+    subject: Annotated[list[str] | None, typer.Option("--subject", help="Identity type:value (repeatable).")] = None,
+) -> None:
+    """What-if: print the S3T plan if these records or subjects were deleted (changes nothing)."""
+    from service import app as lethe
+    from service import training
+
+    settings = _settings(ctx)
+    with lethe.database(settings) as db:
+        lethe.migrate(db)
+        try:
+            ids = lethe.resolve_records(db, settings, record or [], subject or [])
+        except InvalidInput as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(2) from None
+        print(training.describe(training.plan_for(db, ids)))
+
+
+@simulate_app.command("capacity")
+def simulate_capacity(
+    shards: Annotated[int, typer.Option("-m", "--shards", min=1)] = 5,
+    slices: Annotated[int, typer.Option("-L", "--slices", min=1)] = 4,
+    budget: Annotated[int, typer.Option("-B", "--budget", min=1)] = 4,
+    trials: Annotated[int, typer.Option(min=1)] = 2000,
+    seed: int = 0,
+) -> None:
+    """Expected deletion requests until every shard is dead, against m·L·H_{m·min(B,L)}."""
+    from shards.simulate import capacity
+
+    r = capacity(shards, slices, budget, trials, seed)
+    console.print(f"(m, L, B) = ({shards}, {slices}, {budget}), {trials} trials: mean {r.mean:.1f} ± {r.stdev:.1f} "
+                  f"requests; closed form {r.closed_form:.1f} ({r.relative_error:.1%} apart)")  # fmt: skip
 
 
 @app.command()

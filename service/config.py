@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shards.modelspec import BaseModelSpec
+from shards.specs import BaseModelSpec, S3TSpec, TrainConfig
 
 
 class Settings(BaseSettings):
@@ -28,8 +28,16 @@ class Settings(BaseSettings):
     )
     base_model: Path | None = Field(None, description="Any Hugging Face model directory; unset → the local build.")
     model: BaseModelSpec = Field(default_factory=BaseModelSpec, description="Spec of the locally built base model.")
+    s3t: S3TSpec = Field(default_factory=S3TSpec, description="S3T layout: shards, slices, sequences.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="S3T training hyper-parameters.")
     corpus_seed: int = Field(0, description="Seed of the generated corpus.")
     max_record_bytes: int = Field(16_384, gt=0, description="Largest record text accepted at ingest.")
+
+    @model_validator(mode="after")
+    def _blocks_match_slices(self) -> Settings:
+        if self.train.num_blocks != self.s3t.slices:
+            raise ValueError(f"train.num_blocks ({self.train.num_blocks}) must equal s3t.slices ({self.s3t.slices})")
+        return self
 
     def resolved_pg_data_dir(self) -> Path:
         return (self.pg_data_dir or self.var_dir / "pg").resolve()
@@ -39,6 +47,9 @@ class Settings(BaseSettings):
 
     def models_dir(self) -> Path:
         return (self.var_dir / "models").resolve()
+
+    def artifacts_dir(self) -> Path:
+        return (self.var_dir / "artifacts").resolve()
 
     def corpus_dir(self) -> Path:
         return (self.var_dir / "corpus" / f"seed-{self.corpus_seed}").resolve()

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from shards.corpus import random_sentences
-from shards.modelspec import BUILDER_VERSION, BaseModelSpec
+from shards.specs import BUILDER_VERSION, BaseModelSpec
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2

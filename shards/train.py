@@ -14,13 +14,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
+from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, LlamaForCausalLM
@@ -28,42 +29,9 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from shards import blocks
 from shards.basemodel import encode_batch
 from shards.lineage import BlockLineage, UnitLineage, adapter_sha256, records_sha256
+from shards.specs import TrainConfig
 
-DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LINEAGE_FILE = "lineage.json"
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of S3T training; fixed before any deletion (they must not depend on it)."""
-
-    num_blocks: int = 4
-    r: int = 16
-    alpha: int = 32
-    target_modules: tuple[str, ...] = DEFAULT_TARGETS
-    use_rslora: bool = False
-    epochs: int = 20
-    lr: float = 2e-3
-    batch_size: int = 16
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.num_blocks < 1 or self.r < 1 or self.epochs < 0 or self.batch_size < 1:
-            raise ValueError("num_blocks, r and batch_size must be positive, epochs non-negative")
-
-    def lora_config(self, base_model: Path, layers: Sequence[int] | None = None) -> LoraConfig:
-        return LoraConfig(
-            r=self.r,
-            lora_alpha=self.alpha,
-            target_modules=list(self.target_modules),
-            lora_dropout=0.0,
-            bias="none",
-            use_rslora=self.use_rslora,
-            task_type="CAUSAL_LM",
-            base_model_name_or_path=str(base_model),
-            layers_to_transform=sorted(layers) if layers is not None else None,
-            layers_pattern="layers" if layers is not None else None,
-        )
 
 
 @dataclass(frozen=True)
@@ -94,7 +62,9 @@ def stage_dir(unit_dir: Path, stage: int) -> Path:
 
 
 def completed_stages(unit_dir: Path) -> list[int]:
-    return sorted(int(p.parent.name.split("-")[1]) for p in unit_dir.glob(f"stage-*/{LINEAGE_FILE}"))
+    """Stages whose directory is published (renamed into place, lineage inside)."""
+    found = (re.fullmatch(r"stage-(\d+)", p.parent.name) for p in unit_dir.glob(f"stage-*/{LINEAGE_FILE}"))
+    return sorted(int(m.group(1)) for m in found if m)
 
 
 def _seed(*parts: object) -> int:
@@ -114,6 +84,7 @@ def train_unit(
     out_root: Path,
     *,
     progress: bool = True,
+    position: int = 0,
     after_stage: Callable[[int, Path], None] | None = None,
 ) -> UnitLineage:
     """Train (or resume) every stage of ``unit``; return the lineage of its last stage."""
@@ -129,7 +100,7 @@ def train_unit(
     pm = get_peft_model(model, cfg.lora_config(base_model))
 
     for stale in unit_dir.glob("stage-*"):  # partial stages of a crashed run
-        if not (stale / LINEAGE_FILE).exists():
+        if stale.name.endswith(".tmp") or not (stale / LINEAGE_FILE).exists():
             shutil.rmtree(stale)
     if unit.resume_from is not None and not completed_stages(unit_dir):
         _carry_over(unit.resume_from, unit, unit_dir)
@@ -143,7 +114,8 @@ def train_unit(
         cfg.epochs * -(-sum(len(kept[s]) for s in unit.order[: i + 1]) // cfg.batch_size)
         for i in range(start, cfg.num_blocks)
     )
-    bar = tqdm(total=total, desc=f"shard {unit.shard} seq {unit.sequence} v{unit.version}", disable=not progress)
+    bar = tqdm(total=total, desc=f"shard {unit.shard} seq {unit.sequence} v{unit.version}", disable=not progress,
+               position=position, leave=True, mininterval=1.0)  # fmt: skip
     lineage: UnitLineage | None = None
     for stage in range(start, cfg.num_blocks):
         data = sorted((r for s in unit.order[: stage + 1] for r in kept[s]), key=lambda r: r.id)

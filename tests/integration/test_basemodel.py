@@ -6,7 +6,7 @@ import pytest
 from transformers import AutoTokenizer, LlamaConfig
 
 from shards import basemodel
-from shards.modelspec import BaseModelSpec
+from shards.specs import BaseModelSpec
 
 TINY = BaseModelSpec(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2, vocab_size=400,
                      pretrain_steps=12, batch_size=8)  # fmt: skip

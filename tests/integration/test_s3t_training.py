@@ -14,8 +14,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 from service.core.identity import content_hash
 from shards import basemodel, corpus, materialise, train
 from shards.lineage import UnitLineage, adapter_sha256
-from shards.modelspec import BaseModelSpec
-from shards.train import TrainConfig, TrainRecord, UnitSpec, stage_dir
+from shards.specs import BaseModelSpec, TrainConfig
+from shards.train import TrainRecord, UnitSpec, stage_dir
 
 pytestmark = pytest.mark.slow
 TINY = dict(hidden_size=128, intermediate_size=256, num_heads=2, vocab_size=400, pretrain_steps=3, batch_size=8)
@@ -134,7 +134,8 @@ def test_a_crash_resumes_from_the_last_completed_stage_with_identical_result(mod
         train.train_unit(models[4], unit, slices, CFG, tmp_path, progress=False, after_stage=crash_after_stage_1)
     unit_dir = tmp_path / unit.dir_name()
     assert train.completed_stages(unit_dir) == [0, 1]
-    (unit_dir / "stage-02.tmp").mkdir()  # debris of a crash mid-save is cleared
+    (unit_dir / "stage-02.tmp").mkdir()  # debris of a crash mid-save (before the rename) is cleared
+    (unit_dir / "stage-02.tmp" / train.LINEAGE_FILE).write_text("{}")
     resumed_stages = []
     lineage = train.train_unit(
         models[4], unit, slices, CFG, tmp_path, progress=False, after_stage=lambda s, _: resumed_stages.append(s)

@@ -1,0 +1,130 @@
+"""S3T state in PostgreSQL: units, stage artifacts and their lineage, placement, deleted records."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from shards.lineage import UnitLineage
+
+
+@dataclass(frozen=True)
+class LiveUnit:
+    shard: int
+    sequence: int
+    order: tuple[int, ...]
+    version: int | None  # None: never trained
+    depth: int  # live stages of that version
+    excluded: frozenset[str]
+    path: str | None  # directory of the version's last live stage
+    next_version: int  # versions are never reused, destroyed ones included
+
+
+def layout(conn: psycopg.Connection) -> tuple[int, int] | None:
+    row = conn.execute("SELECT shards, slices FROM s3t_layout").fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def placement(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
+    return {rid: (k, s) for rid, k, s in conn.execute("SELECT id, shard, slice FROM records WHERE shard IS NOT NULL")}
+
+
+def records_by_cell(conn: psycopg.Connection) -> dict[tuple[int, int], list[tuple[str, str, bytes]]]:
+    """Training data: (id, text, content hash) of every placed, unpurged record by (shard, slice)."""
+    out: dict[tuple[int, int], list[tuple[str, str, bytes]]] = {}
+    rows = conn.execute(
+        "SELECT shard, slice, id, text, content_hash FROM records"
+        " WHERE shard IS NOT NULL AND purged_at IS NULL ORDER BY id"
+    )
+    for k, s, rid, text, ch in rows:
+        out.setdefault((k, s), []).append((rid, text, bytes(ch)))
+    return out
+
+
+def deleted_records(conn: psycopg.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT id FROM records WHERE purged_at IS NOT NULL")}
+
+
+def record_ids_of_subjects(conn: psycopg.Connection, subject_hashes: Iterable[bytes]) -> list[str]:
+    rows = conn.execute(
+        "SELECT DISTINCT record_id FROM record_subjects WHERE subject_hash = ANY(%s) ORDER BY record_id",
+        (list(subject_hashes),),
+    )
+    return [r[0] for r in rows]
+
+
+def ensure_units(conn: psycopg.Connection, orders: dict[int, list[tuple[int, ...]]]) -> None:
+    """Record each (shard, sequence)'s slice order; an existing unit must keep its order."""
+    with conn.transaction():
+        for shard, seqs in orders.items():
+            for seq, order in enumerate(seqs):
+                conn.execute(
+                    "INSERT INTO s3t_units (shard, sequence, slice_order) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                    (shard, seq, list(order)),
+                )
+                row = conn.execute(
+                    "SELECT slice_order FROM s3t_units WHERE shard = %s AND sequence = %s", (shard, seq)
+                ).fetchone()
+                if row is None or tuple(row[0]) != order:
+                    raise ValueError(f"unit ({shard}, {seq}) was trained with order {row and row[0]}, not {order}")
+
+
+def register(conn: psycopg.Connection, lineage: UnitLineage, path: str) -> None:
+    conn.execute(
+        """INSERT INTO s3t_artifacts (shard, sequence, version, stage, path, adapter_sha256, lineage)
+           VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (shard, sequence, version, stage) DO NOTHING""",
+        (lineage.shard, lineage.sequence, lineage.version, lineage.stage, path, lineage.adapter_sha256,
+         Jsonb(json.loads(lineage.to_json()))),
+    )  # fmt: skip
+
+
+def live_units(conn: psycopg.Connection) -> list[LiveUnit]:
+    """Every unit with its newest version that still has live stages (or none yet)."""
+    rows = conn.execute(
+        """SELECT u.shard, u.sequence, u.slice_order, a.version, a.depth, a.excluded, a.path,
+                  (SELECT coalesce(max(version) + 1, 0) FROM s3t_artifacts
+                    WHERE shard = u.shard AND sequence = u.sequence)
+             FROM s3t_units u
+             LEFT JOIN LATERAL (
+                 SELECT version, count(*) AS depth,
+                        (array_agg(lineage->'excluded' ORDER BY stage DESC))[1] AS excluded,
+                        (array_agg(path ORDER BY stage DESC))[1] AS path
+                   FROM s3t_artifacts
+                  WHERE shard = u.shard AND sequence = u.sequence AND destroyed_at IS NULL
+                  GROUP BY version ORDER BY version DESC LIMIT 1) a ON true
+            ORDER BY u.shard, u.sequence"""
+    )
+    return [
+        LiveUnit(k, j, tuple(order), v, int(depth or 0), frozenset(excl or ()), path, nxt)
+        for k, j, order, v, depth, excl, path, nxt in rows
+    ]
+
+
+def destroy(conn: psycopg.Connection, shard: int, sequence: int, from_stage: int) -> list[str]:
+    """Mark every version's stages ≥ ``from_stage`` destroyed; return their paths (to delete)."""
+    rows = conn.execute(
+        """UPDATE s3t_artifacts SET destroyed_at = now()
+            WHERE shard = %s AND sequence = %s AND stage >= %s AND destroyed_at IS NULL RETURNING path""",
+        (shard, sequence, from_stage),
+    )
+    return [r[0] for r in rows]
+
+
+def destroy_versions_before(conn: psycopg.Connection, shard: int, sequence: int, version: int) -> list[str]:
+    rows = conn.execute(
+        """UPDATE s3t_artifacts SET destroyed_at = now()
+            WHERE shard = %s AND sequence = %s AND version < %s AND destroyed_at IS NULL RETURNING path""",
+        (shard, sequence, version),
+    )
+    return [r[0] for r in rows]
+
+
+def purge_records(conn: psycopg.Connection, ids: Iterable[str]) -> int:
+    cur = conn.execute(
+        "UPDATE records SET text = NULL, purged_at = now() WHERE id = ANY(%s) AND purged_at IS NULL", (list(ids),)
+    )
+    return cur.rowcount

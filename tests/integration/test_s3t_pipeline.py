@@ -1,0 +1,116 @@
+"""S3T over the database: placement at ingest, training every unit, forgetting, retraining."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from service import app as lethe
+from service import training
+from service.config import Settings
+from service.store import s3t as store
+from shards import basemodel, corpus
+from shards.specs import BaseModelSpec, S3TSpec, TrainConfig
+
+pytestmark = pytest.mark.slow
+TINY = BaseModelSpec(hidden_size=128, intermediate_size=256, num_layers=4, num_heads=2, vocab_size=400,
+                     pretrain_steps=3, batch_size=8)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return basemodel.build(TINY, tmp_path_factory.mktemp("m"), progress=False).path
+
+
+@pytest.fixture
+def s3t_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={
+            "s3t": S3TSpec(shards=2, slices=2, budget=2, workers=2),
+            "train": TrainConfig(num_blocks=2, r=4, alpha=8, epochs=1, batch_size=8),
+        }
+    )
+
+
+def ingest(db, settings, tmp_path, people=8):
+    c = corpus.generate(seed=11, trained=people, holdout=2)
+    paths = corpus.write(c, tmp_path / "corpus")
+    lethe.migrate(db)
+    lethe.ingest(db, settings, paths["train"])
+    return c
+
+
+def test_placement_puts_each_subject_in_one_cell_and_balances_cells(empty_db, s3t_settings, tmp_path):
+    c = ingest(empty_db, s3t_settings, tmp_path, people=10)
+    with psycopg.connect(empty_db.url) as conn:
+        rows = conn.execute("SELECT id, shard, slice FROM records").fetchall()
+    cell_of_person: dict[str, set] = {}
+    for rid, k, s in rows:
+        cell_of_person.setdefault(rid.rsplit("-", 1)[0], set()).add((k, s))
+    assert all(len(cells) == 1 for cells in cell_of_person.values())
+    people_per_cell = Counter(next(iter(cells)) for cells in cell_of_person.values())
+    assert sorted(people_per_cell.values()) == [2, 2, 3, 3]  # 10 people over 4 cells
+    # A second ingest with another layout is refused: the layout is fixed at first ingest.
+    other = s3t_settings.model_copy(update={"s3t": S3TSpec(shards=3, slices=2)})
+    more = tmp_path / "more.jsonl"
+    more.write_text(json.dumps({"id": "x1", "subject_ids": ["email:x@example.org"], "text": "X."}) + "\n")
+    with pytest.raises(Exception, match="fixed at first ingest"):
+        lethe.ingest(empty_db, other, more)
+    assert len(c.trained) == 10
+
+
+def test_train_forget_retrain(empty_db, s3t_settings, tiny_model, tmp_path):
+    c = ingest(empty_db, s3t_settings, tmp_path)
+    job = lethe.training_job(s3t_settings, tiny_model)
+    assert training.train_all(empty_db, job) == [(k, j, 0) for k in range(2) for j in range(2)]
+    assert training.train_all(empty_db, job) == []  # complete: nothing to do
+    with psycopg.connect(empty_db.url) as conn:
+        units = store.live_units(conn)
+        assert [(u.version, u.depth) for u in units] == [(0, 2)] * 4
+        lineages = conn.execute("SELECT path, lineage FROM s3t_artifacts ORDER BY id").fetchall()
+    for path, lineage in lineages:  # the same lineage in PostgreSQL and beside the files
+        assert json.loads((Path(path) / "lineage.json").read_text()) == lineage
+
+    victim = c.trained[0]
+    ids = lethe.resolve_records(empty_db, s3t_settings, [], [f"email:{victim.email.upper()}"])
+    assert ids == sorted(f"{victim.subject_id}-r{i}" for i in range(4))
+    with psycopg.connect(empty_db.url) as conn:
+        shard, sl = store.placement(conn)[ids[0]]
+    p = training.forget(empty_db, ids)
+    assert p.affected == {shard}
+    orders = training.orders_for(s3t_settings.s3t)
+    expected_cut = {j: o.index(sl) for j, o in enumerate(orders)}
+    assert dict(p.shards[shard].tainted) == expected_cut
+    assert p.shards[shard].prefix == max(expected_cut.values())
+    for seq, cut in expected_cut.items():  # tainted stages gone from disk in every sequence
+        unit_dir = job.artifacts / f"shard-{shard:02d}/seq-{seq:02d}/v000"
+        left = sorted(d.name for d in unit_dir.iterdir()) if unit_dir.exists() else []
+        assert left == [f"stage-{i:02d}" for i in range(cut)]
+    with psycopg.connect(empty_db.url) as conn:
+        assert (
+            conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()[0] == 4
+        )
+        live = {(u.shard, u.sequence): u.depth for u in store.live_units(conn)}
+    assert {s: live[(shard, s)] for s in expected_cut} == expected_cut
+    assert all(live[(1 - shard, s)] == 2 for s in range(2))  # the other shard is untouched
+
+    again = training.forget(empty_db, ids)  # idempotent: nothing more to cut
+    assert not again.affected and again.shards[shard].prefix == p.shards[shard].prefix
+
+    served = training.served_adapters(empty_db, again, 4, tmp_path / "served")
+    assert served[1 - shard] is not None
+    assert (served[shard] is None) == (again.shards[shard].prefix == 0)
+
+    retrained = training.train_all(empty_db, job)
+    assert retrained == [(shard, s, 1) for s in sorted(expected_cut)]
+    with psycopg.connect(empty_db.url) as conn:
+        units = {(u.shard, u.sequence): u for u in store.live_units(conn)}
+    for s in range(2):
+        u = units[(shard, s)]
+        assert (u.version, u.depth) == (1, 2) and u.excluded == frozenset(ids)
+        assert not (job.artifacts / f"shard-{shard:02d}/seq-{s:02d}/v000").exists()  # superseded version deleted
+    assert training.plan_for(empty_db, []).shards[shard].prefix == 2
