@@ -72,6 +72,9 @@ class TrainConfig:
     use_rslora: bool = False
     epochs: int = 20
     lr: float = 2e-3
+    warmup_ratio: float = 0.05  # of each stage's steps
+    min_lr_ratio: float = 0.1  # cosine decay floor, as a fraction of lr
+    max_grad_norm: float = 1.0
     batch_size: int = 16
     seed: int = 0
 

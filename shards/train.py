@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import shutil
@@ -157,6 +158,8 @@ def _train_stage(
     if not params:
         raise RuntimeError(f"stage {stage}: no LoRA parameter in block {stage}")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
+    steps = cfg.epochs * -(-len(data) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, steps, cfg))
     rng = random.Random(seed)
     pm.train()
     for _epoch in range(cfg.epochs):
@@ -167,10 +170,21 @@ def _train_stage(
             loss = pm(**batch).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
+            sched.step()
             bar.update(1)
             bar.set_postfix(stage=stage, loss=f"{loss.item():.3f}")
     pm.eval()
+
+
+def _lr_factor(step: int, steps: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak, within each stage."""
+    warmup = max(1, int(cfg.warmup_ratio * steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _save_stage(
