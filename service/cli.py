@@ -21,7 +21,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(corpus_app, name="corpus")
 simulate_app = typer.Typer(help="Simulations that drive the real planner.", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 
 
 @app.callback()

@@ -41,3 +41,13 @@ def auc(members: Sequence[float], nonmembers: Sequence[float]) -> float:
         raise ValueError("need at least one member and one non-member")
     wins = sum((m < n) + 0.5 * (m == n) for m in members for n in nonmembers)
     return wins / (len(members) * len(nonmembers))
+
+
+def calibrated(losses: Mapping[str, float], reference: Mapping[str, float]) -> dict[str, float]:
+    """Reference-calibrated LOSS: a text's loss minus the base model's loss on it.
+
+    Subtracting what the base model already finds easy or hard (common words, rare syllables)
+    leaves what the adapter learnt about that text, which separates members far better when
+    few people are scored (design.md §8).
+    """
+    return {k: losses[k] - reference[k] for k in losses}

@@ -71,7 +71,7 @@ class TrainConfig:
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     use_rslora: bool = False
     epochs: int = 20
-    lr: float = 2e-3
+    lr: float = 3e-3
     warmup_ratio: float = 0.05  # of each stage's steps
     min_lr_ratio: float = 0.1  # cosine decay floor, as a fraction of lr
     max_grad_norm: float = 1.0

@@ -1,0 +1,119 @@
+"""Memorisation and forgetting are real, on the local base model (design.md §8 recipe).
+
+One shard, four slices of 15 people, two sequences, LoRA r16/α32 on q/k/v/o/gate/up/down,
+20 epochs a stage. A LOSS attack scored per person (each record's loss calibrated against the
+base model's, then averaged over the person's records) must separate every slice's people from
+never-trained holdout people before a deletion (AUC ≥ 0.9); after deleting one subject, the
+served clean prefix must forget every dropped slice (AUC ≤ 0.65, the deleted subject's
+included) and keep the surviving ones (≥ 0.9). The background retrain brings the dropped
+slices back. The uncalibrated LOSS AUCs are reported beside them. Figures are written to
+var/test/reports/s3t_forgetting.json for docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import psycopg
+import pytest
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from service import app as lethe
+from service import training
+from shards import corpus, mia, train
+from shards.specs import S3TSpec, TrainConfig
+
+pytestmark = pytest.mark.slow
+REPORT = Path(__file__).resolve().parents[2] / "var" / "test" / "reports" / "s3t_forgetting.json"
+
+
+def record_losses(base_model, adapter, c):
+    model = train.load_peft(base_model, adapter) if adapter else LlamaForCausalLM.from_pretrained(base_model).eval()
+    tok = AutoTokenizer.from_pretrained(base_model)
+    rows = list(c.records(c.trained)) + list(c.records(c.holdout))
+    return dict(zip([r["id"] for r in rows], mia.text_losses(model, tok, [r["text"] for r in rows]), strict=True))
+
+
+def slice_aucs(losses, c, slice_of):
+    """Per-slice AUC of trained people vs holdout people, plus per-person scores."""
+    people = {p.subject_id: [r["id"] for r in c.records([p])] for p in c.trained + c.holdout}
+    scores = mia.person_scores(losses, people)
+    holdout = [scores[p.subject_id] for p in c.holdout]
+    by_slice = {
+        s: mia.auc([scores[p.subject_id] for p in c.trained if slice_of[p.subject_id] == s], holdout) for s in range(4)
+    }
+    return by_slice, scores, holdout
+
+
+def attack(base_model, adapter, c, slice_of, reference):
+    """(calibrated per-slice AUCs, plain per-slice AUCs, plain per-person scores, plain holdout scores)."""
+    losses = record_losses(base_model, adapter, c)
+    calibrated, _, _ = slice_aucs(mia.calibrated(losses, reference), c, slice_of)
+    plain, scores, holdout = slice_aucs(losses, c, slice_of)
+    return calibrated, plain, scores, holdout
+
+
+def test_memorisation_forgetting_and_retrain(empty_db, settings, base_model_path, tmp_path):
+    s = settings.model_copy(update={"s3t": S3TSpec(shards=1, slices=4, budget=2, workers=2), "train": TrainConfig()})
+    c = corpus.generate(seed=0, trained=60, holdout=60)
+    paths = corpus.write(c, tmp_path / "corpus")
+    lethe.migrate(empty_db)
+    lethe.ingest(empty_db, s, paths["train"])
+    job = lethe.training_job(s, base_model_path)
+    training.train_all(empty_db, job)
+    with psycopg.connect(empty_db.url) as conn:
+        slice_of = {rid.rsplit("-", 1)[0]: sl for rid, sl in conn.execute("SELECT id, slice FROM records")}
+    assert sorted(list(slice_of.values()).count(sl) for sl in range(4)) == [15] * 4
+
+    def served_now():
+        p = training.plan_for(empty_db, [])
+        return p, training.served_adapters(empty_db, p, 8, tmp_path / "served")[0]
+
+    reference = record_losses(base_model_path, None, c)
+    plan0, adapter0 = served_now()
+    assert plan0.shards[0].prefix == 4
+    before, before_plain, _, _ = attack(base_model_path, adapter0, c, slice_of, reference)
+    assert min(before.values()) >= 0.9, before
+
+    orders = training.orders_for(s.s3t)  # (0, 1, 2, 3) and (1, 2, 3, 0)
+    victim = next(p for p in c.trained if slice_of[p.subject_id] == orders[0][2])
+    ids = lethe.resolve_records(empty_db, s, [], [f"person:{victim.subject_id}"])
+    cut = training.forget(empty_db, ids)
+    sp = cut.shards[0]
+    assert (sp.sequence, sp.prefix) == (0, 2)
+    dropped, kept = set(orders[0][2:]), set(orders[0][:2])
+    _, adapter1 = served_now()
+    after, after_plain, scores, holdout = attack(base_model_path, adapter1, c, slice_of, reference)
+    assert all(after[sl] <= 0.65 for sl in dropped), after
+    assert all(after[sl] >= 0.9 for sl in kept), after
+    victim_vs_holdout = mia.auc([scores[victim.subject_id]], holdout)
+
+    training.train_all(empty_db, job)  # background retrain on the remaining data
+    plan2, adapter2 = served_now()
+    assert plan2.shards[0].prefix == 4 and plan2.shards[0].version >= 1
+    retrained, retrained_plain, scores2, holdout2 = attack(base_model_path, adapter2, c, slice_of, reference)
+    victim_after_retrain = mia.auc([scores2[victim.subject_id]], holdout2)
+    fifth = statistics.quantiles(holdout2, n=20)[0]
+    assert scores2[victim.subject_id] >= fifth  # the retrain never saw the deleted subject
+    assert min(retrained.values()) >= 0.9, retrained  # dropped slices are back (minus the deleted subject)
+
+    report = {
+        "layout": {"shards": 1, "slices": 4, "budget": 2, "people_per_slice": 15, "holdout_people": 60},
+        "attack": "LOSS, calibrated against the base model, mean over a person's records",
+        "auc_before": before,
+        "plain_loss_auc_before": before_plain,
+        "deleted_subject_slice": orders[0][2],
+        "served_after_deletion": {"sequence": sp.sequence, "prefix": sp.prefix, "dropped_slices": sorted(dropped)},
+        "auc_after_deletion": after,
+        "plain_loss_auc_after_deletion": after_plain,
+        "collateral_people": sum(1 for p in c.trained if slice_of[p.subject_id] in dropped) - 1,
+        "deleted_subject_auc_vs_holdout_after_deletion": victim_vs_holdout,
+        "auc_after_retrain": retrained,
+        "plain_loss_auc_after_retrain": retrained_plain,
+        "deleted_subject_auc_vs_holdout_after_retrain": victim_after_retrain,
+    }
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
