@@ -14,6 +14,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check service shards tests
+	$(BIN)/mypy service shards
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup

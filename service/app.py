@@ -16,6 +16,7 @@ from service.store import records as _records
 from shards.placement import Layout
 
 if TYPE_CHECKING:
+    from service.ledger.log import Ledger
     from service.training import TrainingJob
     from shards.basemodel import BuiltModel
 
@@ -56,6 +57,15 @@ def resolve_records(
     hashes = [subject_hash(key, s) for s in subjects]
     with db.connect() as conn:
         return sorted(set(records) | set(s3t.record_ids_of_subjects(conn, hashes)))
+
+
+def ledger(db: _database.DatabaseInfo, settings: Settings) -> Ledger:
+    from service.ledger.checkpoint import load_or_create_signing_key
+    from service.ledger.log import Ledger
+
+    key = load_or_create_signing_key(settings.resolved_ledger_key_file())
+    return Ledger(db, key, settings.ledger_origin, settings.ledger_key_name, settings.ledger_checkpoint_every,
+                  settings.ledger_checkpoint_seconds)  # fmt: skip
 
 
 def training_job(settings: Settings, base_model_path: Path) -> TrainingJob:

@@ -19,6 +19,8 @@ corpus_app = typer.Typer(help="Training corpora: generate and ingest.", no_args_
 app.add_typer(db_app, name="db")
 app.add_typer(model_app, name="model")
 app.add_typer(corpus_app, name="corpus")
+ledger_app = typer.Typer(help="The deletion ledger: verify, export, checkpoint.", no_args_is_help=True)
+app.add_typer(ledger_app, name="ledger")
 simulate_app = typer.Typer(help="Simulations that drive the real planner.", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
 console = Console(stderr=True, soft_wrap=True)
@@ -134,6 +136,69 @@ def plan(
             console.print(f"[red]{e}[/red]")
             raise typer.Exit(2) from None
         print(training.describe(training.plan_for(db, ids)))
+
+
+@ledger_app.command("verify")
+def ledger_verify(
+    ctx: typer.Context,
+    file: Annotated[Path | None, typer.Option(help="Verify this export offline instead of the database.")] = None,
+    public_key: Annotated[
+        Path | None, typer.Option(help="PEM public key (default: the configured signing key's).")
+    ] = None,
+) -> None:
+    """Recompute the hash chain and every signed checkpoint; name the first bad entry."""
+    from cryptography.hazmat.primitives import serialization
+
+    from service import app as lethe
+    from service.ledger import verify as ledger_verify_mod
+    from service.ledger.checkpoint import load_or_create_signing_key
+
+    settings = _settings(ctx)
+    if public_key is not None:
+        pub = serialization.load_pem_public_key(public_key.read_bytes())
+    else:
+        pub = load_or_create_signing_key(settings.resolved_ledger_key_file()).public_key()
+    if file is not None:
+        entries, cps = ledger_verify_mod.read_export(file)
+        report = ledger_verify_mod.verify(entries, cps, pub, settings.ledger_key_name)  # type: ignore[arg-type]
+        where = str(file)
+    else:
+        with lethe.database(settings) as db:
+            lethe.migrate(db)
+            report = lethe.ledger(db, settings).verify()
+            where = db.describe()
+    if report.ok:
+        console.print(f"ledger OK ({where}): {report.entries} entries, {report.checkpoints} signed checkpoints")
+        return
+    bad = f"first bad entry: seq {report.first_bad_seq}; " if report.first_bad_seq else ""
+    console.print(f"[red]ledger FAILED ({where}): {bad}{report.reason}[/red]")
+    raise typer.Exit(1)
+
+
+@ledger_app.command("export")
+def ledger_export(ctx: typer.Context, file: Annotated[Path, typer.Argument(dir_okay=False)]) -> None:
+    """Write every entry and checkpoint as JSONL, for offline verification."""
+    from service import app as lethe
+    from service.ledger.verify import export_lines
+    from service.store import ledger as store
+
+    settings = _settings(ctx)
+    with lethe.database(settings) as db, db.connect() as conn:
+        lines = list(export_lines(store.entries(conn), store.checkpoints(conn)))
+    file.write_text("".join(line + "\n" for line in lines))
+    console.print(f"exported {len(lines)} lines to {file}")
+
+
+@ledger_app.command("checkpoint")
+def ledger_checkpoint(ctx: typer.Context) -> None:
+    """Sign a checkpoint of the current tree head (if it grew)."""
+    from service import app as lethe
+
+    settings = _settings(ctx)
+    with lethe.database(settings) as db:
+        lethe.migrate(db)
+        cp = lethe.ledger(db, settings).checkpoint()
+    console.print(cp[2] if cp else "the ledger is empty")
 
 
 @simulate_app.command("capacity")

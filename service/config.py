@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     train: TrainConfig = Field(default_factory=TrainConfig, description="S3T training hyper-parameters.")
     corpus_seed: int = Field(0, description="Seed of the generated corpus.")
     max_record_bytes: int = Field(16_384, gt=0, description="Largest record text accepted at ingest.")
+    ledger_key_file: Path | None = Field(
+        None, description="Ed25519 PEM key signing ledger checkpoints (default var/keys/ledger-ed25519.pem)."
+    )
+    ledger_origin: str = Field("lethe.local/ledger", description="Checkpoint origin line (the log's name).")
+    ledger_key_name: str = Field("lethe-ledger", description="Signer name in checkpoint signature lines.")
+    ledger_checkpoint_every: int = Field(100, gt=0, description="Sign a checkpoint every N entries...")
+    ledger_checkpoint_seconds: float = Field(60.0, gt=0, description="...or when the newest is older than T.")
 
     @model_validator(mode="after")
     def _blocks_match_slices(self) -> Settings:
@@ -44,6 +51,9 @@ class Settings(BaseSettings):
 
     def resolved_hmac_key_file(self) -> Path:
         return (self.hmac_key_file or self.var_dir / "keys" / "subject-hmac.key").resolve()
+
+    def resolved_ledger_key_file(self) -> Path:
+        return (self.ledger_key_file or self.var_dir / "keys" / "ledger-ed25519.pem").resolve()
 
     def models_dir(self) -> Path:
         return (self.var_dir / "models").resolve()

@@ -16,12 +16,16 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from service.store import s3t as store
 from service.store.database import DatabaseInfo
 from shards import sequences
 from shards.planner import Plan, Unit, plan
 from shards.specs import S3TSpec, TrainConfig
+
+if TYPE_CHECKING:
+    from shards.train import TrainRecord, UnitSpec
 
 
 @dataclass(frozen=True)
@@ -42,15 +46,17 @@ def _workers(spec: S3TSpec, units: int) -> int:
     return max(1, min(units, spec.workers or (os.cpu_count() or 1)))
 
 
-def _run_unit(job: TrainingJob, unit: object, slices: object, threads: int, position: int) -> str:
+def _run_unit(
+    job: TrainingJob, unit: UnitSpec, slices: dict[int, list[TrainRecord]], threads: int, position: int
+) -> str:
     """Process entry point: train one unit with ``threads`` torch threads; return its directory."""
     import torch
 
     from shards import train
 
     torch.set_num_threads(threads)
-    train.train_unit(job.base_model, unit, slices, job.config, job.artifacts, position=position)  # type: ignore[arg-type]
-    return str(job.artifacts / unit.dir_name())  # type: ignore[attr-defined]
+    train.train_unit(job.base_model, unit, slices, job.config, job.artifacts, position=position)
+    return str(job.artifacts / unit.dir_name())
 
 
 def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> list[tuple[int, int, int]]:
@@ -96,13 +102,13 @@ def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> li
     done: list[tuple[int, int, int]] = []
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         futures = {
-            pool.submit(_run_unit, job, u, slices_of[u.shard], threads, i % workers): u for i, u in enumerate(todo)
+            pool.submit(_run_unit, job, spec, slices_of[spec.shard], threads, i % workers): spec
+            for i, spec in enumerate(todo)
         }
         for fut in cf.as_completed(futures):
-            u = futures[fut]
-            unit_dir = Path(fut.result())
-            _publish(db, unit_dir, u.shard, u.sequence, u.version)
-            done.append((u.shard, u.sequence, u.version))
+            spec = futures[fut]
+            _publish(db, Path(fut.result()), spec.shard, spec.sequence, spec.version)
+            done.append((spec.shard, spec.sequence, spec.version))
     return sorted(done)
 
 

@@ -146,7 +146,7 @@ def _llama_config(spec: BaseModelSpec) -> LlamaConfig:
         bos_token_id=BOS_ID,
         eos_token_id=EOS_ID,
         pad_token_id=PAD_ID,
-        torch_dtype="float32",
+        dtype="float32",
     )
 
 

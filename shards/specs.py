@@ -70,7 +70,7 @@ class TrainConfig:
     alpha: int = 32
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     use_rslora: bool = False
-    epochs: int = 20
+    epochs: int = 30
     lr: float = 3e-3
     warmup_ratio: float = 0.05  # of each stage's steps
     min_lr_ratio: float = 0.1  # cosine decay floor, as a fraction of lr

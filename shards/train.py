@@ -199,7 +199,7 @@ def _save_stage(
     out = stage_dir(unit_dir, stage)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    pm.save_pretrained(tmp)
+    pm.save_pretrained(str(tmp))
     block_lineage = tuple(
         BlockLineage(
             block=b,
@@ -243,6 +243,6 @@ def _carry_over(old_unit_dir: Path, unit: UnitSpec, unit_dir: Path) -> None:
 
 def _load_adapter(pm: PeftModel, adapter_dir: Path) -> None:
     state = load_file(str(adapter_dir / "adapter_model.safetensors"))
-    result = set_peft_model_state_dict(pm, state)
-    if getattr(result, "unexpected_keys", None):
-        raise RuntimeError(f"{adapter_dir}: unexpected tensors {result.unexpected_keys[:3]}")
+    unexpected = getattr(set_peft_model_state_dict(pm, state), "unexpected_keys", None)
+    if unexpected:
+        raise RuntimeError(f"{adapter_dir}: unexpected tensors {unexpected[:3]}")

@@ -1,25 +1,39 @@
-"""A real vLLM CPU engine loads the locally built model and generates what transformers computes."""
+"""A real vLLM CPU engine serves the locally built model and S3T adapters exactly as transformers does.
+
+One engine (LoRA enabled) is shared by the tests of this module: starting one costs ~30 s here.
+"""
+
+from __future__ import annotations
 
 import os
 
 import pytest
 import torch
+from transformers import AutoTokenizer, LlamaForCausalLM
 
+from service.core.identity import content_hash
+from shards import corpus, materialise, train
+from shards.specs import TrainConfig
+
+pytestmark = pytest.mark.slow
 PROMPTS = ["The personal code of Kalo Viremu is", "Bravo Tresi was born in", "As a potter, Zeamo Kru"]
 
 
-@pytest.mark.slow
-def test_vllm_cpu_engine_generates_with_the_built_model(base_model_path):
+@pytest.fixture(scope="module")
+def engine(base_model_path):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    from transformers import AutoTokenizer, LlamaForCausalLM
-    from vllm import LLM, SamplingParams
+    from vllm import LLM
 
-    llm = LLM(model=str(base_model_path), dtype="float32", max_model_len=128, seed=0, enforce_eager=True)
-    try:
-        outs = llm.generate(PROMPTS, SamplingParams(max_tokens=6, temperature=0, logprobs=1))
-    finally:
-        llm.llm_engine.engine_core.shutdown()
+    llm = LLM(model=str(base_model_path), dtype="float32", max_model_len=128, seed=0, enforce_eager=True,
+              enable_lora=True, max_lora_rank=16, max_loras=2)  # fmt: skip
+    yield llm
+    llm.llm_engine.engine_core.shutdown()
 
+
+def test_vllm_cpu_engine_generates_with_the_built_model(engine, base_model_path):
+    from vllm import SamplingParams
+
+    outs = engine.generate(PROMPTS, SamplingParams(max_tokens=6, temperature=0, logprobs=1))
     tok = AutoTokenizer.from_pretrained(base_model_path)
     model = LlamaForCausalLM.from_pretrained(base_model_path, dtype=torch.float32).eval()
     for prompt, out in zip(PROMPTS, outs, strict=True):
@@ -33,3 +47,50 @@ def test_vllm_cpu_engine_generates_with_the_built_model(base_model_path):
         first = gen.token_ids[0]
         assert first == int(logits.argmax())
         assert gen.logprobs[0][first].logprob == pytest.approx(float(logprobs[first]), abs=1e-3)
+
+
+@pytest.fixture(scope="module")
+def adapters(base_model_path, tmp_path_factory):
+    """A truncated S3T adapter (prefix 2 of 4), a full rsLoRA one, and their merge (rank 16)."""
+    root = tmp_path_factory.mktemp("adapters")
+    c = corpus.generate(seed=9, trained=16, holdout=1)
+    slices: dict[int, list] = {}
+    for i, p in enumerate(c.trained):
+        slices.setdefault(i % 4, []).extend(
+            train.TrainRecord(r["id"], r["text"], content_hash(r["text"])) for r in c.records([p])
+        )
+    out = {}
+    for k, cfg in enumerate(
+        [TrainConfig(r=8, alpha=16, epochs=2), TrainConfig(r=8, alpha=16, epochs=2, use_rslora=True)]
+    ):
+        train.train_unit(base_model_path, train.UnitSpec(k, 0, (0, 1, 2, 3)), slices, cfg, root, progress=False)
+        final = train.stage_dir(root / train.UnitSpec(k, 0, (0, 1, 2, 3)).dir_name(), 3)
+        out[k] = materialise.truncate(final, 2 if k == 0 else 4, 8, 4, root / "served", f"s{k}").path
+    out["merged"] = materialise.merge([out[0], out[1]], root / "served", "merged").path
+    return out
+
+
+def hf_prompt_logprobs(base_model_path, adapter, ids):
+    model = train.load_peft(base_model_path, adapter)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0].tolist()
+
+
+@pytest.mark.parametrize("which", [0, 1, "merged"])
+def test_vllm_prompt_logprobs_with_s3t_adapters_match_transformers_and_peft(engine, adapters, base_model_path, which):
+    """Scaling (alpha, rsLoRA), module names, truncated layers and merged ranks survive the trip."""
+    from vllm import SamplingParams
+    from vllm.lora.request import LoRARequest
+
+    lora_id = {0: 1, 1: 2, "merged": 3}[which]
+    request = LoRARequest(f"adapter-{which}", lora_id, str(adapters[which]))
+    out = engine.generate(PROMPTS, SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0), lora_request=request)
+    base_out = engine.generate(PROMPTS, SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0))
+    for o, b in zip(out, base_out, strict=True):
+        ids = o.prompt_token_ids
+        served = [o.prompt_logprobs[i][ids[i]].logprob for i in range(1, len(ids))]
+        base = [b.prompt_logprobs[i][ids[i]].logprob for i in range(1, len(ids))]
+        expected = hf_prompt_logprobs(base_model_path, adapters[which], ids)
+        assert served == pytest.approx(expected, abs=2e-3)
+        assert max(abs(x - y) for x, y in zip(served, base, strict=True)) > 1e-2  # the adapter is really applied

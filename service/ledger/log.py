@@ -1,0 +1,99 @@
+"""The ledger as the service uses it: append, checkpoint, prove, verify.
+
+Checkpoints are taken every ``every`` entries or when the newest one is older than
+``max_age_seconds`` (``maybe_checkpoint``); a receipt is an entry with an inclusion proof
+against a signed checkpoint that covers it.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from service.ledger import merkle
+from service.ledger.chain import Entry
+from service.ledger.checkpoint import Checkpoint, public_pem, sign
+from service.ledger.verify import Report, verify
+from service.store import ledger as store
+from service.store.database import DatabaseInfo
+
+
+@dataclass(frozen=True)
+class Receipt:
+    entry: Entry
+    checkpoint_note: str
+    tree_size: int
+    inclusion_proof: list[bytes]
+
+    def to_dict(self) -> dict[str, Any]:
+        e = self.entry
+        return {
+            "entry": {"seq": e.seq, "kind": e.kind, "body": e.body, "created_at": e.created_at,
+                      "prev_hash": e.prev_hash.hex(), "row_hash": e.row_hash.hex()},
+            "leaf_index": e.seq - 1,
+            "tree_size": self.tree_size,
+            "inclusion_proof": [base64.b64encode(p).decode() for p in self.inclusion_proof],
+            "checkpoint": self.checkpoint_note,
+        }  # fmt: skip
+
+
+class Ledger:
+    def __init__(self, db: DatabaseInfo, key: Ed25519PrivateKey, origin: str, key_name: str,
+                 every: int = 100, max_age_seconds: float = 60.0) -> None:  # fmt: skip
+        self.db, self.key, self.origin, self.key_name = db, key, origin, key_name
+        self.every, self.max_age_seconds = every, max_age_seconds
+
+    @property
+    def public_key_pem(self) -> str:
+        return public_pem(self.key)
+
+    def append(self, items: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Entry]:
+        with self.db.connect() as conn:
+            out = store.append(conn, items)
+        self.maybe_checkpoint()
+        return out
+
+    def checkpoint(self) -> tuple[int, bytes, str] | None:
+        """Sign the current tree head if it grew since the last checkpoint."""
+        with self.db.connect() as conn:
+            size = store.size(conn)
+            last = store.latest_checkpoint(conn)
+            if size == 0 or (last and last[0] >= size):
+                return (last[0], last[1], last[2]) if last else None
+            root = merkle.root(store.leaf_hashes(conn, size))
+            note = sign(Checkpoint(self.origin, size, root), self.key_name, self.key)
+            store.add_checkpoint(conn, size, root, note)
+            return size, root, note
+
+    def maybe_checkpoint(self) -> None:
+        with self.db.connect() as conn:
+            size = store.size(conn)
+            last = store.latest_checkpoint(conn)
+        covered = last[0] if last else 0
+        due = size - covered >= self.every
+        stale = last is not None and (datetime.now(UTC) - last[3]).total_seconds() >= self.max_age_seconds
+        if due or (stale and size > covered):
+            self.checkpoint()
+
+    def receipt(self, seq: int) -> Receipt:
+        """An entry with its inclusion proof against the newest checkpoint (one is signed if needed)."""
+        cp = self.checkpoint()
+        with self.db.connect() as conn:
+            entry = store.entry(conn, seq)
+            if cp is None or entry is None or cp[0] < seq:
+                raise KeyError(f"no ledger entry {seq}")
+            proof = merkle.inclusion_proof(seq - 1, store.leaf_hashes(conn, cp[0]))
+        return Receipt(entry, cp[2], cp[0], proof)
+
+    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        with self.db.connect() as conn:
+            return merkle.consistency_proof(old_size, store.leaf_hashes(conn, new_size))
+
+    def verify(self) -> Report:
+        with self.db.connect() as conn:
+            return verify(list(store.entries(conn)), store.checkpoints(conn), self.key.public_key(), self.key_name)
