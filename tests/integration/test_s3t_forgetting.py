@@ -1,7 +1,7 @@
 """Memorisation and forgetting are real, on the local base model (design.md §8 recipe).
 
 One shard, four slices of 15 people, two sequences, LoRA r16/α32 on q/k/v/o/gate/up/down,
-20 epochs a stage. A LOSS attack scored per person (each record's loss calibrated against the
+30 epochs a stage. A LOSS attack scored per person (each record's loss calibrated against the
 base model's, then averaged over the person's records) must separate every slice's people from
 never-trained holdout people before a deletion (AUC ≥ 0.9); after deleting one subject, the
 served clean prefix must forget every dropped slice (AUC ≤ 0.65, the deleted subject's
@@ -12,6 +12,7 @@ var/test/reports/s3t_forgetting.json for docs/benchmarks.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
 from pathlib import Path
@@ -59,6 +60,10 @@ def test_memorisation_forgetting_and_retrain(empty_db, settings, base_model_path
     s = settings.model_copy(update={"s3t": S3TSpec(shards=1, slices=4, budget=2, workers=2), "train": TrainConfig()})
     c = corpus.generate(seed=0, trained=60, holdout=60)
     paths = corpus.write(c, tmp_path / "corpus")
+    # A fixed server key makes the keyed-hash placement, and so every figure, reproducible.
+    key_file = s.resolved_hmac_key_file()
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_bytes(hashlib.sha256(b"lethe test: s3t forgetting").digest())
     lethe.migrate(empty_db)
     lethe.ingest(empty_db, s, paths["train"])
     job = lethe.training_job(s, base_model_path)
