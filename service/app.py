@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,9 @@ from service.store import records as _records
 from shards.placement import Layout
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from service.core.deletions import Deletions
     from service.ledger.log import Ledger
     from service.training import TrainingJob
     from shards.basemodel import BuiltModel
@@ -28,7 +32,42 @@ def database(settings: Settings) -> Iterator[_database.DatabaseInfo]:
 
 
 def migrate(db: _database.DatabaseInfo) -> list[str]:
-    return _migrate.migrate(db.url)
+    """Lethe's SQL migrations, then the job queue's own schema (procrastinate versions it)."""
+    from service.workflow.queue import ensure_schema
+
+    applied = _migrate.migrate(db.url)
+    ensure_schema(db)
+    return applied
+
+
+class SystemClock:
+    def now(self) -> datetime:
+        return datetime.now(UTC)
+
+
+def deletions_core(db: _database.DatabaseInfo, settings: Settings) -> Deletions:
+    from service.core.deletions import Deletions
+    from service.store.deletions import PgDeletionStore
+    from service.workflow.queue import enqueue_deletion
+
+    key = keyfile.load_or_create(settings.resolved_hmac_key_file())
+    return Deletions(PgDeletionStore(db, enqueue_deletion), SystemClock(), key,
+                     timedelta(days=settings.deletion_deadline_days))  # fmt: skip
+
+
+def rest_app(db: _database.DatabaseInfo, settings: Settings) -> FastAPI:
+    from service.api.rest.app import create_app
+    from service.store.deletions import authenticate
+
+    def ready() -> bool:
+        try:
+            with db.connect(connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except Exception:
+            return False
+
+    return create_app(deletions_core(db, settings), lambda token: authenticate(db, token), ready)
 
 
 def holdings(db: _database.DatabaseInfo) -> _records.Holdings:

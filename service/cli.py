@@ -201,6 +201,58 @@ def ledger_checkpoint(ctx: typer.Context) -> None:
     console.print(cp[2] if cp else "the ledger is empty")
 
 
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    ctx: typer.Context,
+    scope: Annotated[list[str], typer.Option("--scope", help="deletions:write, deletions:read, ledger:read, admin")],
+    name: Annotated[str, typer.Option(help="A label for whom the key is for.")] = "",
+) -> None:
+    """Create an API key; it is printed once (only its hash is stored)."""
+    from service import app as lethe
+    from service.core.deletions import Scope
+    from service.store.deletions import create_api_key
+
+    valid = {s.value for s in Scope}
+    if bad := sorted(set(scope) - valid):
+        console.print(f"[red]unknown scope(s) {bad}; choose from {sorted(valid)}[/red]")
+        raise typer.Exit(2)
+    settings = _settings(ctx)
+    with lethe.database(settings) as db:
+        lethe.migrate(db)
+        print(create_api_key(db, sorted(set(scope)), name))
+
+
+@app.command("api")
+def api(ctx: typer.Context) -> None:
+    """Serve the REST API (and keep the embedded database up while it runs)."""
+    import uvicorn
+
+    from service import app as lethe
+
+    settings = _settings(ctx)
+    with lethe.database(settings) as db:
+        lethe.migrate(db)
+        uvicorn.run(lethe.rest_app(db, settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+
+
+@app.command()
+def worker(
+    ctx: typer.Context, once: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False
+) -> None:
+    """Run the deletion workflow worker."""
+    from service import app as lethe
+    from service.workflow.worker import run_worker
+
+    settings = _settings(ctx)
+    with lethe.database(settings) as db:
+        lethe.migrate(db)
+        run_worker(db, lethe.ledger(db, settings), once=once)
+
+
 @simulate_app.command("capacity")
 def simulate_capacity(
     shards: Annotated[int, typer.Option("-m", "--shards", min=1)] = 5,

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     train: TrainConfig = Field(default_factory=TrainConfig, description="S3T training hyper-parameters.")
     corpus_seed: int = Field(0, description="Seed of the generated corpus.")
     max_record_bytes: int = Field(16_384, gt=0, description="Largest record text accepted at ingest.")
+    deletion_deadline_days: int = Field(30, gt=0, le=90, description="Deadline of a request after receipt.")
+    api_host: str = Field("127.0.0.1", description="REST bind address.")
+    api_port: int = Field(8080, ge=0, le=65535, description="REST port.")
     ledger_key_file: Path | None = Field(
         None, description="Ed25519 PEM key signing ledger checkpoints (default var/keys/ledger-ed25519.pem)."
     )

@@ -1,0 +1,125 @@
+"""The REST edge: FastAPI routes that convert, call the core, convert back. Nothing else."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Annotated
+
+import prometheus_client
+from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api import errors as error_table
+from service.api.rest.models import DeletionIn, DeletionList, DeletionOut, Problem
+from service.core import errors
+from service.core.deletions import Deletions, Principal, Status
+
+MAX_BODY = 1 << 20  # 1 MiB
+PROBLEM = "application/problem+json"
+PROBLEMS = {code: {"model": Problem, "content": {PROBLEM: {}}} for code in (400, 401, 403, 404, 409, 413, 422)}
+
+
+def problem(status: int, title: str, detail: str, type_: str) -> JSONResponse:
+    body = {"type": type_, "title": title, "status": status, "detail": detail}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+
+
+class BodyLimit:
+    """Reject bodies over ``limit`` bytes with 413 before the route reads them."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            resp = problem(413, "Payload too large", f"the body exceeds {self.limit} bytes",
+                           error_table.problem_type(error_table.lookup(errors.PayloadTooLarge())))  # fmt: skip
+            return await resp(scope, receive, send)
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise errors.PayloadTooLarge(f"the body exceeds {self.limit} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    token = authorization.removeprefix("Bearer ").strip() if authorization else None
+    return request.app.state.authenticate(token)  # type: ignore[no-any-return]
+
+
+Auth = Annotated[Principal, Depends(_principal)]
+
+
+def create_app(
+    deletions: Deletions,
+    authenticate: Callable[[str | None], Principal],
+    ready: Callable[[], bool],
+    registry: prometheus_client.CollectorRegistry | None = None,
+) -> FastAPI:
+    app = FastAPI(title="Lethe", version="1", description="Provable deletion for deployed LLMs.",
+                  responses=PROBLEMS)  # type: ignore[arg-type]  # fmt: skip
+    app.state.authenticate = authenticate
+
+    @app.exception_handler(errors.LetheError)
+    async def _lethe_error(_: Request, exc: errors.LetheError) -> JSONResponse:
+        m = error_table.lookup(exc)
+        resp = problem(m.http, m.title, str(exc), error_table.problem_type(m))
+        if m.http == 401:
+            resp.headers["WWW-Authenticate"] = "Bearer"
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return problem(422, "Invalid input", detail, "https://lethe.dev/problems/invalid-input")
+
+    @app.post("/v1/deletions", status_code=201, response_model=DeletionOut, tags=["deletions"])
+    def submit(body: DeletionIn, who: Auth, response: Response,
+               idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> DeletionOut:  # fmt: skip
+        d, created = deletions.submit(body.to_core(), who, idempotency_key)
+        if not created:
+            response.status_code = 200
+        return DeletionOut.from_core(d)
+
+    @app.get("/v1/deletions", response_model=DeletionList, tags=["deletions"])
+    def list_(who: Auth, status: Status | None = None, cursor: Annotated[str | None, Query(max_length=64)] = None,
+              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> DeletionList:  # fmt: skip
+        return DeletionList.from_core(deletions.list(who, status, cursor, limit))
+
+    @app.get("/v1/deletions/{subject_request_id}", response_model=DeletionOut, tags=["deletions"])
+    def get(subject_request_id: uuid.UUID, who: Auth) -> DeletionOut:
+        return DeletionOut.from_core(deletions.get(subject_request_id, who))
+
+    @app.post("/v1/deletions/{subject_request_id}/cancel", response_model=DeletionOut, tags=["deletions"])
+    def cancel(subject_request_id: uuid.UUID, who: Auth) -> DeletionOut:
+        return DeletionOut.from_core(deletions.cancel(subject_request_id, who))
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"model": Problem}})
+    def readyz() -> Response:
+        if ready():
+            return JSONResponse({"status": "ready"})
+        return problem(503, "Not ready", "a dependency is not ready", "https://lethe.dev/problems/not-ready")
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    def metrics() -> Response:
+        data = prometheus_client.generate_latest(registry or prometheus_client.REGISTRY)
+        return Response(data, media_type=prometheus_client.CONTENT_TYPE_LATEST)
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    return app

@@ -1,0 +1,77 @@
+"""REST request and response bodies (OpenDSR-shaped); converters to and from the core."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.core.deletions import Deletion, Page, Status, SubmitDeletion
+
+
+class Identity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    identity_type: str = Field(min_length=1, max_length=64, examples=["email"])
+    identity_value: str = Field(min_length=1, max_length=320, examples=["ada@example.org"])
+    identity_format: Literal["raw"] = "raw"
+
+
+class DeletionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subject_request_id: uuid.UUID
+    subject_request_type: Literal["erasure"]
+    subject_identities: list[Identity] = Field(default_factory=list, max_length=32)
+    submitted_time: datetime | None = None
+    status_callback_urls: list[str] = Field(default_factory=list, max_length=4)
+    record_ids: list[str] = Field(default_factory=list, max_length=1000)
+
+    def to_core(self) -> SubmitDeletion:
+        return SubmitDeletion(
+            subject_request_id=self.subject_request_id,
+            subject_identities=[(i.identity_type, i.identity_value) for i in self.subject_identities],
+            subject_request_type=self.subject_request_type,
+            submitted_time=self.submitted_time,
+            status_callback_urls=self.status_callback_urls,
+            record_ids=self.record_ids,
+        )
+
+
+class DeletionOut(BaseModel):
+    subject_request_id: uuid.UUID
+    subject_request_type: str
+    request_status: Status
+    identity_types: list[str]
+    subject_hashes: list[str] = Field(description="Keyed hashes (HMAC-SHA256) of the identities; never the identities.")
+    received_time: datetime
+    submitted_time: datetime | None
+    expected_completion_time: datetime = Field(description="The deadline: received + the configured period.")
+    updated_time: datetime | None
+    completed_time: datetime | None
+    result: dict[str, Any]
+
+    @classmethod
+    def from_core(cls, d: Deletion) -> DeletionOut:
+        return cls(
+            subject_request_id=d.id, subject_request_type=d.request_type, request_status=d.status,
+            identity_types=list(d.identity_types), subject_hashes=[h.hex() for h in d.subject_hashes],
+            received_time=d.received_time, submitted_time=d.submitted_time, expected_completion_time=d.deadline,
+            updated_time=d.updated_time, completed_time=d.completed_time, result=dict(d.result),
+        )  # fmt: skip
+
+
+class DeletionList(BaseModel):
+    items: list[DeletionOut]
+    next_cursor: str | None
+
+    @classmethod
+    def from_core(cls, page: Page) -> DeletionList:
+        return cls(items=[DeletionOut.from_core(d) for d in page.items], next_cursor=page.next_cursor)
+
+
+class Problem(BaseModel):
+    type: str
+    title: str
+    status: int
+    detail: str

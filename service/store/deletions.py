@@ -1,0 +1,171 @@
+"""Deletion requests in PostgreSQL (the core's DeletionStore port) and API keys.
+
+``create`` does in one transaction: the idempotency check, the request row, its ledger entry
+and the workflow job (``enqueue`` runs on the same connection), so a 2xx is only ever sent for
+a request that is durable, recorded and scheduled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from service.core import errors
+from service.core.deletions import Deletion, Principal, Status
+from service.store import ledger
+from service.store.database import DatabaseInfo
+
+Enqueue = Callable[[psycopg.Connection, uuid.UUID], None]
+_COLUMNS = ("id, request_type, subject_hashes, identity_types, record_ids, submitted_time, received_time, deadline,"
+            " status, callback_urls, updated_time, completed_time, result")  # fmt: skip
+
+
+def _from_row(r: dict[str, Any]) -> Deletion:
+    return Deletion(
+        id=r["id"], request_type=r["request_type"], subject_hashes=tuple(bytes(h) for h in r["subject_hashes"]),
+        identity_types=tuple(r["identity_types"]), record_ids=tuple(r["record_ids"]),
+        submitted_time=r["submitted_time"], received_time=r["received_time"], deadline=r["deadline"],
+        status=Status(r["status"]), callback_urls=tuple(r["callback_urls"]), updated_time=r["updated_time"],
+        completed_time=r["completed_time"], result=r["result"],
+    )  # fmt: skip
+
+
+def ledger_body(d: Deletion) -> dict[str, Any]:
+    """What the ledger keeps of a request: ids, keyed hashes, times. Never an identity in clear."""
+    return {"request": str(d.id), "status": d.status.value, "subject_hashes": [h.hex() for h in d.subject_hashes],
+            "identity_types": list(d.identity_types), "records": len(d.record_ids),
+            "deadline": d.deadline.isoformat()}  # fmt: skip
+
+
+class PgDeletionStore:
+    def __init__(self, db: DatabaseInfo, enqueue: Enqueue) -> None:
+        self.db, self.enqueue = db, enqueue
+
+    def create(
+        self, deletion: Deletion, principal: Principal, idempotency_key: str | None, fingerprint: str
+    ) -> tuple[Deletion, bool]:
+        with self.db.connect() as conn, conn.transaction():
+            if idempotency_key is not None:
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{principal.key_id}:{idempotency_key}",))
+                row = conn.execute(
+                    "SELECT fingerprint, deletion_id FROM idempotency_keys WHERE principal = %s AND key = %s",
+                    (principal.key_id, idempotency_key),
+                ).fetchone()
+                if row is not None:
+                    if row[0] != fingerprint:
+                        raise errors.IdempotencyKeyReused()
+                    existing = self._get(conn, row[1])
+                    assert existing is not None
+                    return existing, False
+            row = conn.execute("SELECT fingerprint FROM deletion_requests WHERE id = %s", (deletion.id,)).fetchone()
+            if row is not None:
+                if row[0] != fingerprint:
+                    raise errors.Conflict(f"deletion request {deletion.id} already exists with other content")
+                existing = self._get(conn, deletion.id)
+                assert existing is not None
+                return existing, False
+            d = deletion
+            conn.execute(
+                "INSERT INTO deletion_requests (id, request_type, subject_hashes, identity_types, record_ids,"
+                " submitted_time, received_time, deadline, status, callback_urls, updated_time, result,"
+                " fingerprint, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (d.id, d.request_type, list(d.subject_hashes), list(d.identity_types), list(d.record_ids),
+                 d.submitted_time, d.received_time, d.deadline, d.status.value, list(d.callback_urls),
+                 d.updated_time, Jsonb(d.result), fingerprint, principal.key_id),
+            )  # fmt: skip
+            if idempotency_key is not None:
+                conn.execute(
+                    "INSERT INTO idempotency_keys (principal, key, fingerprint, deletion_id) VALUES (%s, %s, %s, %s)",
+                    (principal.key_id, idempotency_key, fingerprint, d.id),
+                )
+            ledger.append(conn, [("deletion.submitted", ledger_body(d))])
+            self.enqueue(conn, d.id)
+        return deletion, True
+
+    def get(self, deletion_id: uuid.UUID) -> Deletion | None:
+        with self.db.connect() as conn:
+            return self._get(conn, deletion_id)
+
+    def _get(self, conn: psycopg.Connection, deletion_id: uuid.UUID) -> Deletion | None:
+        with conn.cursor(row_factory=dict_row) as cur:
+            row = cur.execute(f"SELECT {_COLUMNS} FROM deletion_requests WHERE id = %s", (deletion_id,)).fetchone()
+        return _from_row(row) if row else None
+
+    def cancel(self, deletion_id: uuid.UUID, principal: Principal) -> Deletion:
+        with self.db.connect() as conn, conn.transaction():
+            d = lock(conn, deletion_id)
+            if d is None:
+                raise errors.NotFound(f"no deletion request {deletion_id}")
+            if d.status is Status.CANCELLED:
+                return d
+            if d.status is not Status.PENDING:
+                raise errors.NotCancellable(f"deletion request {deletion_id} is {d.status.value}")
+            d = transition(conn, d, Status.CANCELLED, {"cancelled_by": principal.key_id})
+        return d
+
+    def list(self, status: Status | None, after: uuid.UUID | None, limit: int) -> list[Deletion]:
+        with self.db.connect() as conn, conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(
+                f"SELECT {_COLUMNS} FROM deletion_requests WHERE (%s::text IS NULL OR status = %s)"
+                " AND (%s::uuid IS NULL OR id > %s) ORDER BY id LIMIT %s",
+                (status and status.value, status and status.value, after, after, limit),
+            ).fetchall()
+        return [_from_row(r) for r in rows]
+
+
+def lock(conn: psycopg.Connection, deletion_id: uuid.UUID) -> Deletion | None:
+    """The request, locked FOR UPDATE until the caller's transaction ends."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(
+            f"SELECT {_COLUMNS} FROM deletion_requests WHERE id = %s FOR UPDATE", (deletion_id,)
+        ).fetchone()
+    return _from_row(row) if row else None
+
+
+def transition(conn: psycopg.Connection, d: Deletion, status: Status, result: dict[str, Any] | None = None) -> Deletion:
+    """Change a request's status and record it in the ledger, in the caller's transaction."""
+    merged = {**d.result, **(result or {})}
+    row = conn.execute(
+        "UPDATE deletion_requests SET status = %s, result = %s, updated_time = now(),"
+        " completed_time = CASE WHEN %s THEN now() ELSE completed_time END WHERE id = %s"
+        " RETURNING updated_time, completed_time",
+        (status.value, Jsonb(merged), status.final, d.id),
+    ).fetchone()
+    assert row is not None
+    new = d.evolve(status=status, result=merged, updated_time=row[0], completed_time=row[1])
+    ledger.append(conn, [(f"deletion.{status.value}", {**ledger_body(new), **(result or {})})])
+    return new
+
+
+# API keys: "lk_<id>_<secret>"; only sha256(secret) is stored (the secret is 256 random bits).
+
+
+def create_api_key(db: DatabaseInfo, scopes: list[str], name: str = "") -> str:
+    key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
+    with db.connect() as conn:
+        conn.execute(
+            "INSERT INTO api_keys (id, secret_hash, scopes, name) VALUES (%s, %s, %s, %s)",
+            (key_id, hashlib.sha256(secret.encode()).digest(), scopes, name),
+        )
+    return f"lk_{key_id}_{secret}"
+
+
+def authenticate(db: DatabaseInfo, token: str | None) -> Principal:
+    if not token or not token.startswith("lk_") or token.count("_") < 2:
+        raise errors.Unauthenticated()
+    _, key_id, secret = token.split("_", 2)
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT secret_hash, scopes FROM api_keys WHERE id = %s AND revoked_at IS NULL", (key_id,)
+        ).fetchone()
+    if row is None or not hmac.compare_digest(bytes(row[0]), hashlib.sha256(secret.encode()).digest()):
+        raise errors.Unauthenticated()
+    return Principal(key_id, frozenset(row[1]))

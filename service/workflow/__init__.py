@@ -1,0 +1,1 @@
+"""The durable deletion workflow on a PostgreSQL job queue (procrastinate)."""

@@ -1,0 +1,40 @@
+"""The job queue: procrastinate over the same PostgreSQL, and its schema.
+
+Jobs are deferred on the caller's connection (``configure(connection=...)``), so a request
+and its job commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import procrastinate
+import psycopg
+
+from service.store.database import DatabaseInfo
+
+QUEUE = "deletions"
+# The task registry (tasks are declared in service.workflow.steps). Deferring on a caller's
+# connection needs no pool, so it is never opened as is; a worker swaps in a connected
+# connector for its lifetime (service.workflow.worker).
+REGISTRY = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(), import_paths=["service.workflow.steps"])
+
+
+def ensure_schema(db: DatabaseInfo) -> bool:
+    """Apply procrastinate's schema once (it ships and versions its own); True if applied now."""
+    with db.connect() as conn:
+        row = conn.execute("SELECT to_regclass('procrastinate_jobs')").fetchone()
+        if row is not None and row[0] is not None:
+            return False
+    app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=db.url))
+    with app.open():
+        app.schema_manager.apply_schema()
+    return True
+
+
+def enqueue_deletion(conn: psycopg.Connection, deletion_id: uuid.UUID) -> None:
+    """Defer the workflow job for a request, inside the caller's transaction."""
+    from service.workflow import steps
+
+    job = steps.process_deletion.configure(connection=conn, queueing_lock=str(deletion_id))
+    job.defer(deletion_id=str(deletion_id))

@@ -1,0 +1,76 @@
+"""The deletion workflow: one job per request, a sequence of idempotent steps.
+
+resolve (subject hashes → record ids) → plan and cut (S3T planner; tainted stages destroyed in
+every sequence; record text purged) → apply (the clean adapters to serve; replicas follow them
+in the serving issue) → verify (structural proof: no live block's lineage holds a deleted
+record) → complete. Every state change is a ledger entry in the same transaction as the change.
+A crash anywhere re-runs the job (procrastinate retries stalled jobs): finished steps are no-ops.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from service.core.deletions import Status
+from service.store import deletions as store
+from service.store import s3t
+from service.store.database import DatabaseInfo
+from service.workflow.queue import QUEUE, REGISTRY
+
+# Set by the worker's entry point (service.workflow.worker): the database the jobs act on.
+CONTEXT: dict[str, Any] = {}
+
+
+@REGISTRY.task(name="process_deletion", queue=QUEUE, retry=5)
+def process_deletion(deletion_id: str) -> None:
+    run(CONTEXT["db"], uuid.UUID(deletion_id))
+
+
+def run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
+    status = _run(db, deletion_id)
+    if (ledger := CONTEXT.get("ledger")) is not None:
+        ledger.maybe_checkpoint()
+    return status
+
+
+def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
+    from service import training
+
+    with db.connect() as conn, conn.transaction():
+        d = store.lock(conn, deletion_id)
+        if d is None or d.status.final:
+            return d.status if d else Status.FAILED
+        if d.status is Status.PENDING:
+            d = store.transition(conn, d, Status.IN_PROGRESS)
+
+    # resolve: explicit record ids plus every record of the subject hashes
+    with db.connect() as conn:
+        ids = sorted(set(d.record_ids) | set(s3t.record_ids_of_subjects(conn, d.subject_hashes)))
+
+    # plan and cut (idempotent: a re-run finds the cuts applied and the text purged)
+    plan = training.forget(db, ids)
+    summary = {
+        "records": len(ids),
+        "affected_shards": sorted(plan.affected),
+        "dead_shards": sorted(plan.dead),
+        "served": {str(k): {"sequence": p.sequence, "version": p.version, "prefix": p.prefix}
+                   for k, p in sorted(plan.shards.items())},
+    }  # fmt: skip
+
+    # verify: the structural proof, on the state after the cut
+    after = training.plan_for(db, ids)
+    clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
+    with db.connect() as conn:
+        purged = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()[0]  # type: ignore[index]
+    verification = {"lineage_excludes_deleted": clean, "records_purged": purged == len(ids), "method": "exact (S3T)"}
+
+    with db.connect() as conn, conn.transaction():
+        d = store.lock(conn, deletion_id)
+        assert d is not None
+        if d.status.final:
+            return d.status
+        ok = clean and purged == len(ids)
+        d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
+                             {"plan": summary, "verification": verification})  # fmt: skip
+    return d.status

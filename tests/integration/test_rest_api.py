@@ -1,0 +1,173 @@
+"""The REST API on a real uvicorn server on loopback, a real httpx client and real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import httpx
+import psycopg
+import pytest
+import uvicorn
+
+from service import app as lethe
+from service.store.deletions import create_api_key
+
+EMAIL = "ada.lovelace@example.org"
+
+
+@pytest.fixture
+def api(empty_db, settings):
+    lethe.migrate(empty_db)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = uvicorn.Server(uvicorn.Config(lethe.rest_app(empty_db, settings), host="127.0.0.1", port=port,
+                                           log_level="warning"))  # fmt: skip
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    keys = {
+        "writer": create_api_key(empty_db, ["deletions:write", "deletions:read"]),
+        "reader": create_api_key(empty_db, ["deletions:read"]),
+    }
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        yield client, keys, empty_db, settings
+    server.should_exit = True
+    thread.join(10)
+
+
+def auth(key):
+    return {"Authorization": f"Bearer {key}"}
+
+
+def body(**kw):
+    doc = {
+        "subject_request_id": str(uuid.uuid4()),
+        "subject_request_type": "erasure",
+        "subject_identities": [{"identity_type": "email", "identity_value": EMAIL}],
+    }
+    doc.update(kw)
+    return doc
+
+
+def ledger_size(db):
+    with psycopg.connect(db.url) as conn:
+        return conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0]
+
+
+def is_problem(resp, status):
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    doc = resp.json()
+    assert doc["status"] == status and doc["title"] and doc["type"].startswith("https://")
+    return doc
+
+
+def test_submit_get_list_and_the_ledger(api):
+    client, keys, db, _ = api
+    b = body(submitted_time="2026-11-29T10:00:00Z")
+    r = client.post("/v1/deletions", json=b, headers=auth(keys["writer"]))
+    assert r.status_code == 201, r.text
+    d = r.json()
+    assert d["subject_request_id"] == b["subject_request_id"] and d["request_status"] == "pending"
+    assert d["identity_types"] == ["email"] and EMAIL not in r.text
+    assert d["expected_completion_time"] > d["received_time"]
+    assert client.get(f"/v1/deletions/{d['subject_request_id']}", headers=auth(keys["reader"])).json() == d
+    with psycopg.connect(db.url) as conn:
+        kinds = [r[0] for r in conn.execute("SELECT kind FROM ledger_entries ORDER BY seq")]
+        jobs = conn.execute("SELECT args FROM procrastinate_jobs").fetchall()
+        everything = json.dumps(conn.execute(
+            "SELECT json_agg(t) FROM (SELECT * FROM deletion_requests) t").fetchone()[0], default=str)  # fmt: skip
+        ledger_text = json.dumps([r[0] for r in conn.execute("SELECT body FROM ledger_entries")])
+    assert kinds == ["deletion.submitted"]
+    assert jobs == [({"deletion_id": d["subject_request_id"]},)]  # enqueued with the request
+    assert EMAIL not in everything and EMAIL not in ledger_text
+    for _ in range(3):
+        client.post("/v1/deletions", json=body(), headers=auth(keys["writer"]))
+    page1 = client.get("/v1/deletions?limit=3", headers=auth(keys["reader"])).json()
+    page2 = client.get(f"/v1/deletions?limit=3&cursor={page1['next_cursor']}", headers=auth(keys["reader"])).json()
+    ids = [x["subject_request_id"] for x in page1["items"] + page2["items"]]
+    assert len(ids) == len(set(ids)) == 4 and page2["next_cursor"] is None
+
+
+def test_authentication_and_scopes(api):
+    client, keys, db, _ = api
+    is_problem(client.post("/v1/deletions", json=body()), 401)
+    is_problem(client.get("/v1/deletions", headers=auth("lk_0000000000000000_wrong")), 401)
+    is_problem(client.post("/v1/deletions", json=body(), headers=auth(keys["reader"])), 403)
+    assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+    assert ledger_size(db) == 0
+
+
+def test_idempotency_key_replays_and_rejects_a_different_body(api):
+    client, keys, db, _ = api
+    b = body()
+    h = {**auth(keys["writer"]), "Idempotency-Key": "k-1"}
+    first = client.post("/v1/deletions", json=b, headers=h)
+    again = client.post("/v1/deletions", json=b, headers=h)
+    assert (first.status_code, again.status_code) == (201, 200) and first.json() == again.json()
+    before = ledger_size(db)
+    other = client.post("/v1/deletions", json=body(), headers=h)
+    assert is_problem(other, 422)["title"] == "Idempotency-Key reused"
+    same_id_other_body = client.post("/v1/deletions", json={**b, "record_ids": ["x"]}, headers=auth(keys["writer"]))
+    is_problem(same_id_other_body, 409)
+    assert ledger_size(db) == before == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        (b'{"subject_request_id": ', 422),  # malformed JSON
+        (json.dumps({**body(), "extra": 1}).encode(), 422),  # unknown field
+        (json.dumps(body(subject_request_id="not-a-uuid")).encode(), 422),
+        (json.dumps(body(subject_identities=[{"identity_type": "passport", "identity_value": "X1"}])).encode(), 400),
+        (json.dumps(body(subject_request_type="access")).encode(), 422),
+        (json.dumps(body(subject_identities=[])).encode(), 400),
+        (json.dumps(body(record_ids=["r" * 100] * 20000)).encode(), 413),  # over 1 MiB
+    ],
+)
+def test_bad_input_gets_problem_json_and_writes_nothing(api, content, status):
+    client, keys, db, _ = api
+    r = client.post("/v1/deletions", content=content,
+                    headers={**auth(keys["writer"]), "content-type": "application/json"})  # fmt: skip
+    is_problem(r, status)
+    assert ledger_size(db) == 0
+    is_problem(client.get("/v1/deletions/not-a-uuid", headers=auth(keys["reader"])), 422)
+    is_problem(client.get(f"/v1/deletions/{uuid.uuid4()}", headers=auth(keys["reader"])), 404)
+
+
+def test_cancel_only_while_pending_and_the_worker_completes_the_rest(api):
+    client, keys, db, settings = api
+    a, b = body(), body(subject_identities=[{"identity_type": "email", "identity_value": "bob@example.org"}])
+    for x in (a, b):
+        assert client.post("/v1/deletions", json=x, headers=auth(keys["writer"])).status_code == 201
+    r = client.post(f"/v1/deletions/{a['subject_request_id']}/cancel", headers=auth(keys["writer"]))
+    assert r.status_code == 200 and r.json()["request_status"] == "cancelled"
+    env = {**os.environ, "DATABASE_URL": db.url, "LETHE_VAR_DIR": str(settings.var_dir)}
+    proc = subprocess.run([sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    done = client.get(f"/v1/deletions/{b['subject_request_id']}", headers=auth(keys["reader"])).json()
+    assert done["request_status"] == "completed", done
+    assert done["result"]["verification"]["method"] == "exact (S3T)"
+    still = client.get(f"/v1/deletions/{a['subject_request_id']}", headers=auth(keys["reader"])).json()
+    assert still["request_status"] == "cancelled"
+    late = client.post(f"/v1/deletions/{b['subject_request_id']}/cancel", headers=auth(keys["writer"]))
+    is_problem(late, 409)
+    with psycopg.connect(db.url) as conn:
+        kinds = [r[0] for r in conn.execute("SELECT kind FROM ledger_entries ORDER BY seq")]
+    assert kinds == ["deletion.submitted", "deletion.submitted", "deletion.cancelled", "deletion.in_progress",
+                     "deletion.completed"]  # fmt: skip
+    verify = subprocess.run([sys.executable, "-m", "service", "ledger", "verify"], env=env, capture_output=True,
+                            text=True, timeout=120)  # fmt: skip
+    assert verify.returncode == 0 and "ledger OK" in verify.stderr, verify.stderr
