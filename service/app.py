@@ -18,6 +18,7 @@ from shards.placement import Layout
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from grpc import Server
 
     from service.core.deletions import Deletions
     from service.ledger.log import Ledger
@@ -96,6 +97,22 @@ def resolve_records(
     hashes = [subject_hash(key, s) for s in subjects]
     with db.connect() as conn:
         return sorted(set(records) | set(s3t.record_ids_of_subjects(conn, hashes)))
+
+
+def grpc_server(db: _database.DatabaseInfo, settings: Settings, address: str | None = None) -> tuple[Server, int]:
+    """The gRPC server (not started) over the same core as REST; TLS/mTLS when configured."""
+    import grpc
+
+    from service.api.grpc.server import build_server
+    from service.store.deletions import authenticate
+
+    creds = None
+    if settings.grpc_tls_cert and settings.grpc_tls_key:
+        ca = settings.grpc_client_ca.read_bytes() if settings.grpc_client_ca else None
+        creds = grpc.ssl_server_credentials([(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())],
+                                            root_certificates=ca, require_client_auth=ca is not None)  # fmt: skip
+    return build_server(deletions_core(db, settings), ledger(db, settings), lambda token: authenticate(db, token),
+                        address or settings.grpc_address, creds)  # fmt: skip
 
 
 def ledger(db: _database.DatabaseInfo, settings: Settings) -> Ledger:

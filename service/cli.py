@@ -228,7 +228,7 @@ def keys_create(
 
 @app.command("api")
 def api(ctx: typer.Context) -> None:
-    """Serve the REST API (and keep the embedded database up while it runs)."""
+    """Serve the REST and gRPC APIs (and keep the embedded database up while they run)."""
     import uvicorn
 
     from service import app as lethe
@@ -236,7 +236,14 @@ def api(ctx: typer.Context) -> None:
     settings = _settings(ctx)
     with lethe.database(settings) as db:
         lethe.migrate(db)
-        uvicorn.run(lethe.rest_app(db, settings), host=settings.api_host, port=settings.api_port, log_level="warning")
+        server, port = lethe.grpc_server(db, settings)
+        server.start()
+        console.print(f"gRPC on port {port}; REST on http://{settings.api_host}:{settings.api_port}")
+        try:
+            uvicorn.run(lethe.rest_app(db, settings), host=settings.api_host, port=settings.api_port,
+                        log_level="warning")  # fmt: skip
+        finally:
+            server.stop(grace=5).wait()
 
 
 @app.command()

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     deletion_deadline_days: int = Field(30, gt=0, le=90, description="Deadline of a request after receipt.")
     api_host: str = Field("127.0.0.1", description="REST bind address.")
     api_port: int = Field(8080, ge=0, le=65535, description="REST port.")
+    grpc_address: str = Field("127.0.0.1:50051", description="gRPC bind address (host:port).")
+    grpc_tls_cert: Path | None = Field(None, description="PEM server certificate: enables TLS on gRPC.")
+    grpc_tls_key: Path | None = Field(None, description="PEM server key (with grpc_tls_cert).")
+    grpc_client_ca: Path | None = Field(None, description="PEM CA of client certificates: requires mTLS.")
     ledger_key_file: Path | None = Field(
         None, description="Ed25519 PEM key signing ledger checkpoints (default var/keys/ledger-ed25519.pem)."
     )

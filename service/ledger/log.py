@@ -15,6 +15,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from service.core import errors
 from service.ledger import merkle
 from service.ledger.chain import Entry
 from service.ledger.checkpoint import Checkpoint, public_pem, sign
@@ -86,13 +87,21 @@ class Ledger:
         with self.db.connect() as conn:
             entry = store.entry(conn, seq)
             if cp is None or entry is None or cp[0] < seq:
-                raise KeyError(f"no ledger entry {seq}")
+                raise errors.NotFound(f"no ledger entry {seq}")
             proof = merkle.inclusion_proof(seq - 1, store.leaf_hashes(conn, cp[0]))
         return Receipt(entry, cp[2], cp[0], proof)
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         with self.db.connect() as conn:
+            if not 1 <= old_size <= new_size <= store.size(conn):
+                raise errors.InvalidInput("need 1 <= old_size <= new_size <= the ledger's size")
             return merkle.consistency_proof(old_size, store.leaf_hashes(conn, new_size))
+
+    def latest_checkpoint(self) -> tuple[int, bytes, str]:
+        cp = self.checkpoint()
+        if cp is None:
+            raise errors.NotFound("the ledger is empty")
+        return cp
 
     def verify(self) -> Report:
         with self.db.connect() as conn:

@@ -1,0 +1,202 @@
+"""The gRPC edge: servicers that convert, call the same core as REST, convert back.
+
+Errors are translated once, by ``_translated``, through the table in service.api.errors.
+Credentials come as ``authorization: Bearer <key>`` metadata; Idempotency-Key as
+``idempotency-key``. Standard health checking and reflection are served.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from datetime import datetime
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from service.api import errors as error_table
+from service.api.grpc.gen.lethe.v1 import deletion_pb2, deletion_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from service.core import errors
+from service.core.deletions import Deletion, Deletions, Principal, Scope, Status, SubmitDeletion
+from service.ledger.log import Ledger
+
+F = TypeVar("F", bound=Callable[..., Any])
+STATUS_TO_PB = {s: getattr(deletion_pb2, f"DELETION_STATUS_{s.name}") for s in Status}
+PB_TO_STATUS = {v: k for k, v in STATUS_TO_PB.items()}
+MAX_MESSAGE = 1 << 20
+
+
+def _translated(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except errors.LetheError as e:
+            context.abort(getattr(grpc.StatusCode, error_table.lookup(e).grpc), str(e))
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _ts(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if dt is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(dt)
+    return ts
+
+
+def _uuid(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError as e:
+        raise errors.InvalidInput("subject_request_id must be a UUID") from e
+
+
+def to_pb(d: Deletion) -> deletion_pb2.Deletion:
+    result = struct_pb2.Struct()
+    result.update(json.loads(json.dumps(d.result, default=str)))
+    return deletion_pb2.Deletion(
+        subject_request_id=str(d.id), subject_request_type=d.request_type, status=STATUS_TO_PB[d.status],
+        identity_types=list(d.identity_types), subject_hashes=[h.hex() for h in d.subject_hashes],
+        received_time=_ts(d.received_time), submitted_time=_ts(d.submitted_time),
+        expected_completion_time=_ts(d.deadline), updated_time=_ts(d.updated_time),
+        completed_time=_ts(d.completed_time), result=result,
+    )  # fmt: skip
+
+
+class _Edge:
+    def __init__(self, authenticate: Callable[[str | None], Principal]) -> None:
+        self.authenticate = authenticate
+
+    def principal(self, context: grpc.ServicerContext) -> Principal:
+        md = dict(context.invocation_metadata())
+        token = md.get("authorization")
+        return self.authenticate(token.removeprefix("Bearer ").strip() if isinstance(token, str) else None)
+
+
+class DeletionServicer(_Edge, deletion_pb2_grpc.DeletionServiceServicer):
+    def __init__(self, core: Deletions, authenticate: Callable[[str | None], Principal], poll: float = 0.5) -> None:
+        super().__init__(authenticate)
+        self.core, self.poll = core, poll
+
+    @_translated
+    def SubmitDeletion(self, request: Any, context: grpc.ServicerContext) -> deletion_pb2.SubmitDeletionResponse:
+        who = self.principal(context)
+        key = dict(context.invocation_metadata()).get("idempotency-key")
+        if isinstance(key, str) and not 1 <= len(key) <= 255:
+            raise errors.InvalidInput("idempotency-key must be 1..255 characters")
+        cmd = SubmitDeletion(
+            subject_request_id=_uuid(request.subject_request_id),
+            subject_identities=[(i.identity_type, i.identity_value) for i in request.subject_identities],
+            subject_request_type=request.subject_request_type,
+            submitted_time=request.submitted_time.ToDatetime() if request.HasField("submitted_time") else None,
+            status_callback_urls=list(request.status_callback_urls),
+            record_ids=list(request.record_ids),
+        )
+        d, created = self.core.submit(cmd, who, key if isinstance(key, str) else None)
+        return deletion_pb2.SubmitDeletionResponse(deletion=to_pb(d), created=created)
+
+    @_translated
+    def GetDeletion(self, request: Any, context: grpc.ServicerContext) -> deletion_pb2.Deletion:
+        return to_pb(self.core.get(_uuid(request.subject_request_id), self.principal(context)))
+
+    @_translated
+    def CancelDeletion(self, request: Any, context: grpc.ServicerContext) -> deletion_pb2.Deletion:
+        return to_pb(self.core.cancel(_uuid(request.subject_request_id), self.principal(context)))
+
+    @_translated
+    def ListDeletions(self, request: Any, context: grpc.ServicerContext) -> deletion_pb2.ListDeletionsResponse:
+        status = PB_TO_STATUS.get(request.status)
+        page = self.core.list(self.principal(context), status, request.cursor or None, request.limit or 50)
+        return deletion_pb2.ListDeletionsResponse(items=[to_pb(d) for d in page.items],
+                                                  next_cursor=page.next_cursor or "")  # fmt: skip
+
+    def WatchDeletion(self, request: Any, context: grpc.ServicerContext) -> Iterator[deletion_pb2.Deletion]:
+        try:
+            who, rid = self.principal(context), _uuid(request.subject_request_id)
+            last = None
+            while context.is_active():
+                d = self.core.get(rid, who)
+                if d != last:
+                    yield to_pb(d)
+                    last = d
+                if d.status.final:
+                    return
+                time.sleep(self.poll)
+        except errors.LetheError as e:
+            context.abort(getattr(grpc.StatusCode, error_table.lookup(e).grpc), str(e))
+
+
+class LedgerServicer(_Edge, ledger_pb2_grpc.LedgerServiceServicer):
+    def __init__(self, ledger: Ledger, authenticate: Callable[[str | None], Principal]) -> None:
+        super().__init__(authenticate)
+        self.ledger = ledger
+
+    def _allowed(self, context: grpc.ServicerContext) -> None:
+        self.principal(context).require(Scope.LEDGER_READ)
+
+    @_translated
+    def GetReceipt(self, request: Any, context: grpc.ServicerContext) -> ledger_pb2.Receipt:
+        self._allowed(context)
+        r = self.ledger.receipt(request.seq)
+        e = r.entry
+        return ledger_pb2.Receipt(seq=e.seq, kind=e.kind, body_json=json.dumps(e.body, sort_keys=True),
+                                  created_at=e.created_at, prev_hash=e.prev_hash, row_hash=e.row_hash,
+                                  tree_size=r.tree_size, inclusion_proof=r.inclusion_proof,
+                                  checkpoint=r.checkpoint_note)  # fmt: skip
+
+    @_translated
+    def GetInclusionProof(self, request: Any, context: grpc.ServicerContext) -> ledger_pb2.InclusionProof:
+        self._allowed(context)
+        r = self.ledger.receipt(request.seq)
+        return ledger_pb2.InclusionProof(leaf_index=request.seq - 1, tree_size=r.tree_size, hashes=r.inclusion_proof,
+                                         checkpoint=r.checkpoint_note)  # fmt: skip
+
+    @_translated
+    def GetConsistencyProof(self, request: Any, context: grpc.ServicerContext) -> ledger_pb2.ConsistencyProof:
+        self._allowed(context)
+        proof = self.ledger.consistency_proof(request.old_size, request.new_size)
+        return ledger_pb2.ConsistencyProof(old_size=request.old_size, new_size=request.new_size, hashes=proof)
+
+    @_translated
+    def GetCheckpoint(self, request: Any, context: grpc.ServicerContext) -> ledger_pb2.Checkpoint:
+        self._allowed(context)
+        size, root, note = self.ledger.latest_checkpoint()
+        return ledger_pb2.Checkpoint(size=size, root=root, note=note)
+
+    @_translated
+    def GetPublicKey(self, request: Any, context: grpc.ServicerContext) -> ledger_pb2.PublicKey:
+        self._allowed(context)
+        return ledger_pb2.PublicKey(pem=self.ledger.public_key_pem, key_name=self.ledger.key_name,
+                                    origin=self.ledger.origin)  # fmt: skip
+
+
+def build_server(
+    core: Deletions,
+    ledger: Ledger,
+    authenticate: Callable[[str | None], Principal],
+    address: str,
+    credentials: grpc.ServerCredentials | None = None,
+) -> tuple[grpc.Server, int]:
+    """A started-ready (not started) server bound to ``address``; returns it and the bound port."""
+    opts = [("grpc.max_receive_message_length", MAX_MESSAGE)]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=opts)
+    deletion_pb2_grpc.add_DeletionServiceServicer_to_server(DeletionServicer(core, authenticate), server)
+    ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(ledger, authenticate), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", "lethe.v1.DeletionService", "lethe.v1.LedgerService"):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    services = (deletion_pb2.DESCRIPTOR.services_by_name["DeletionService"].full_name,
+                ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name, reflection.SERVICE_NAME,
+                health.SERVICE_NAME)  # fmt: skip
+    reflection.enable_server_reflection(services, server)
+    port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
+    return server, port
