@@ -68,7 +68,7 @@ def rest_app(db: _database.DatabaseInfo, settings: Settings) -> FastAPI:
         except Exception:
             return False
 
-    return create_app(deletions_core(db, settings), lambda token: authenticate(db, token), ready)
+    return create_app(deletions_core(db, settings), ledger(db, settings), lambda token: authenticate(db, token), ready)
 
 
 def holdings(db: _database.DatabaseInfo) -> _records.Holdings:

@@ -39,6 +39,7 @@ def api(empty_db, settings):
     keys = {
         "writer": create_api_key(empty_db, ["deletions:write", "deletions:read"]),
         "reader": create_api_key(empty_db, ["deletions:read"]),
+        "admin": create_api_key(empty_db, ["admin"]),
     }
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         yield client, keys, empty_db, settings
@@ -130,7 +131,7 @@ def test_idempotency_key_replays_and_rejects_a_different_body(api):
         (b'{"subject_request_id": ', 422),  # malformed JSON
         (json.dumps({**body(), "extra": 1}).encode(), 422),  # unknown field
         (json.dumps(body(subject_request_id="not-a-uuid")).encode(), 422),
-        (json.dumps(body(subject_identities=[{"identity_type": "passport", "identity_value": "X1"}])).encode(), 400),
+        (json.dumps(body(subject_identities=[{"identity_type": "passport", "identity_value": "X1"}])).encode(), 422),
         (json.dumps(body(subject_request_type="access")).encode(), 422),
         (json.dumps(body(subject_identities=[])).encode(), 400),
         (json.dumps(body(record_ids=["r" * 100] * 20000)).encode(), 413),  # over 1 MiB

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import Callable
 from typing import Annotated
 
 import prometheus_client
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Send
+from starlette.types import Scope as ASGIScope
 
 from service.api import errors as error_table
-from service.api.rest.models import DeletionIn, DeletionList, DeletionOut, Problem
+from service.api.rest.models import (
+    CheckpointOut,
+    ConsistencyOut,
+    DeletionIn,
+    DeletionList,
+    DeletionOut,
+    Problem,
+    PublicKeyOut,
+    ReceiptOut,
+)
 from service.core import errors
-from service.core.deletions import Deletions, Principal, Status
+from service.core.deletions import Deletions, Principal, Scope, Status
+from service.ledger.log import Ledger
 
 MAX_BODY = 1 << 20  # 1 MiB
 PROBLEM = "application/problem+json"
@@ -33,7 +46,7 @@ class BodyLimit:
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
@@ -64,6 +77,7 @@ Auth = Annotated[Principal, Depends(_principal)]
 
 def create_app(
     deletions: Deletions,
+    ledger: Ledger,
     authenticate: Callable[[str | None], Principal],
     ready: Callable[[], bool],
     registry: prometheus_client.CollectorRegistry | None = None,
@@ -79,6 +93,14 @@ def create_app(
         if m.http == 401:
             resp.headers["WWW-Authenticate"] = "Bearer"
         return resp
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        titles = {400: "Invalid input", 404: "Not found", 405: "Method not allowed"}
+        title = titles.get(exc.status_code, "HTTP error")
+        return problem(
+            exc.status_code, title, str(exc.detail), f"https://lethe.dev/problems/{title.lower().replace(' ', '-')}"
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -105,6 +127,32 @@ def create_app(
     @app.post("/v1/deletions/{subject_request_id}/cancel", response_model=DeletionOut, tags=["deletions"])
     def cancel(subject_request_id: uuid.UUID, who: Auth) -> DeletionOut:
         return DeletionOut.from_core(deletions.cancel(subject_request_id, who))
+
+    @app.get("/v1/ledger/entries/{seq}/receipt", response_model=ReceiptOut, tags=["ledger"])
+    def receipt(seq: Annotated[int, Path(ge=1, le=2**62)], who: Auth) -> ReceiptOut:
+        who.require(Scope.LEDGER_READ)
+        doc = ledger.receipt(seq).to_dict()
+        return ReceiptOut(**doc.pop("entry"), **doc)
+
+    @app.get("/v1/ledger/proofs/consistency", response_model=ConsistencyOut, tags=["ledger"])
+    def consistency(old_size: Annotated[int, Query(ge=1, le=2**62)], new_size: Annotated[int, Query(ge=1, le=2**62)],
+                    who: Auth) -> ConsistencyOut:  # fmt: skip
+        who.require(Scope.LEDGER_READ)
+        hashes = ledger.consistency_proof(old_size, new_size)
+        return ConsistencyOut(
+            old_size=old_size, new_size=new_size, hashes=[base64.b64encode(h).decode() for h in hashes]
+        )
+
+    @app.get("/v1/ledger/checkpoint", response_model=CheckpointOut, tags=["ledger"])
+    def checkpoint(who: Auth) -> CheckpointOut:
+        who.require(Scope.LEDGER_READ)
+        size, root, note = ledger.latest_checkpoint()
+        return CheckpointOut(size=size, root=base64.b64encode(root).decode(), note=note)
+
+    @app.get("/v1/ledger/public-key", response_model=PublicKeyOut, tags=["ledger"])
+    def public_key(who: Auth) -> PublicKeyOut:
+        who.require(Scope.LEDGER_READ)
+        return PublicKeyOut(pem=ledger.public_key_pem, key_name=ledger.key_name, origin=ledger.origin)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -13,7 +13,7 @@ from service.core.deletions import Deletion, Page, Status, SubmitDeletion
 
 class Identity(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    identity_type: str = Field(min_length=1, max_length=64, examples=["email"])
+    identity_type: Literal["email", "person", "phone", "controller_customer_id"] = Field(examples=["email"])
     identity_value: str = Field(min_length=1, max_length=320, examples=["ada@example.org"])
     identity_format: Literal["raw"] = "raw"
 
@@ -75,3 +75,34 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+
+
+class ReceiptOut(BaseModel):
+    seq: int
+    kind: str
+    body: dict[str, Any]
+    created_at: str
+    prev_hash: str
+    row_hash: str
+    leaf_index: int
+    tree_size: int
+    inclusion_proof: list[str] = Field(description="Base64 SHA-256 node hashes, leaf to root (RFC 6962 PATH).")
+    checkpoint: str = Field(description="C2SP signed note covering tree_size.")
+
+
+class ConsistencyOut(BaseModel):
+    old_size: int
+    new_size: int
+    hashes: list[str]
+
+
+class CheckpointOut(BaseModel):
+    size: int
+    root: str
+    note: str
+
+
+class PublicKeyOut(BaseModel):
+    pem: str
+    key_name: str
+    origin: str
