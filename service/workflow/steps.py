@@ -9,6 +9,9 @@ A crash anywhere re-runs the job (procrastinate retries stalled jobs): finished 
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 import uuid
 from typing import Any
 
@@ -34,21 +37,36 @@ def run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
     return status
 
 
+STEPS = ("claim", "resolve", "cut", "verify", "complete")
+
+
+def _crash_point(step: str) -> None:
+    """Fault injection for the crash tests: LETHE_CRASH_AT=<step> kills the worker right after it."""
+    if os.environ.get("LETHE_CRASH_AT") == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
     from service import training
 
+    timings: dict[str, float] = {}
+    t = time.perf_counter()
     with db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         if d is None or d.status.final:
             return d.status if d else Status.FAILED
         if d.status is Status.PENDING:
             d = store.transition(conn, d, Status.IN_PROGRESS)
+    timings["claim"] = time.perf_counter() - t
+    _crash_point("claim")
 
-    # resolve: explicit record ids plus every record of the subject hashes
+    t = time.perf_counter()  # resolve: explicit record ids plus every record of the subject hashes
     with db.connect() as conn:
         ids = sorted(set(d.record_ids) | set(s3t.record_ids_of_subjects(conn, d.subject_hashes)))
+    timings["resolve"] = time.perf_counter() - t
+    _crash_point("resolve")
 
-    # plan and cut (idempotent: a re-run finds the cuts applied and the text purged)
+    t = time.perf_counter()  # plan and cut (idempotent: a re-run finds the cuts applied and the text purged)
     plan = training.forget(db, ids)
     summary = {
         "records": len(ids),
@@ -57,13 +75,18 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
         "served": {str(k): {"sequence": p.sequence, "version": p.version, "prefix": p.prefix}
                    for k, p in sorted(plan.shards.items())},
     }  # fmt: skip
+    timings["cut"] = time.perf_counter() - t
+    _crash_point("cut")
 
-    # verify: the structural proof, on the state after the cut
+    t = time.perf_counter()  # verify: the structural proof, on the state after the cut
     after = training.plan_for(db, ids)
     clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
     with db.connect() as conn:
-        purged = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()[0]  # type: ignore[index]
+        row = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()
+    purged = row[0] if row else 0
     verification = {"lineage_excludes_deleted": clean, "records_purged": purged == len(ids), "method": "exact (S3T)"}
+    timings["verify"] = time.perf_counter() - t
+    _crash_point("verify")
 
     with db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
@@ -72,5 +95,7 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             return d.status
         ok = clean and purged == len(ids)
         d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
-                             {"plan": summary, "verification": verification})  # fmt: skip
+                             {"plan": summary, "verification": verification,
+                              "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip
+    _crash_point("complete")
     return d.status

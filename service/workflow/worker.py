@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import procrastinate
 
 from service.ledger.log import Ledger
@@ -9,9 +11,26 @@ from service.store.database import DatabaseInfo
 from service.workflow import steps
 from service.workflow.queue import QUEUE, REGISTRY
 
+HEARTBEAT_SECONDS = 1.0
+STALLED_AFTER_SECONDS = 3.0  # a worker silent this long is dead: its jobs are retried
+
 
 def run_worker(db: DatabaseInfo, ledger: Ledger | None = None, *, once: bool = False, concurrency: int = 1) -> None:
-    """Process jobs; with ``once``, stop when the queue is empty (tests, batch runs)."""
+    """Process jobs; with ``once``, stop when the queue is empty (tests, batch runs).
+
+    First, jobs left running by a dead worker (killed mid-step: no heartbeat) are put back in
+    the queue; every step is idempotent, so running them again finishes them exactly once.
+    """
     steps.CONTEXT.update(db=db, ledger=ledger)
-    with REGISTRY.replace_connector(procrastinate.PsycopgConnector(conninfo=db.url)) as app:
-        app.run_worker(queues=[QUEUE], wait=not once, concurrency=concurrency, install_signal_handlers=not once)
+
+    async def main() -> None:
+        with REGISTRY.replace_connector(procrastinate.PsycopgConnector(conninfo=db.url)) as app:
+            async with app.open_async():
+                for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS):
+                    await app.job_manager.retry_job(job)
+                await app.run_worker_async(
+                    queues=[QUEUE], wait=not once, concurrency=concurrency, install_signal_handlers=not once,
+                    update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=STALLED_AFTER_SECONDS,
+                )  # fmt: skip
+
+    asyncio.run(main())
