@@ -68,7 +68,14 @@ def rest_app(db: _database.DatabaseInfo, settings: Settings) -> FastAPI:
         except Exception:
             return False
 
-    return create_app(deletions_core(db, settings), ledger(db, settings), lambda token: authenticate(db, token), ready)
+    import prometheus_client
+
+    from service.metrics import LetheCollector
+
+    registry = prometheus_client.CollectorRegistry()
+    registry.register(LetheCollector(db))
+    return create_app(deletions_core(db, settings), ledger(db, settings), lambda token: authenticate(db, token), ready,
+                      registry)  # fmt: skip
 
 
 def holdings(db: _database.DatabaseInfo) -> _records.Holdings:

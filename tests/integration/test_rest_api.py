@@ -172,3 +172,9 @@ def test_cancel_only_while_pending_and_the_worker_completes_the_rest(api):
     verify = subprocess.run([sys.executable, "-m", "service", "ledger", "verify"], env=env, capture_output=True,
                             text=True, timeout=120)  # fmt: skip
     assert verify.returncode == 0 and "ledger OK" in verify.stderr, verify.stderr
+    metrics = client.get("/metrics").text
+    assert 'lethe_deletion_requests_total{status="completed"} 1.0' in metrics
+    assert 'lethe_deletion_requests_total{status="cancelled"} 1.0' in metrics
+    assert "lethe_time_to_forget_seconds_count 1.0" in metrics and "lethe_ledger_entries_total 5.0" in metrics
+    assert 'lethe_deletion_stage_seconds_count{stage="cut"} 1.0' in metrics and "lethe_jobs_pending 0.0" in metrics
+    assert EMAIL not in metrics and b["subject_request_id"] not in metrics
