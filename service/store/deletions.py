@@ -45,9 +45,12 @@ def ledger_body(d: Deletion) -> dict[str, Any]:
             "deadline": d.deadline.isoformat()}  # fmt: skip
 
 
+Notify = Callable[[psycopg.Connection, Deletion], None]
+
+
 class PgDeletionStore:
-    def __init__(self, db: DatabaseInfo, enqueue: Enqueue) -> None:
-        self.db, self.enqueue = db, enqueue
+    def __init__(self, db: DatabaseInfo, enqueue: Enqueue, notify: Notify) -> None:
+        self.db, self.enqueue, self.notify = db, enqueue, notify
 
     def create(
         self, deletion: Deletion, principal: Principal, idempotency_key: str | None, fingerprint: str
@@ -109,6 +112,7 @@ class PgDeletionStore:
             if d.status is not Status.PENDING:
                 raise errors.NotCancellable(f"deletion request {deletion_id} is {d.status.value}")
             d = transition(conn, d, Status.CANCELLED, {"cancelled_by": principal.key_id})
+            self.notify(conn, d)
         return d
 
     def list(self, status: Status | None, after: uuid.UUID | None, limit: int) -> list[Deletion]:

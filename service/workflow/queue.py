@@ -6,11 +6,13 @@ and its job commit together or not at all.
 
 from __future__ import annotations
 
+import json
 import uuid
 
 import procrastinate
 import psycopg
 
+from service.core.deletions import Deletion
 from service.store.database import DatabaseInfo
 
 QUEUE = "deletions"
@@ -38,3 +40,18 @@ def enqueue_deletion(conn: psycopg.Connection, deletion_id: uuid.UUID) -> None:
 
     job = steps.process_deletion.configure(connection=conn, queueing_lock=str(deletion_id))
     job.defer(deletion_id=str(deletion_id))
+
+
+def enqueue_callbacks(conn: psycopg.Connection, deletion: Deletion) -> None:
+    """Defer one signed status callback per URL for the request's new state, in the caller's transaction."""
+    from service.workflow import steps
+
+    body = json.dumps(
+        {"subject_request_id": str(deletion.id), "request_status": deletion.status.value,
+         "expected_completion_time": deletion.deadline.isoformat(),
+         "updated_time": deletion.updated_time.isoformat() if deletion.updated_time else None},
+        sort_keys=True,
+    )  # fmt: skip
+    for url in deletion.callback_urls:
+        steps.send_callback.configure(connection=conn).defer(deletion_id=str(deletion.id), url=url,
+                                                             status=deletion.status.value, body=body)  # fmt: skip

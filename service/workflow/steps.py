@@ -9,17 +9,21 @@ A crash anywhere re-runs the job (procrastinate retries stalled jobs): finished 
 
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import time
 import uuid
 from typing import Any
 
+import httpx
+import procrastinate
+
 from service.core.deletions import Status
 from service.store import deletions as store
 from service.store import s3t
 from service.store.database import DatabaseInfo
-from service.workflow.queue import QUEUE, REGISTRY
+from service.workflow.queue import QUEUE, REGISTRY, enqueue_callbacks
 
 # Set by the worker's entry point (service.workflow.worker): the database the jobs act on.
 CONTEXT: dict[str, Any] = {}
@@ -28,6 +32,36 @@ CONTEXT: dict[str, Any] = {}
 @REGISTRY.task(name="process_deletion", queue=QUEUE, retry=5)
 def process_deletion(deletion_id: str) -> None:
     run(CONTEXT["db"], uuid.UUID(deletion_id))
+
+
+@REGISTRY.task(name="send_callback", queue=QUEUE, pass_context=True,
+               retry=procrastinate.RetryStrategy(max_attempts=8, exponential_wait=2))  # fmt: skip
+def send_callback(context: procrastinate.JobContext, deletion_id: str, url: str, status: str, body: str) -> None:
+    """POST the signed status to the controller; every attempt is recorded; failures are retried
+    with exponential back-off. The signature (Ed25519 over the raw body, base64) lets the receiver
+    verify before parsing, with the public key the ledger serves."""
+    ledger = CONTEXT["ledger"]
+    attempt = (context.job.attempts or 0) + 1
+    signature = base64.b64encode(ledger.key.sign(body.encode())).decode()
+    headers = {"Content-Type": "application/json", "X-OpenDSR-Signature": signature,
+               "X-OpenDSR-Signature-Key": ledger.key_name}  # fmt: skip
+    http_status, error = None, None
+    try:
+        resp = httpx.post(url, content=body.encode(), headers=headers, timeout=10)
+        http_status = resp.status_code
+        if resp.is_success:
+            return
+        error = f"HTTP {resp.status_code}"
+    except httpx.HTTPError as e:
+        error = type(e).__name__
+    finally:
+        with CONTEXT["db"].connect() as conn:
+            conn.execute(
+                "INSERT INTO callback_attempts (deletion_id, url, status, attempt, http_status, error)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (deletion_id, url, status, attempt, http_status, error),
+            )
+    raise RuntimeError(f"status callback failed: {error}")
 
 
 def run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
@@ -57,6 +91,7 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             return d.status if d else Status.FAILED
         if d.status is Status.PENDING:
             d = store.transition(conn, d, Status.IN_PROGRESS)
+            enqueue_callbacks(conn, d)
     timings["claim"] = time.perf_counter() - t
     _crash_point("claim")
 
@@ -97,5 +132,6 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
         d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
                              {"plan": summary, "verification": verification,
                               "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip
+        enqueue_callbacks(conn, d)
     _crash_point("complete")
     return d.status

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import warnings
 
 import procrastinate
 
@@ -24,13 +25,18 @@ def run_worker(db: DatabaseInfo, ledger: Ledger | None = None, *, once: bool = F
     steps.CONTEXT.update(db=db, ledger=ledger)
 
     async def main() -> None:
-        with REGISTRY.replace_connector(procrastinate.PsycopgConnector(conninfo=db.url)) as app:
-            async with app.open_async():
-                for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS):
-                    await app.job_manager.retry_job(job)
-                await app.run_worker_async(
-                    queues=[QUEUE], wait=not once, concurrency=concurrency, install_signal_handlers=not once,
-                    update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=STALLED_AFTER_SECONDS,
-                )  # fmt: skip
+        # A second App on an async connector fetches and runs the jobs, while the tasks stay bound to
+        # REGISTRY's sync connector: jobs deferred from inside a job (status callbacks) go through it,
+        # on the job's own psycopg connection and transaction.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            app = REGISTRY.with_connector(procrastinate.PsycopgConnector(conninfo=db.url))
+        async with app.open_async():
+            for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS):
+                await app.job_manager.retry_job(job)
+            await app.run_worker_async(
+                queues=[QUEUE], wait=not once, concurrency=concurrency, install_signal_handlers=not once,
+                update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=STALLED_AFTER_SECONDS,
+            )  # fmt: skip
 
     asyncio.run(main())
