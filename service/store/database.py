@@ -7,8 +7,11 @@ them exits; it listens on a Unix socket only.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
+import os
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +35,47 @@ class DatabaseInfo:
             return f"embedded PostgreSQL at {self.data_dir}"
         return f"PostgreSQL at {redact(self.url)}"
 
-    def connect(self, **kwargs: object) -> psycopg.Connection:
-        return psycopg.connect(self.url, **kwargs)  # type: ignore[arg-type]
+    def connect(self, **kwargs: object) -> contextlib.AbstractContextManager[psycopg.Connection]:
+        """A connection for a ``with`` block (committed at its end, rolled back on error).
+
+        Without arguments it comes from this process's pool (a new PostgreSQL connection costs a
+        backend process); with arguments (autocommit, timeouts, SET ROLE experiments) it is a
+        dedicated connection, closed afterwards, so no session setting leaks into the pool.
+        """
+        if kwargs:
+            return psycopg.connect(self.url, **kwargs)  # type: ignore[arg-type]
+        return _pool(self.url).connection()
+
+
+_POOLS: dict[str, ConnectionPool] = {}
+_POOLS_LOCK = threading.Lock()
+POOL_MAX = 16
+
+
+def _pool(url: str) -> ConnectionPool:
+    """One pool per database URL per process, opened on first use and closed at exit."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(url)
+        if pool is None or pool.closed or os.getpid() != getattr(pool, "_lethe_pid", None):
+            pool = ConnectionPool(url, min_size=1, max_size=POOL_MAX, open=True, name="lethe")
+            pool._lethe_pid = os.getpid()  # type: ignore[attr-defined]
+            _POOLS[url] = pool
+        return pool
+
+
+@atexit.register
+def _close_pools() -> None:
+    for pool in _POOLS.values():
+        if getattr(pool, "_lethe_pid", None) == os.getpid():
+            pool.close()
+
+
+def close_pool(url: str) -> None:
+    """Close this process's pool for ``url`` (before dropping that database)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.pop(url, None)
+    if pool is not None:
+        pool.close()
 
 
 def redact(url: str) -> str:
@@ -69,5 +112,8 @@ def create_database(admin_url: str, name: str) -> str:
 
 
 def drop_database(admin_url: str, name: str) -> None:
+    params = psycopg.conninfo.conninfo_to_dict(admin_url)
+    params["dbname"] = name
+    close_pool(psycopg.conninfo.make_conninfo(**params))  # type: ignore[arg-type]
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
