@@ -12,6 +12,7 @@ import hmac
 import secrets
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -24,6 +25,7 @@ from service.store import ledger
 from service.store.database import DatabaseInfo
 
 Enqueue = Callable[[psycopg.Connection, uuid.UUID], None]
+IDEMPOTENCY_RETENTION = timedelta(hours=24)
 _COLUMNS = ("id, request_type, subject_hashes, identity_types, record_ids, submitted_time, received_time, deadline,"
             " status, callback_urls, updated_time, completed_time, result")  # fmt: skip
 
@@ -58,6 +60,10 @@ class PgDeletionStore:
         with self.db.connect() as conn, conn.transaction():
             if idempotency_key is not None:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{principal.key_id}:{idempotency_key}",))
+                conn.execute(  # a key is remembered for IDEMPOTENCY_RETENTION; after that it starts afresh
+                    "DELETE FROM idempotency_keys WHERE principal = %s AND key = %s AND created_at < now() - %s",
+                    (principal.key_id, idempotency_key, IDEMPOTENCY_RETENTION),
+                )
                 row = conn.execute(
                     "SELECT fingerprint, deletion_id FROM idempotency_keys WHERE principal = %s AND key = %s",
                     (principal.key_id, idempotency_key),
