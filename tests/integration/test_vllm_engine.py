@@ -103,5 +103,7 @@ def test_vllm_logprobs_with_s3t_adapters_match_transformers_and_peft(engine, ada
         assert served == pytest.approx(expected, abs=2e-3)
         base_gen = b.outputs[0]
         base = [base_gen.logprobs[t][tok].logprob for t, tok in enumerate(base_gen.token_ids)]
-        differs |= gen.token_ids != base_gen.token_ids or any(abs(x - y) > 1e-2 for x, y in zip(served, base, strict=True))
+        differs |= gen.token_ids != base_gen.token_ids or any(
+            abs(x - y) > 1e-2 for x, y in zip(served, base, strict=True)
+        )
     assert differs  # the adapter is really applied
