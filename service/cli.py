@@ -232,7 +232,9 @@ def api(ctx: typer.Context) -> None:
     import uvicorn
 
     from service import app as lethe
+    from service import tracing
 
+    tracing.setup("lethe-api")
     settings = _settings(ctx)
     with lethe.database(settings) as db:
         lethe.migrate(db)
@@ -252,8 +254,10 @@ def worker(
 ) -> None:
     """Run the deletion workflow worker."""
     from service import app as lethe
+    from service import tracing
     from service.workflow.worker import run_worker
 
+    tracing.setup("lethe-worker")
     settings = _settings(ctx)
     with lethe.database(settings) as db:
         lethe.migrate(db)

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from service.core import errors
 from service.core.identity import canonical_identity, subject_hash
+from service.tracing import tracer
 
 MAX_IDENTITIES = 32
 MAX_CALLBACKS = 4
@@ -159,7 +160,8 @@ class Deletions:
             callback_urls=tuple(cmd.status_callback_urls),
             updated_time=now,
         )
-        return self.store.create(deletion, principal, idempotency_key, cmd.fingerprint())
+        with tracer.start_as_current_span("deletions.submit", attributes={"lethe.request_id": str(deletion.id)}):
+            return self.store.create(deletion, principal, idempotency_key, cmd.fingerprint())
 
     def get(self, deletion_id: uuid.UUID, principal: Principal) -> Deletion:
         principal.require(Scope.DELETIONS_READ)

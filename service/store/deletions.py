@@ -23,6 +23,7 @@ from service.core import errors
 from service.core.deletions import Deletion, Principal, Status
 from service.store import ledger
 from service.store.database import DatabaseInfo
+from service.tracing import tracer
 
 Enqueue = Callable[[psycopg.Connection, uuid.UUID], None]
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
@@ -57,7 +58,7 @@ class PgDeletionStore:
     def create(
         self, deletion: Deletion, principal: Principal, idempotency_key: str | None, fingerprint: str
     ) -> tuple[Deletion, bool]:
-        with self.db.connect() as conn, conn.transaction():
+        with tracer.start_as_current_span("db.create_deletion"), self.db.connect() as conn, conn.transaction():
             if idempotency_key is not None:
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{principal.key_id}:{idempotency_key}",))
                 conn.execute(  # a key is remembered for IDEMPOTENCY_RETENTION; after that it starts afresh

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import procrastinate
 import psycopg
 
+from service import tracing
 from service.core.deletions import Deletion
 from service.store.database import DatabaseInfo
 
@@ -39,7 +41,7 @@ def enqueue_deletion(conn: psycopg.Connection, deletion_id: uuid.UUID) -> None:
     from service.workflow import steps
 
     job = steps.process_deletion.configure(connection=conn, queueing_lock=str(deletion_id))
-    job.defer(deletion_id=str(deletion_id))
+    job.defer(deletion_id=str(deletion_id), trace=dict[str, Any](tracing.carrier()))
 
 
 def enqueue_callbacks(conn: psycopg.Connection, deletion: Deletion) -> None:

@@ -10,15 +10,18 @@ A crash anywhere re-runs the job (procrastinate retries stalled jobs): finished 
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import signal
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import procrastinate
 
+from service import tracing
 from service.core.deletions import Status
 from service.store import deletions as store
 from service.store import s3t
@@ -30,8 +33,14 @@ CONTEXT: dict[str, Any] = {}
 
 
 @REGISTRY.task(name="process_deletion", queue=QUEUE, retry=5)
-def process_deletion(deletion_id: str) -> None:
-    run(CONTEXT["db"], uuid.UUID(deletion_id))
+def process_deletion(deletion_id: str, trace: dict[str, str] | None = None) -> None:
+    token = tracing.attach(trace)  # continue the trace of the API request that enqueued this job
+    try:
+        with tracing.tracer.start_as_current_span("workflow.process_deletion",
+                                                  attributes={"lethe.request_id": deletion_id}):  # fmt: skip
+            run(CONTEXT["db"], uuid.UUID(deletion_id))
+    finally:
+        tracing.detach(token)
 
 
 @REGISTRY.task(name="send_callback", queue=QUEUE, pass_context=True,
@@ -74,6 +83,15 @@ def run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
 STEPS = ("claim", "resolve", "cut", "verify", "complete")
 
 
+@contextlib.contextmanager
+def _step(name: str, timings: dict[str, float]) -> Iterator[None]:
+    t = time.perf_counter()
+    with tracing.tracer.start_as_current_span(f"workflow.{name}"):
+        yield
+    timings[name] = time.perf_counter() - t
+    _crash_point(name)
+
+
 def _crash_point(step: str) -> None:
     """Fault injection for the crash tests: LETHE_CRASH_AT=<step> kills the worker right after it."""
     if os.environ.get("LETHE_CRASH_AT") == step:
@@ -84,46 +102,37 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
     from service import training
 
     timings: dict[str, float] = {}
-    t = time.perf_counter()
-    with db.connect() as conn, conn.transaction():
+    with _step("claim", timings), db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         if d is None or d.status.final:
             return d.status if d else Status.FAILED
         if d.status is Status.PENDING:
             d = store.transition(conn, d, Status.IN_PROGRESS)
             enqueue_callbacks(conn, d)
-    timings["claim"] = time.perf_counter() - t
-    _crash_point("claim")
 
-    t = time.perf_counter()  # resolve: explicit record ids plus every record of the subject hashes
-    with db.connect() as conn:
+    with _step("resolve", timings), db.connect() as conn:  # explicit record ids + every record of the subjects
         ids = sorted(set(d.record_ids) | set(s3t.record_ids_of_subjects(conn, d.subject_hashes)))
-    timings["resolve"] = time.perf_counter() - t
-    _crash_point("resolve")
 
-    t = time.perf_counter()  # plan and cut (idempotent: a re-run finds the cuts applied and the text purged)
-    plan = training.forget(db, ids)
-    summary = {
-        "records": len(ids),
-        "affected_shards": sorted(plan.affected),
-        "dead_shards": sorted(plan.dead),
-        "served": {str(k): {"sequence": p.sequence, "version": p.version, "prefix": p.prefix}
-                   for k, p in sorted(plan.shards.items())},
-    }  # fmt: skip
-    timings["cut"] = time.perf_counter() - t
-    _crash_point("cut")
+    with _step("cut", timings):  # plan and cut (idempotent: a re-run finds the cuts applied, the text purged)
+        plan = training.forget(db, ids)
+        summary = {
+            "records": len(ids),
+            "affected_shards": sorted(plan.affected),
+            "dead_shards": sorted(plan.dead),
+            "served": {str(k): {"sequence": p.sequence, "version": p.version, "prefix": p.prefix}
+                       for k, p in sorted(plan.shards.items())},
+        }  # fmt: skip
 
-    t = time.perf_counter()  # verify: the structural proof, on the state after the cut
-    after = training.plan_for(db, ids)
-    clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
-    with db.connect() as conn:
-        row = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()
-    purged = row[0] if row else 0
-    verification = {"lineage_excludes_deleted": clean, "records_purged": purged == len(ids), "method": "exact (S3T)"}
-    timings["verify"] = time.perf_counter() - t
-    _crash_point("verify")
+    with _step("verify", timings):  # the structural proof, on the state after the cut
+        after = training.plan_for(db, ids)
+        clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
+        with db.connect() as conn:
+            row = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()
+        purged = row[0] if row else 0
+        verification = {"lineage_excludes_deleted": clean, "records_purged": purged == len(ids),
+                        "method": "exact (S3T)"}  # fmt: skip
 
-    with db.connect() as conn, conn.transaction():
+    with tracing.tracer.start_as_current_span("workflow.complete"), db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         assert d is not None
         if d.status.final:

@@ -20,7 +20,9 @@ import grpc
 from google.protobuf import struct_pb2, timestamp_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.trace import SpanKind
 
+from service import tracing
 from service.api import errors as error_table
 from service.api.grpc.gen.lethe.v1 import deletion_pb2, deletion_pb2_grpc, ledger_pb2, ledger_pb2_grpc
 from service.core import errors
@@ -36,10 +38,11 @@ MAX_MESSAGE = 1 << 20
 def _translated(method: F) -> F:
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return method(self, request, context)
-        except errors.LetheError as e:
-            context.abort(getattr(grpc.StatusCode, error_table.lookup(e).grpc), str(e))
+        with tracing.tracer.start_as_current_span(f"grpc {method.__name__}", kind=SpanKind.SERVER):
+            try:
+                return method(self, request, context)
+            except errors.LetheError as e:
+                context.abort(getattr(grpc.StatusCode, error_table.lookup(e).grpc), str(e))
 
     return wrapper  # type: ignore[return-value]
 

@@ -11,10 +11,12 @@ import prometheus_client
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from opentelemetry.trace import SpanKind
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
 
+from service import tracing
 from service.api import errors as error_table
 from service.api.rest.models import (
     CheckpointOut,
@@ -65,6 +67,21 @@ class BodyLimit:
             return message
 
         await self.app(scope, limited, send)
+
+
+class ServerSpan:
+    """A server span per HTTP request, named by method and route template (never the raw path)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: ASGIScope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        with tracing.tracer.start_as_current_span(f"http {scope['method']}", kind=SpanKind.SERVER) as span:
+            await self.app(scope, receive, send)
+            route = scope.get("route")
+            span.set_attribute("http.route", getattr(route, "path_format", "unmatched"))
 
 
 def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
@@ -170,4 +187,5 @@ def create_app(
         return Response(data, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(ServerSpan)
     return app

@@ -1,0 +1,60 @@
+"""OpenTelemetry spans from the HTTP edge through the core and the database into the job, one trace
+across the queue, with no identity in any span."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import psycopg
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from service import app as lethe
+from service.workflow import steps
+from tests.integration.test_rest_api import EMAIL, api, auth, body  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def spans():
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter
+
+
+def test_one_trace_from_the_api_into_the_job(api, spans):  # noqa: F811
+    client, keys, db, settings = api
+    spans.clear()
+    b = body()
+    assert client.post("/v1/deletions", json=b, headers=auth(keys["writer"])).status_code == 201
+    with psycopg.connect(db.url) as conn:
+        (args,) = conn.execute("SELECT args FROM procrastinate_jobs WHERE task_name = 'process_deletion'").fetchone()
+    assert "traceparent" in args["trace"]
+    steps.CONTEXT.update(db=db, ledger=lethe.ledger(db, settings))
+    steps.process_deletion(**args)  # what the worker runs, in-process here to read its spans
+
+    finished = {s.name: s for s in spans.get_finished_spans()}
+    for name in (
+        "http POST",
+        "deletions.submit",
+        "db.create_deletion",
+        "workflow.process_deletion",
+        "workflow.claim",
+        "workflow.resolve",
+        "workflow.cut",
+        "workflow.verify",
+        "workflow.complete",
+    ):
+        assert name in finished, sorted(finished)  # fmt: skip
+    trace_id = finished["http POST"].context.trace_id
+    assert {s.context.trace_id for s in finished.values()} == {trace_id}
+    assert finished["deletions.submit"].parent.span_id == finished["http POST"].context.span_id
+    assert finished["http POST"].attributes["http.route"] == "/v1/deletions"
+    dumped = json.dumps([dict(s.attributes or {}) | {"name": s.name} for s in spans.get_finished_spans()])
+    assert EMAIL not in dumped and "ada.lovelace" not in dumped
+    assert str(uuid.UUID(b["subject_request_id"])) in dumped  # request ids are fine: random, not personal
