@@ -261,7 +261,7 @@ def worker(
     settings = _settings(ctx)
     with lethe.database(settings) as db:
         lethe.migrate(db)
-        run_worker(db, lethe.ledger(db, settings), once=once)
+        run_worker(db, lethe.ledger(db, settings), settings.artifacts_dir(), once=once)
 
 
 @simulate_app.command("capacity")

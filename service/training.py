@@ -25,6 +25,7 @@ from shards.planner import Plan, Unit, plan
 from shards.specs import S3TSpec, TrainConfig
 
 if TYPE_CHECKING:
+    from shards.materialise import Materialised
     from shards.train import TrainRecord, UnitSpec
 
 
@@ -172,22 +173,29 @@ def forget(db: DatabaseInfo, record_ids: Iterable[str]) -> Plan:
     return p
 
 
-def served_adapters(db: DatabaseInfo, p: Plan, num_layers: int, out_root: Path) -> dict[int, Path | None]:
-    """Materialise each live shard's clean adapter (blocks before its prefix); None for dead shards."""
+def served_adapters(db: DatabaseInfo, p: Plan, out_root: Path) -> dict[int, Materialised | None]:
+    """Materialise each live shard's clean adapter (blocks before its prefix); None for dead shards.
+
+    Idempotent: an adapter directory is named by its content hash and never rewritten."""
     from shards import materialise
 
     units = {(u.shard, u.sequence): u for u in _live(db)}
-    out: dict[int, Path | None] = {}
+    out: dict[int, Materialised | None] = {}
     for shard, sp in sorted(p.shards.items()):
         if sp.dead:
             out[shard] = None
             continue
         u = units[(shard, sp.sequence)]
         assert u.path is not None
-        m = materialise.truncate(Path(u.path), sp.prefix, num_layers, len(u.order), out_root,
-                                 f"s{shard:02d}-q{sp.sequence}-p{sp.prefix}-v{sp.version}")  # fmt: skip
-        out[shard] = m.path
+        out[shard] = materialise.truncate(Path(u.path), sp.prefix, _num_layers(Path(u.path)), len(u.order), out_root,
+                                          f"s{shard:02d}-q{sp.sequence}-p{sp.prefix}-v{sp.version}")  # fmt: skip
     return out
+
+
+def _num_layers(adapter_dir: Path) -> int:
+    """Layers of the base model an adapter was trained on (PEFT records the base model's path)."""
+    base = json.loads((adapter_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
+    return int(json.loads((Path(base) / "config.json").read_text())["num_hidden_layers"])
 
 
 def _live(db: DatabaseInfo) -> list[store.LiveUnit]:

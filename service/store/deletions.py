@@ -156,6 +156,11 @@ def transition(conn: psycopg.Connection, d: Deletion, status: Status, result: di
     return new
 
 
+def record(conn: psycopg.Connection, d: Deletion, kind: str, extra: dict[str, Any]) -> None:
+    """A ledger entry about a request without a status change (e.g. the adapters applied)."""
+    ledger.append(conn, [(kind, {**ledger_body(d), **extra})])
+
+
 # API keys: "lk_<id>_<secret>"; only sha256(secret) is stored (the secret is 256 random bits).
 
 

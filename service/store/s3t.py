@@ -128,3 +128,22 @@ def purge_records(conn: psycopg.Connection, ids: Iterable[str]) -> int:
         "UPDATE records SET text = NULL, purged_at = now() WHERE id = ANY(%s) AND purged_at IS NULL", (list(ids),)
     )
     return cur.rowcount
+
+
+def set_desired(conn: psycopg.Connection, shard: int, name: str | None, path: str | None, sha256: str | None,
+                request_id: object) -> tuple[str | None, str | None]:  # fmt: skip
+    """Record what a shard should serve; returns what it was set to before (name, sha256)."""
+    row = conn.execute("SELECT adapter_name, adapter_sha256 FROM desired_adapters WHERE shard = %s FOR UPDATE",
+                       (shard,)).fetchone()  # fmt: skip
+    conn.execute(
+        """INSERT INTO desired_adapters (shard, adapter_name, path, adapter_sha256, request_id)
+           VALUES (%s, %s, %s, %s, %s)
+           ON CONFLICT (shard) DO UPDATE SET adapter_name = EXCLUDED.adapter_name, path = EXCLUDED.path,
+               adapter_sha256 = EXCLUDED.adapter_sha256, request_id = EXCLUDED.request_id, updated_at = now()""",
+        (shard, name, path, sha256, request_id),
+    )
+    return (row[0], row[1]) if row else (None, None)
+
+
+def desired(conn: psycopg.Connection) -> dict[int, tuple[str | None, str | None]]:
+    return {k: (n, h) for k, n, h in conn.execute("SELECT shard, adapter_name, adapter_sha256 FROM desired_adapters")}

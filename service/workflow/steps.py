@@ -80,7 +80,7 @@ def run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
     return status
 
 
-STEPS = ("claim", "resolve", "cut", "verify", "complete")
+STEPS = ("claim", "resolve", "cut", "apply", "verify", "complete")
 
 
 @contextlib.contextmanager
@@ -90,6 +90,32 @@ def _step(name: str, timings: dict[str, float]) -> Iterator[None]:
         yield
     timings[name] = time.perf_counter() - t
     _crash_point(name)
+
+
+def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID) -> dict[str, Any]:
+    """Materialise each affected shard's clean adapter and make it the desired one (idempotent).
+
+    The ledger gets the adapter names and content hashes before and after; the files of the cut
+    stages are already gone (training.forget), so no longer-prefix adapter stays loadable."""
+    from service import training
+
+    if not plan.affected:
+        return {}
+    served = training.served_adapters(db, plan, CONTEXT["artifacts"] / "served")
+    changes: dict[str, Any] = {}
+    with db.connect() as conn, conn.transaction():
+        for shard in sorted(plan.affected):
+            m = served.get(shard)
+            name = m.path.name if m else None
+            before = s3t.set_desired(conn, shard, name, str(m.path) if m else None, m.sha256 if m else None,
+                                     deletion_id)  # fmt: skip
+            changes[str(shard)] = {"before": {"adapter": before[0], "sha256": before[1]},
+                                   "after": {"adapter": name, "sha256": m.sha256 if m else None}}  # fmt: skip
+        if changes:
+            d = store.lock(conn, deletion_id)
+            assert d is not None
+            store.record(conn, d, "deletion.applied", {"adapters": changes})
+    return changes
 
 
 def _crash_point(step: str) -> None:
@@ -123,6 +149,9 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
                        for k, p in sorted(plan.shards.items())},
         }  # fmt: skip
 
+    with _step("apply", timings):  # the clean adapters to serve: the desired state replicas follow
+        applied = _apply(db, plan, deletion_id)
+
     with _step("verify", timings):  # the structural proof, on the state after the cut
         after = training.plan_for(db, ids)
         clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
@@ -139,7 +168,7 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             return d.status
         ok = clean and purged == len(ids)
         d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
-                             {"plan": summary, "verification": verification,
+                             {"plan": summary, "apply": applied, "verification": verification,
                               "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip
         enqueue_callbacks(conn, d)
     _crash_point("complete")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import warnings
+from pathlib import Path
 
 import procrastinate
 
@@ -16,13 +17,14 @@ HEARTBEAT_SECONDS = 1.0
 STALLED_AFTER_SECONDS = 3.0  # a worker silent this long is dead: its jobs are retried
 
 
-def run_worker(db: DatabaseInfo, ledger: Ledger | None = None, *, once: bool = False, concurrency: int = 1) -> None:
+def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once: bool = False,
+               concurrency: int = 1) -> None:  # fmt: skip
     """Process jobs; with ``once``, stop when the queue is empty (tests, batch runs).
 
     First, jobs left running by a dead worker (killed mid-step: no heartbeat) are put back in
     the queue; every step is idempotent, so running them again finishes them exactly once.
     """
-    steps.CONTEXT.update(db=db, ledger=ledger)
+    steps.CONTEXT.update(db=db, ledger=ledger, artifacts=artifacts)
 
     async def main() -> None:
         # A second App on an async connector fetches and runs the jobs, while the tasks stay bound to

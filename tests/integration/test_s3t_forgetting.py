@@ -74,7 +74,7 @@ def test_memorisation_forgetting_and_retrain(empty_db, settings, base_model_path
 
     def served_now():
         p = training.plan_for(empty_db, [])
-        return p, training.served_adapters(empty_db, p, 8, tmp_path / "served")[0]
+        return p, training.served_adapters(empty_db, p, tmp_path / "served")[0].path
 
     reference = record_losses(base_model_path, None, c)
     plan0, adapter0 = served_now()

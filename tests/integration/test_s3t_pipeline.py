@@ -101,7 +101,7 @@ def test_train_forget_retrain(empty_db, s3t_settings, tiny_model, tmp_path):
     again = training.forget(empty_db, ids)  # idempotent: nothing more to cut
     assert not again.affected and again.shards[shard].prefix == p.shards[shard].prefix
 
-    served = training.served_adapters(empty_db, again, 4, tmp_path / "served")
+    served = training.served_adapters(empty_db, again, tmp_path / "served")
     assert served[1 - shard] is not None
     assert (served[shard] is None) == (again.shards[shard].prefix == 0)
 
@@ -114,3 +114,39 @@ def test_train_forget_retrain(empty_db, s3t_settings, tiny_model, tmp_path):
         assert (u.version, u.depth) == (1, 2) and u.excluded == frozenset(ids)
         assert not (job.artifacts / f"shard-{shard:02d}/seq-{s:02d}/v000").exists()  # superseded version deleted
     assert training.plan_for(empty_db, []).shards[shard].prefix == 2
+
+
+def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_db, s3t_settings, tiny_model, tmp_path):
+    import uuid
+
+    from service.core.deletions import Principal, Scope, Status, SubmitDeletion
+    from service.workflow import steps
+
+    c = ingest(empty_db, s3t_settings, tmp_path)
+    training.train_all(empty_db, lethe.training_job(s3t_settings, tiny_model))
+    core = lethe.deletions_core(empty_db, s3t_settings)
+    admin = Principal("t", frozenset({Scope.ADMIN}))
+    rid = uuid.uuid4()
+    core.submit(SubmitDeletion(rid, [("person", c.trained[1].subject_id)]), admin)
+    steps.CONTEXT.update(db=empty_db, ledger=lethe.ledger(empty_db, s3t_settings),
+                         artifacts=s3t_settings.artifacts_dir())  # fmt: skip
+    assert steps.run(empty_db, rid) is Status.COMPLETED
+    done = core.get(rid, admin)
+    (shard,) = done.result["plan"]["affected_shards"]
+    change = done.result["apply"][str(shard)]
+    assert change["before"] == {"adapter": None, "sha256": None}
+    prefix = done.result["plan"]["served"][str(shard)]["prefix"]
+    with psycopg.connect(empty_db.url) as conn:
+        desired = store.desired(conn)
+        applied = conn.execute(
+            "SELECT body FROM ledger_entries WHERE kind = 'deletion.applied' AND body->>'request' = %s", (str(rid),)
+        ).fetchone()[0]
+    assert desired[shard] == (change["after"]["adapter"], change["after"]["sha256"])
+    assert applied["adapters"][str(shard)] == change
+    if prefix:  # the served adapter holds only the clean top blocks (2 layers a block here)
+        cfg = json.loads((s3t_settings.artifacts_dir() / "served" / change["after"]["adapter"] /
+                          "adapter_config.json").read_text())  # fmt: skip
+        assert cfg["layers_to_transform"] == sorted(range(4 - 2 * prefix, 4))
+    else:
+        assert change["after"] == {"adapter": None, "sha256": None}
+    assert done.result["verification"]["lineage_excludes_deleted"] is True
