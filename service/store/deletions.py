@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import queue
 import secrets
+import threading
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -19,13 +23,14 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from service import tracing
 from service.core import errors
 from service.core.deletions import Deletion, Principal, Status
 from service.store import ledger
 from service.store.database import DatabaseInfo
 from service.tracing import tracer
 
-Enqueue = Callable[[psycopg.Connection, uuid.UUID], None]
+Enqueue = Callable[[psycopg.Connection, uuid.UUID, dict[str, str]], None]  # (conn, request id, trace context)
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
 _COLUMNS = ("id, request_type, subject_hashes, identity_types, record_ids, submitted_time, received_time, deadline,"
             " status, callback_urls, updated_time, completed_time, result")  # fmt: skip
@@ -51,53 +56,122 @@ def ledger_body(d: Deletion) -> dict[str, Any]:
 Notify = Callable[[psycopg.Connection, Deletion], None]
 
 
+@dataclass
+class _Pending:
+    deletion: Deletion
+    principal: Principal
+    idempotency_key: str | None
+    fingerprint: str
+    trace: dict[str, str]  # the submitting request's trace context, continued by the job
+    future: Future[tuple[Deletion, bool]] = field(default_factory=Future)
+
+
 class PgDeletionStore:
-    def __init__(self, db: DatabaseInfo, enqueue: Enqueue, notify: Notify) -> None:
-        self.db, self.enqueue, self.notify = db, enqueue, notify
+    """``create`` is group-committed by one writer thread per store (``max_batch`` requests a
+    transaction at most); reads and cancels go straight to the pool."""
+
+    def __init__(self, db: DatabaseInfo, enqueue: Enqueue, notify: Notify, max_batch: int = 64) -> None:
+        self.db, self.enqueue, self.notify, self.max_batch = db, enqueue, notify, max_batch
+        self._queue: queue.Queue[_Pending] = queue.Queue()
+        self._writer: threading.Thread | None = None
+        self._writer_lock = threading.Lock()
 
     def create(
         self, deletion: Deletion, principal: Principal, idempotency_key: str | None, fingerprint: str
     ) -> tuple[Deletion, bool]:
-        with tracer.start_as_current_span("db.create_deletion"), self.db.connect() as conn, conn.transaction():
-            if idempotency_key is not None:
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{principal.key_id}:{idempotency_key}",))
-                conn.execute(  # a key is remembered for IDEMPOTENCY_RETENTION; after that it starts afresh
-                    "DELETE FROM idempotency_keys WHERE principal = %s AND key = %s AND created_at < now() - %s",
-                    (principal.key_id, idempotency_key, IDEMPOTENCY_RETENTION),
-                )
-                row = conn.execute(
-                    "SELECT fingerprint, deletion_id FROM idempotency_keys WHERE principal = %s AND key = %s",
-                    (principal.key_id, idempotency_key),
-                ).fetchone()
-                if row is not None:
-                    if row[0] != fingerprint:
-                        raise errors.IdempotencyKeyReused()
-                    existing = self._get(conn, row[1])
-                    assert existing is not None
-                    return existing, False
-            row = conn.execute("SELECT fingerprint FROM deletion_requests WHERE id = %s", (deletion.id,)).fetchone()
+        """Queue the request for the group-commit writer and wait until its transaction committed."""
+        with tracer.start_as_current_span("db.create_deletion"):
+            pending = _Pending(deletion, principal, idempotency_key, fingerprint, tracing.carrier())
+            self._start_writer()
+            self._queue.put(pending)
+            return pending.future.result()
+
+    def _start_writer(self) -> None:
+        with self._writer_lock:
+            if self._writer is None or not self._writer.is_alive():
+                self._writer = threading.Thread(target=self._write_loop, name="lethe-deletion-writer", daemon=True)
+                self._writer.start()
+
+    def _write_loop(self) -> None:
+        """Group commit: every request waiting when a transaction starts shares it, so the ledger's lock
+        and the commit's fsync are paid once per batch instead of once per request."""
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            self._write_batch(batch)
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
+        outcomes: list[tuple[Deletion, bool] | BaseException] = []
+        try:
+            with tracer.start_as_current_span("db.create_deletions_batch", attributes={"lethe.batch": len(batch)}), \
+                    self.db.connect() as conn, conn.transaction():  # fmt: skip
+                accepted = []
+                for p in batch:
+                    try:
+                        outcome = self._create_one(conn, p)
+                    except errors.LetheError as e:  # raised before this request wrote anything
+                        outcomes.append(e)
+                        continue
+                    outcomes.append(outcome)
+                    if outcome[1]:
+                        accepted.append(outcome[0])
+                if accepted:
+                    ledger.append(conn, [("deletion.submitted", ledger_body(d)) for d in accepted])
+        except BaseException as e:  # the transaction rolled back: nobody's request was accepted
+            for p in batch:
+                p.future.set_exception(e)
+            return
+        for p, result in zip(batch, outcomes, strict=True):
+            if isinstance(result, BaseException):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    def _create_one(self, conn: psycopg.Connection, p: _Pending) -> tuple[Deletion, bool]:
+        """Checks first (they raise before any write), then the request row, key and job."""
+        deletion, principal, idempotency_key, fingerprint = p.deletion, p.principal, p.idempotency_key, p.fingerprint
+        if idempotency_key is not None:
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{principal.key_id}:{idempotency_key}",))
+            conn.execute(  # a key is remembered for IDEMPOTENCY_RETENTION; after that it starts afresh
+                "DELETE FROM idempotency_keys WHERE principal = %s AND key = %s AND created_at < now() - %s",
+                (principal.key_id, idempotency_key, IDEMPOTENCY_RETENTION),
+            )
+            row = conn.execute(
+                "SELECT fingerprint, deletion_id FROM idempotency_keys WHERE principal = %s AND key = %s",
+                (principal.key_id, idempotency_key),
+            ).fetchone()
             if row is not None:
                 if row[0] != fingerprint:
-                    raise errors.Conflict(f"deletion request {deletion.id} already exists with other content")
-                existing = self._get(conn, deletion.id)
+                    raise errors.IdempotencyKeyReused()
+                existing = self._get(conn, row[1])
                 assert existing is not None
                 return existing, False
-            d = deletion
+        row = conn.execute("SELECT fingerprint FROM deletion_requests WHERE id = %s", (deletion.id,)).fetchone()
+        if row is not None:
+            if row[0] != fingerprint:
+                raise errors.Conflict(f"deletion request {deletion.id} already exists with other content")
+            existing = self._get(conn, deletion.id)
+            assert existing is not None
+            return existing, False
+        d = deletion
+        conn.execute(
+            "INSERT INTO deletion_requests (id, request_type, subject_hashes, identity_types, record_ids,"
+            " submitted_time, received_time, deadline, status, callback_urls, updated_time, result,"
+            " fingerprint, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (d.id, d.request_type, list(d.subject_hashes), list(d.identity_types), list(d.record_ids),
+             d.submitted_time, d.received_time, d.deadline, d.status.value, list(d.callback_urls),
+             d.updated_time, Jsonb(d.result), fingerprint, principal.key_id),
+        )  # fmt: skip
+        if idempotency_key is not None:
             conn.execute(
-                "INSERT INTO deletion_requests (id, request_type, subject_hashes, identity_types, record_ids,"
-                " submitted_time, received_time, deadline, status, callback_urls, updated_time, result,"
-                " fingerprint, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                (d.id, d.request_type, list(d.subject_hashes), list(d.identity_types), list(d.record_ids),
-                 d.submitted_time, d.received_time, d.deadline, d.status.value, list(d.callback_urls),
-                 d.updated_time, Jsonb(d.result), fingerprint, principal.key_id),
-            )  # fmt: skip
-            if idempotency_key is not None:
-                conn.execute(
-                    "INSERT INTO idempotency_keys (principal, key, fingerprint, deletion_id) VALUES (%s, %s, %s, %s)",
-                    (principal.key_id, idempotency_key, fingerprint, d.id),
-                )
-            ledger.append(conn, [("deletion.submitted", ledger_body(d))])
-            self.enqueue(conn, d.id)
+                "INSERT INTO idempotency_keys (principal, key, fingerprint, deletion_id) VALUES (%s, %s, %s, %s)",
+                (principal.key_id, idempotency_key, fingerprint, d.id),
+            )
+        self.enqueue(conn, d.id, p.trace)
         return deletion, True
 
     def get(self, deletion_id: uuid.UUID) -> Deletion | None:

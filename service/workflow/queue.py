@@ -13,7 +13,6 @@ from typing import Any
 import procrastinate
 import psycopg
 
-from service import tracing
 from service.core.deletions import Deletion
 from service.store.database import DatabaseInfo
 
@@ -36,12 +35,13 @@ def ensure_schema(db: DatabaseInfo) -> bool:
     return True
 
 
-def enqueue_deletion(conn: psycopg.Connection, deletion_id: uuid.UUID) -> None:
-    """Defer the workflow job for a request, inside the caller's transaction."""
+def enqueue_deletion(conn: psycopg.Connection, deletion_id: uuid.UUID, trace: dict[str, str]) -> None:
+    """Defer the workflow job for a request, inside the caller's transaction, carrying ``trace``
+    (the W3C context of the request that submitted it) so the job continues that trace."""
     from service.workflow import steps
 
     job = steps.process_deletion.configure(connection=conn, queueing_lock=str(deletion_id))
-    job.defer(deletion_id=str(deletion_id), trace=dict[str, Any](tracing.carrier()))
+    job.defer(deletion_id=str(deletion_id), trace=dict[str, Any](trace))
 
 
 def enqueue_callbacks(conn: psycopg.Connection, deletion: Deletion) -> None:
