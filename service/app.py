@@ -58,7 +58,7 @@ def deletions_core(db: _database.DatabaseInfo, settings: Settings) -> Deletions:
 
 def rest_app(db: _database.DatabaseInfo, settings: Settings) -> FastAPI:
     from service.api.rest.app import create_app
-    from service.store.deletions import authenticate
+    from service.store.deletions import Authenticator
 
     def ready() -> bool:
         try:
@@ -74,8 +74,7 @@ def rest_app(db: _database.DatabaseInfo, settings: Settings) -> FastAPI:
 
     registry = prometheus_client.CollectorRegistry()
     registry.register(LetheCollector(db))
-    return create_app(deletions_core(db, settings), ledger(db, settings), lambda token: authenticate(db, token), ready,
-                      registry)  # fmt: skip
+    return create_app(deletions_core(db, settings), ledger(db, settings), Authenticator(db), ready, registry)
 
 
 def holdings(db: _database.DatabaseInfo) -> _records.Holdings:
@@ -111,14 +110,14 @@ def grpc_server(db: _database.DatabaseInfo, settings: Settings, address: str | N
     import grpc
 
     from service.api.grpc.server import build_server
-    from service.store.deletions import authenticate
+    from service.store.deletions import Authenticator
 
     creds = None
     if settings.grpc_tls_cert and settings.grpc_tls_key:
         ca = settings.grpc_client_ca.read_bytes() if settings.grpc_client_ca else None
         creds = grpc.ssl_server_credentials([(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())],
                                             root_certificates=ca, require_client_auth=ca is not None)  # fmt: skip
-    return build_server(deletions_core(db, settings), ledger(db, settings), lambda token: authenticate(db, token),
+    return build_server(deletions_core(db, settings), ledger(db, settings), Authenticator(db),
                         address or settings.grpc_address, creds)  # fmt: skip
 
 

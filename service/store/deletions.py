@@ -12,6 +12,7 @@ import hmac
 import queue
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -248,14 +249,28 @@ def create_api_key(db: DatabaseInfo, scopes: list[str], name: str = "") -> str:
     return f"lk_{key_id}_{secret}"
 
 
-def authenticate(db: DatabaseInfo, token: str | None) -> Principal:
-    if not token or not token.startswith("lk_") or token.count("_") < 2:
-        raise errors.Unauthenticated()
-    _, key_id, secret = token.split("_", 2)
-    with db.connect() as conn:
-        row = conn.execute(
-            "SELECT secret_hash, scopes FROM api_keys WHERE id = %s AND revoked_at IS NULL", (key_id,)
-        ).fetchone()
-    if row is None or not hmac.compare_digest(bytes(row[0]), hashlib.sha256(secret.encode()).digest()):
-        raise errors.Unauthenticated()
-    return Principal(key_id, frozenset(row[1]))
+class Authenticator:
+    """API-key check with a short cache of successful lookups (a revoked key stops working within
+    ``ttl`` seconds); failures are never cached, so a wrong key always costs a lookup."""
+
+    def __init__(self, db: DatabaseInfo, ttl: float = 10.0) -> None:
+        self.db, self.ttl = db, ttl
+        self._cache: dict[str, tuple[float, bytes, Principal]] = {}
+
+    def __call__(self, token: str | None) -> Principal:
+        if not token or not token.startswith("lk_") or token.count("_") < 2:
+            raise errors.Unauthenticated()
+        _, key_id, secret = token.split("_", 2)
+        digest = hashlib.sha256(secret.encode()).digest()
+        hit = self._cache.get(key_id)
+        if hit is not None and hit[0] > time.monotonic() and hmac.compare_digest(hit[1], digest):
+            return hit[2]
+        with self.db.connect() as conn:
+            row = conn.execute(
+                "SELECT secret_hash, scopes FROM api_keys WHERE id = %s AND revoked_at IS NULL", (key_id,)
+            ).fetchone()
+        if row is None or not hmac.compare_digest(bytes(row[0]), digest):
+            raise errors.Unauthenticated()
+        principal = Principal(key_id, frozenset(row[1]))
+        self._cache[key_id] = (time.monotonic() + self.ttl, digest, principal)
+        return principal
