@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,8 @@ class TrainConfig:
         if self.num_blocks < 1 or self.r < 1 or self.epochs < 0 or self.batch_size < 1:
             raise ValueError("num_blocks, r and batch_size must be positive, epochs non-negative")
 
-    def lora_config(self, base_model: Path, layers: Sequence[int] | None = None) -> Any:
+    def lora_config(self, base_model: Path) -> Any:
+        """The PEFT config of a unit's adapter: every block's layers; stages freeze all but one."""
         from peft import LoraConfig
 
         return LoraConfig(
@@ -94,6 +94,4 @@ class TrainConfig:
             use_rslora=self.use_rslora,
             task_type="CAUSAL_LM",
             base_model_name_or_path=str(base_model),
-            layers_to_transform=sorted(layers) if layers is not None else None,
-            layers_pattern="layers" if layers is not None else None,
         )
