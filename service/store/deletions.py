@@ -148,14 +148,14 @@ class PgDeletionStore:
             if row is not None:
                 if row[0] != fingerprint:
                     raise errors.IdempotencyKeyReused()
-                existing = self._get(conn, row[1])
+                existing = fetch(conn, row[1])
                 assert existing is not None
                 return existing, False
         row = conn.execute("SELECT fingerprint FROM deletion_requests WHERE id = %s", (deletion.id,)).fetchone()
         if row is not None:
             if row[0] != fingerprint:
                 raise errors.Conflict(f"deletion request {deletion.id} already exists with other content")
-            existing = self._get(conn, deletion.id)
+            existing = fetch(conn, deletion.id)
             assert existing is not None
             return existing, False
         d = deletion
@@ -177,12 +177,7 @@ class PgDeletionStore:
 
     def get(self, deletion_id: uuid.UUID) -> Deletion | None:
         with self.db.connect() as conn:
-            return self._get(conn, deletion_id)
-
-    def _get(self, conn: psycopg.Connection, deletion_id: uuid.UUID) -> Deletion | None:
-        with conn.cursor(row_factory=dict_row) as cur:
-            row = cur.execute(f"SELECT {_COLUMNS} FROM deletion_requests WHERE id = %s", (deletion_id,)).fetchone()
-        return _from_row(row) if row else None
+            return fetch(conn, deletion_id)
 
     def cancel(self, deletion_id: uuid.UUID, principal: Principal) -> Deletion:
         with self.db.connect() as conn, conn.transaction():
@@ -207,13 +202,18 @@ class PgDeletionStore:
         return [_from_row(r) for r in rows]
 
 
-def lock(conn: psycopg.Connection, deletion_id: uuid.UUID) -> Deletion | None:
-    """The request, locked FOR UPDATE until the caller's transaction ends."""
+def fetch(conn: psycopg.Connection, deletion_id: uuid.UUID, *, for_update: bool = False) -> Deletion | None:
+    """The request; with ``for_update``, locked until the caller's transaction ends."""
+    lock_clause = " FOR UPDATE" if for_update else ""
     with conn.cursor(row_factory=dict_row) as cur:
         row = cur.execute(
-            f"SELECT {_COLUMNS} FROM deletion_requests WHERE id = %s FOR UPDATE", (deletion_id,)
+            f"SELECT {_COLUMNS} FROM deletion_requests WHERE id = %s{lock_clause}", (deletion_id,)
         ).fetchone()
     return _from_row(row) if row else None
+
+
+def lock(conn: psycopg.Connection, deletion_id: uuid.UUID) -> Deletion | None:
+    return fetch(conn, deletion_id, for_update=True)
 
 
 def transition(conn: psycopg.Connection, d: Deletion, status: Status, result: dict[str, Any] | None = None) -> Deletion:
