@@ -49,10 +49,10 @@ class SystemClock:
 def deletions_core(db: _database.DatabaseInfo, settings: Settings) -> Deletions:
     from service.core.deletions import Deletions
     from service.store.deletions import PgDeletionStore
-    from service.workflow.queue import enqueue_callbacks, enqueue_deletion
+    from service.workflow.queue import enqueue_callbacks, enqueue_deletions
 
     key = keyfile.load_or_create(settings.resolved_hmac_key_file())
-    return Deletions(PgDeletionStore(db, enqueue_deletion, enqueue_callbacks), SystemClock(), key,
+    return Deletions(PgDeletionStore(db, enqueue_deletions, enqueue_callbacks), SystemClock(), key,
                      timedelta(days=settings.deletion_deadline_days))  # fmt: skip
 
 

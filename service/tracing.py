@@ -35,6 +35,15 @@ def carrier() -> dict[str, str]:
     return out
 
 
+def record_span(name: str, headers: Mapping[str, str], start_ns: int, *, error: bool = False) -> None:
+    """A span that started at ``start_ns`` and ends now, under the context carried in ``headers``
+    (for work done on another thread on a request's behalf)."""
+    span = tracer.start_span(name, context=propagate.extract(dict(headers)), start_time=start_ns)
+    if error:
+        span.set_status(trace.StatusCode.ERROR)
+    span.end()
+
+
 def attach(headers: Mapping[str, str] | None) -> object:
     """Make a carried trace context current; returns a token for ``detach``."""
     return context.attach(propagate.extract(dict(headers or {})))

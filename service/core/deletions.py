@@ -13,6 +13,7 @@ import hashlib
 import json
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -107,11 +108,13 @@ class Page:
 
 class DeletionStore(Protocol):
     """The storage port. Each method is one transaction; ``create`` also appends the ledger
-    entry and enqueues the workflow job in that transaction, so an accepted request is durable."""
+    entry and enqueues the workflow job in that transaction, so an accepted request is durable.
+    ``create`` returns at once: its future resolves when that transaction has committed (a store
+    may group-commit several requests), so an async edge can wait without holding a thread."""
 
     def create(
         self, deletion: Deletion, principal: Principal, idempotency_key: str | None, fingerprint: str
-    ) -> tuple[Deletion, bool]: ...
+    ) -> Future[tuple[Deletion, bool]]: ...
     def get(self, deletion_id: uuid.UUID) -> Deletion | None: ...
     def cancel(self, deletion_id: uuid.UUID, principal: Principal) -> Deletion: ...
     def list(self, status: Status | None, after: uuid.UUID | None, limit: int) -> list[Deletion]: ...
@@ -130,7 +133,15 @@ class Deletions:
     def submit(
         self, cmd: SubmitDeletion, principal: Principal, idempotency_key: str | None = None
     ) -> tuple[Deletion, bool]:
-        """Accept a request (or replay the one accepted under the same key); returns (deletion, created)."""
+        """Accept a request (or replay the one accepted under the same key); returns (deletion, created)
+        once it is committed."""
+        return self.accept(cmd, principal, idempotency_key).result()
+
+    def accept(
+        self, cmd: SubmitDeletion, principal: Principal, idempotency_key: str | None = None
+    ) -> Future[tuple[Deletion, bool]]:
+        """``submit`` without the wait: invalid input raises here; the future resolves to (deletion,
+        created) once committed, or to the store's error (e.g. the key reused with another body)."""
         principal.require(Scope.DELETIONS_WRITE)
         if cmd.subject_request_type != "erasure":
             raise errors.InvalidInput(f"unsupported subject_request_type {cmd.subject_request_type!r}; only 'erasure'")

@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -31,7 +31,8 @@ from service.store import ledger
 from service.store.database import DatabaseInfo
 from service.tracing import tracer
 
-Enqueue = Callable[[psycopg.Connection, uuid.UUID, dict[str, str]], None]  # (conn, request id, trace context)
+# (conn, [(request id, trace context)]): defer the requests' jobs in the caller's transaction
+Enqueue = Callable[[psycopg.Connection, Sequence[tuple[uuid.UUID, dict[str, str]]]], None]
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
 _COLUMNS = ("id, request_type, subject_hashes, identity_types, record_ids, submitted_time, received_time, deadline,"
             " status, callback_urls, updated_time, completed_time, result")  # fmt: skip
@@ -65,6 +66,7 @@ class _Pending:
     fingerprint: str
     trace: dict[str, str]  # the submitting request's trace context, continued by the job
     future: Future[tuple[Deletion, bool]] = field(default_factory=Future)
+    queued_ns: int = field(default_factory=time.time_ns)
 
 
 class PgDeletionStore:
@@ -79,13 +81,12 @@ class PgDeletionStore:
 
     def create(
         self, deletion: Deletion, principal: Principal, idempotency_key: str | None, fingerprint: str
-    ) -> tuple[Deletion, bool]:
-        """Queue the request for the group-commit writer and wait until its transaction committed."""
-        with tracer.start_as_current_span("db.create_deletion"):
-            pending = _Pending(deletion, principal, idempotency_key, fingerprint, tracing.carrier())
-            self._start_writer()
-            self._queue.put(pending)
-            return pending.future.result()
+    ) -> Future[tuple[Deletion, bool]]:
+        """Queue the request for the group-commit writer; the future resolves once its transaction committed."""
+        pending = _Pending(deletion, principal, idempotency_key, fingerprint, tracing.carrier())
+        self._start_writer()
+        self._queue.put(pending)
+        return pending.future
 
     def _start_writer(self) -> None:
         with self._writer_lock:
@@ -106,74 +107,92 @@ class PgDeletionStore:
             self._write_batch(batch)
 
     def _write_batch(self, batch: list[_Pending]) -> None:
+        """One transaction for the batch: the lookups, then every write as one multi-row statement per
+        table (psycopg pipelines ``executemany``), so its cost in round trips does not grow with its size."""
         outcomes: list[tuple[Deletion, bool] | BaseException] = []
         try:
             with tracer.start_as_current_span("db.create_deletions_batch", attributes={"lethe.batch": len(batch)}), \
-                    self.db.connect() as conn, conn.transaction():  # fmt: skip
-                accepted = []
-                for p in batch:
-                    try:
-                        outcome = self._create_one(conn, p)
-                    except errors.LetheError as e:  # raised before this request wrote anything
-                        outcomes.append(e)
-                        continue
-                    outcomes.append(outcome)
-                    if outcome[1]:
-                        accepted.append(outcome[0])
-                if accepted:
-                    ledger.append(conn, [("deletion.submitted", ledger_body(d)) for d in accepted])
+                    self.db.connect() as conn, conn.pipeline(), conn.transaction():  # fmt: skip
+                ids = [p.deletion.id for p in batch]
+                found = conn.execute("SELECT id, fingerprint FROM deletion_requests WHERE id = ANY(%s)", (ids,))
+                at = ledger.tail(conn)  # one round trip so far: BEGIN, the lookup and the ledger's lock
+                outcomes = self._decide(conn, batch, {r[0]: r[1] for r in found.fetchall()})
+                new = [(p, o[0]) for p, o in zip(batch, outcomes, strict=True) if isinstance(o, tuple) and o[1]]
+                if new:
+                    self._insert(conn, new, at)  # the second; COMMIT the third
         except BaseException as e:  # the transaction rolled back: nobody's request was accepted
-            for p in batch:
-                p.future.set_exception(e)
-            return
+            outcomes = [e] * len(batch)
         for p, result in zip(batch, outcomes, strict=True):
+            # each request's wait, in its own trace (the batch's span is a trace of its own)
+            tracing.record_span("db.create_deletion", p.trace, p.queued_ns, error=isinstance(result, BaseException))
             if isinstance(result, BaseException):
                 p.future.set_exception(result)
             else:
                 p.future.set_result(result)
 
-    def _create_one(self, conn: psycopg.Connection, p: _Pending) -> tuple[Deletion, bool]:
-        """Checks first (they raise before any write), then the request row, key and job."""
-        deletion, principal, idempotency_key, fingerprint = p.deletion, p.principal, p.idempotency_key, p.fingerprint
-        if idempotency_key is not None:
-            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{principal.key_id}:{idempotency_key}",))
-            conn.execute(  # a key is remembered for IDEMPOTENCY_RETENTION; after that it starts afresh
-                "DELETE FROM idempotency_keys WHERE principal = %s AND key = %s AND created_at < now() - %s",
-                (principal.key_id, idempotency_key, IDEMPOTENCY_RETENTION),
-            )
-            row = conn.execute(
-                "SELECT fingerprint, deletion_id FROM idempotency_keys WHERE principal = %s AND key = %s",
-                (principal.key_id, idempotency_key),
-            ).fetchone()
-            if row is not None:
-                if row[0] != fingerprint:
+    def _decide(
+        self, conn: psycopg.Connection, batch: list[_Pending], stored: dict[uuid.UUID, str]
+    ) -> list[tuple[Deletion, bool] | BaseException]:
+        """Each request's outcome: (the request, True) to insert, (an earlier one, False) to replay, or the
+        error it gets. ``stored`` maps the batch's ids already in the table to their fingerprints;
+        earlier requests of the same batch count as existing too."""
+        fresh: dict[uuid.UUID, tuple[str, Deletion]] = {}  # accepted earlier in this batch
+        keys: dict[tuple[str, str], tuple[str, uuid.UUID]] = {}  # idempotency keys taken earlier in this batch
+        out: list[tuple[Deletion, bool] | BaseException] = []
+        for p in batch:
+            try:
+                out.append(self._decide_one(conn, p, stored, fresh, keys))
+            except errors.LetheError as e:
+                out.append(e)
+        return out
+
+    @staticmethod
+    def _decide_one(
+        conn: psycopg.Connection, p: _Pending, stored: dict[uuid.UUID, str],
+        fresh: dict[uuid.UUID, tuple[str, Deletion]], keys: dict[tuple[str, str], tuple[str, uuid.UUID]],
+    ) -> tuple[Deletion, bool]:  # fmt: skip
+        d, key = p.deletion, p.idempotency_key
+
+        def existing(deletion_id: uuid.UUID) -> Deletion:
+            found = fresh[deletion_id][1] if deletion_id in fresh else fetch(conn, deletion_id)
+            assert found is not None
+            return found
+
+        if key is not None:
+            seen = keys.get((p.principal.key_id, key)) or _stored_key(conn, p.principal.key_id, key)
+            if seen is not None:
+                if seen[0] != p.fingerprint:
                     raise errors.IdempotencyKeyReused()
-                existing = fetch(conn, row[1])
-                assert existing is not None
-                return existing, False
-        row = conn.execute("SELECT fingerprint FROM deletion_requests WHERE id = %s", (deletion.id,)).fetchone()
-        if row is not None:
-            if row[0] != fingerprint:
-                raise errors.Conflict(f"deletion request {deletion.id} already exists with other content")
-            existing = fetch(conn, deletion.id)
-            assert existing is not None
-            return existing, False
-        d = deletion
-        conn.execute(
-            "INSERT INTO deletion_requests (id, request_type, subject_hashes, identity_types, record_ids,"
-            " submitted_time, received_time, deadline, status, callback_urls, updated_time, result,"
-            " fingerprint, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (d.id, d.request_type, list(d.subject_hashes), list(d.identity_types), list(d.record_ids),
-             d.submitted_time, d.received_time, d.deadline, d.status.value, list(d.callback_urls),
-             d.updated_time, Jsonb(d.result), fingerprint, principal.key_id),
-        )  # fmt: skip
-        if idempotency_key is not None:
-            conn.execute(
-                "INSERT INTO idempotency_keys (principal, key, fingerprint, deletion_id) VALUES (%s, %s, %s, %s)",
-                (principal.key_id, idempotency_key, fingerprint, d.id),
-            )
-        self.enqueue(conn, d.id, p.trace)
-        return deletion, True
+                return existing(seen[1]), False
+        fingerprint = fresh[d.id][0] if d.id in fresh else stored.get(d.id)
+        if fingerprint is not None:
+            if fingerprint != p.fingerprint:
+                raise errors.Conflict(f"deletion request {d.id} already exists with other content")
+            return existing(d.id), False
+        fresh[d.id] = (p.fingerprint, d)
+        if key is not None:
+            keys[(p.principal.key_id, key)] = (p.fingerprint, d.id)
+        return d, True
+
+    def _insert(self, conn: psycopg.Connection, new: list[tuple[_Pending, Deletion]], at: ledger.Tail) -> None:
+        """Every write of the batch, sent in one go (the job insert is the only statement waited on)."""
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO deletion_requests (id, request_type, subject_hashes, identity_types, record_ids,"
+                " submitted_time, received_time, deadline, status, callback_urls, updated_time, result,"
+                " fingerprint, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(d.id, d.request_type, list(d.subject_hashes), list(d.identity_types), list(d.record_ids),
+                  d.submitted_time, d.received_time, d.deadline, d.status.value, list(d.callback_urls),
+                  d.updated_time, Jsonb(d.result), p.fingerprint, p.principal.key_id) for p, d in new],
+            )  # fmt: skip
+            keyed = [(p.principal.key_id, p.idempotency_key, p.fingerprint, d.id) for p, d in new if p.idempotency_key]
+            if keyed:
+                cur.executemany(
+                    "INSERT INTO idempotency_keys (principal, key, fingerprint, deletion_id) VALUES (%s, %s, %s, %s)",
+                    keyed,
+                )
+        ledger.write(conn, at, [("deletion.submitted", ledger_body(d)) for _, d in new])
+        self.enqueue(conn, [(d.id, p.trace) for p, d in new])
 
     def get(self, deletion_id: uuid.UUID) -> Deletion | None:
         with self.db.connect() as conn:
@@ -200,6 +219,20 @@ class PgDeletionStore:
                 (status and status.value, status and status.value, after, after, limit),
             ).fetchall()
         return [_from_row(r) for r in rows]
+
+
+def _stored_key(conn: psycopg.Connection, principal: str, key: str) -> tuple[str, uuid.UUID] | None:
+    """(fingerprint, request id) remembered for an idempotency key, locked for this transaction.
+    A key is remembered for IDEMPOTENCY_RETENTION; after that it starts afresh."""
+    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{principal}:{key}",))
+    conn.execute(
+        "DELETE FROM idempotency_keys WHERE principal = %s AND key = %s AND created_at < now() - %s",
+        (principal, key, IDEMPOTENCY_RETENTION),
+    )
+    row = conn.execute(
+        "SELECT fingerprint, deletion_id FROM idempotency_keys WHERE principal = %s AND key = %s", (principal, key)
+    ).fetchone()
+    return (row[0], row[1]) if row else None
 
 
 def fetch(conn: psycopg.Connection, deletion_id: uuid.UUID, *, for_update: bool = False) -> Deletion | None:
@@ -258,13 +291,10 @@ class Authenticator:
         self._cache: dict[str, tuple[float, bytes, Principal]] = {}
 
     def __call__(self, token: str | None) -> Principal:
-        if not token or not token.startswith("lk_") or token.count("_") < 2:
-            raise errors.Unauthenticated()
-        _, key_id, secret = token.split("_", 2)
-        digest = hashlib.sha256(secret.encode()).digest()
-        hit = self._cache.get(key_id)
-        if hit is not None and hit[0] > time.monotonic() and hmac.compare_digest(hit[1], digest):
-            return hit[2]
+        key_id, digest = self._parse(token)
+        hit = self._hit(key_id, digest)
+        if hit is not None:
+            return hit
         with self.db.connect() as conn:
             row = conn.execute(
                 "SELECT secret_hash, scopes FROM api_keys WHERE id = %s AND revoked_at IS NULL", (key_id,)
@@ -274,3 +304,21 @@ class Authenticator:
         principal = Principal(key_id, frozenset(row[1]))
         self._cache[key_id] = (time.monotonic() + self.ttl, digest, principal)
         return principal
+
+    def cached(self, token: str | None) -> Principal | None:
+        """The principal if the key was checked within ``ttl`` (no I/O: an event loop may call it);
+        None if it needs a lookup; raises Unauthenticated for a malformed token."""
+        return self._hit(*self._parse(token))
+
+    @staticmethod
+    def _parse(token: str | None) -> tuple[str, bytes]:
+        if not token or not token.startswith("lk_") or token.count("_") < 2:
+            raise errors.Unauthenticated()
+        _, key_id, secret = token.split("_", 2)
+        return key_id, hashlib.sha256(secret.encode()).digest()
+
+    def _hit(self, key_id: str, digest: bytes) -> Principal | None:
+        hit = self._cache.get(key_id)
+        if hit is not None and hit[0] > time.monotonic() and hmac.compare_digest(hit[1], digest):
+            return hit[2]
+        return None

@@ -7,12 +7,15 @@ share one transaction (group commit). An entry is returned only once it is commi
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from service.ledger import merkle
@@ -21,27 +24,48 @@ from service.ledger.chain import GENESIS, Entry, chain_hash
 LOCK_KEY = 0x1E7E_1ED6  # pg_advisory_xact_lock key of the ledger
 
 
-def append(conn: psycopg.Connection, items: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Entry]:
-    """Append ``(kind, body)`` items in order, in one transaction; return them with seq and hashes."""
+@dataclass(frozen=True)
+class Tail:
+    """The last entry's seq and hash, read under the ledger's lock: where the next entries chain on."""
+
+    seq: int
+    row_hash: bytes
+
+
+def tail(conn: psycopg.Connection) -> Tail:
+    """Take the ledger's lock for the caller's transaction and read its tail."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+    row = conn.execute("SELECT seq, row_hash FROM ledger_entries ORDER BY seq DESC LIMIT 1").fetchone()
+    return Tail(row[0], bytes(row[1])) if row else Tail(0, GENESIS)
+
+
+def write(conn: psycopg.Connection, at: Tail, items: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Entry]:
+    """Chain ``(kind, body)`` items onto ``at`` (from ``tail`` in this transaction) and insert them.
+    Sends without waiting for an answer, so in pipeline mode it costs no round trip of its own."""
     out: list[Entry] = []
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
-        row = conn.execute("SELECT seq, row_hash FROM ledger_entries ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (row[0], bytes(row[1])) if row else (0, GENESIS)
-        now = datetime.now(UTC).isoformat(timespec="microseconds")
-        for kind, body in items:
-            seq += 1
-            body = json.loads(json.dumps(body))  # exactly what jsonb will give back
-            h = chain_hash(prev, seq, kind, body, now)
-            out.append(Entry(seq, kind, body, now, prev, h))
-            prev = h
-        with conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO ledger_entries (seq, kind, body, created_at, prev_hash, row_hash)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                [(e.seq, e.kind, Jsonb(e.body), e.created_at, e.prev_hash, e.row_hash) for e in out],
-            )
+    seq, prev = at.seq, at.row_hash
+    now = datetime.now(UTC).isoformat(timespec="microseconds")
+    for kind, body in items:
+        seq += 1
+        body = json.loads(json.dumps(body))  # exactly what jsonb will give back
+        h = chain_hash(prev, seq, kind, body, now)
+        out.append(Entry(seq, kind, body, now, prev, h))
+        prev = h
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO ledger_entries (seq, kind, body, created_at, prev_hash, row_hash)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            [(e.seq, e.kind, Jsonb(e.body), e.created_at, e.prev_hash, e.row_hash) for e in out],
+        )
     return out
+
+
+def append(conn: psycopg.Connection, items: Sequence[tuple[str, Mapping[str, Any]]]) -> list[Entry]:
+    """Append ``(kind, body)`` items in order, in the caller's transaction if there is one (else in
+    a new one); return them with seq and hashes."""
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    with conn.transaction() if idle else contextlib.nullcontext():
+        return write(conn, tail(conn), items)
 
 
 def entries(conn: psycopg.Connection, upto: int | None = None) -> Iterator[Entry]:

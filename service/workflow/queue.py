@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import procrastinate
@@ -35,13 +36,17 @@ def ensure_schema(db: DatabaseInfo) -> bool:
     return True
 
 
-def enqueue_deletion(conn: psycopg.Connection, deletion_id: uuid.UUID, trace: dict[str, str]) -> None:
-    """Defer the workflow job for a request, inside the caller's transaction, carrying ``trace``
-    (the W3C context of the request that submitted it) so the job continues that trace."""
+def enqueue_deletions(conn: psycopg.Connection, requests: Sequence[tuple[uuid.UUID, dict[str, str]]]) -> None:
+    """Defer the workflow jobs of ``(request id, trace context)`` pairs in one statement, inside the
+    caller's transaction; each job continues the trace of the request that submitted it."""
     from service.workflow import steps
 
-    job = steps.process_deletion.configure(connection=conn, queueing_lock=str(deletion_id))
-    job.defer(deletion_id=str(deletion_id), trace=dict[str, Any](trace))
+    if not requests:
+        return
+    jobs = [steps.process_deletion.configure(queueing_lock=str(deletion_id))
+            .make_new_job(deletion_id=str(deletion_id), trace=dict[str, Any](trace))
+            for deletion_id, trace in requests]  # fmt: skip
+    REGISTRY.job_manager.batch_defer_jobs(jobs=jobs, connection=conn)
 
 
 def enqueue_callbacks(conn: psycopg.Connection, deletion: Deletion) -> None:

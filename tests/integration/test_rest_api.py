@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psycopg
@@ -123,6 +124,34 @@ def test_idempotency_key_replays_and_rejects_a_different_body(api):
     same_id_other_body = client.post("/v1/deletions", json={**b, "record_ids": ["x"]}, headers=auth(keys["writer"]))
     is_problem(same_id_other_body, 409)
     assert ledger_size(db) == before == 1
+
+
+def test_concurrent_duplicates_are_accepted_once(api):
+    """Requests that race (and may share one group-commit transaction) still get one request, one
+    ledger entry and one job: the first is created, the others replay it or are refused."""
+    client, keys, db, _ = api
+    b, other = body(), body()
+    keyed = {**auth(keys["writer"]), "Idempotency-Key": "k-race"}
+    posts = [(b, auth(keys["writer"]))] * 6 + [(other, keyed)] * 6 + [({**other, "record_ids": ["x"]}, keyed)] * 2
+
+    def post(item):
+        doc, headers = item
+        with httpx.Client(base_url=client.base_url, timeout=30) as c:
+            return c.post("/v1/deletions", json=doc, headers=headers)
+
+    with ThreadPoolExecutor(len(posts)) as pool:
+        got = list(pool.map(post, posts))
+    by_id = got[:6]
+    assert sorted(r.status_code for r in by_id) == [200] * 5 + [201]
+    assert len({json.dumps(r.json(), sort_keys=True) for r in by_id}) == 1
+    # whichever body took the key first was created; the same body replays it, the other gets 422
+    raced = got[6:]
+    assert [r.status_code for r in raced].count(201) == 1 and {r.status_code for r in raced} <= {200, 201, 422}
+    assert len({json.dumps(r.json(), sort_keys=True) for r in raced if r.status_code in (200, 201)}) == 1
+    with psycopg.connect(db.url) as conn:
+        assert conn.execute("SELECT count(*) FROM deletion_requests").fetchone()[0] == 2
+        assert conn.execute("SELECT count(*) FROM procrastinate_jobs").fetchone()[0] == 2
+    assert ledger_size(db) == 2
 
 
 @pytest.mark.parametrize(

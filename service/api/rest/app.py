@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import prometheus_client
 from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry.trace import SpanKind
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
@@ -84,9 +86,19 @@ class ServerSpan:
             span.set_attribute("http.route", getattr(route, "path_format", "unmatched"))
 
 
-def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+class Authenticate(Protocol):
+    """Token → principal (raises Unauthenticated); ``cached`` answers without I/O or returns None."""
+
+    def __call__(self, token: str | None) -> Principal: ...
+    def cached(self, token: str | None) -> Principal | None: ...
+
+
+async def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+    """On the event loop when the key was checked recently; a lookup goes to a worker thread."""
     token = authorization.removeprefix("Bearer ").strip() if authorization else None
-    return request.app.state.authenticate(token)  # type: ignore[no-any-return]
+    authenticate: Authenticate = request.app.state.authenticate
+    hit = authenticate.cached(token)
+    return hit if hit is not None else await run_in_threadpool(authenticate, token)
 
 
 Auth = Annotated[Principal, Depends(_principal)]
@@ -95,7 +107,7 @@ Auth = Annotated[Principal, Depends(_principal)]
 def create_app(
     deletions: Deletions,
     ledger: Ledger,
-    authenticate: Callable[[str | None], Principal],
+    authenticate: Authenticate,
     ready: Callable[[], bool],
     registry: prometheus_client.CollectorRegistry | None = None,
 ) -> FastAPI:
@@ -125,9 +137,10 @@ def create_app(
         return problem(422, "Invalid input", detail, "https://lethe.dev/problems/invalid-input")
 
     @app.post("/v1/deletions", status_code=201, response_model=DeletionOut, tags=["deletions"])
-    def submit(body: DeletionIn, who: Auth, response: Response,
-               idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> DeletionOut:  # fmt: skip
-        d, created = deletions.submit(body.to_core(), who, idempotency_key)
+    async def submit(body: DeletionIn, who: Auth, response: Response,
+                     idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> DeletionOut:  # fmt: skip
+        # awaits the group commit without holding a thread: the accept path never leaves the event loop
+        d, created = await asyncio.wrap_future(deletions.accept(body.to_core(), who, idempotency_key))
         if not created:
             response.status_code = 200
         return DeletionOut.from_core(d)
