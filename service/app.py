@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from service.core.deletions import Deletions
     from service.ledger.log import Ledger
     from service.training import TrainingJob
+    from service.verify.probes import ProbeConfig
     from shards.basemodel import BuiltModel
 
 
@@ -56,7 +57,10 @@ def deletions_core(db: _database.DatabaseInfo, settings: Settings) -> Deletions:
                      timedelta(days=settings.deletion_deadline_days))  # fmt: skip
 
 
-def rest_app(db: _database.DatabaseInfo, settings: Settings) -> FastAPI:
+def rest_app(
+    db: _database.DatabaseInfo, settings: Settings, serving_ready: Callable[[], bool] | None = None
+) -> FastAPI:
+    """``serving_ready``: under ``lethe serve``, ready also needs every replica on the current adapters."""
     from service.api.rest.app import create_app
     from service.store.deletions import Authenticator
 
@@ -64,9 +68,9 @@ def rest_app(db: _database.DatabaseInfo, settings: Settings) -> FastAPI:
         try:
             with db.connect(connect_timeout=2) as conn:
                 conn.execute("SELECT 1")
-            return True
         except Exception:
             return False
+        return serving_ready() if serving_ready is not None else True
 
     import prometheus_client
 
@@ -142,3 +146,16 @@ def base_model(settings: Settings, *, progress: bool = True) -> BuiltModel:
     if settings.base_model is not None:
         return basemodel.describe(settings.base_model)
     return basemodel.build(settings.model, settings.models_dir(), progress=progress)
+
+
+def probe_config(settings: Settings) -> ProbeConfig | None:
+    """What the verify step's probes need: the base model and never-trained records (if present)."""
+    import json
+
+    from service.verify.probes import ProbeConfig
+
+    path = settings.resolved_holdout_file()
+    if not path.exists():
+        return None
+    texts = tuple(str(json.loads(line)["text"]) for line in path.read_text().splitlines() if line.strip())
+    return ProbeConfig(base_model(settings, progress=False).path, texts)

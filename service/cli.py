@@ -208,7 +208,9 @@ app.add_typer(keys_app, name="keys")
 @keys_app.command("create")
 def keys_create(
     ctx: typer.Context,
-    scope: Annotated[list[str], typer.Option("--scope", help="deletions:write, deletions:read, ledger:read, admin")],
+    scope: Annotated[
+        list[str], typer.Option("--scope", help="deletions:write, deletions:read, ledger:read, inference, admin")
+    ],
     name: Annotated[str, typer.Option(help="A label for whom the key is for.")] = "",
 ) -> None:
     """Create an API key; it is printed once (only its hash is stored)."""
@@ -249,6 +251,25 @@ def api(ctx: typer.Context) -> None:
 
 
 @app.command()
+def serve(
+    ctx: typer.Context,
+    replicas: Annotated[int | None, typer.Option(help="vLLM replicas to start (default: settings).")] = None,
+) -> None:
+    """Serve: vLLM replicas + reconcilers, the OpenAI gateway, REST + gRPC APIs and the worker."""
+    from service import app as lethe
+    from service import tracing
+    from service.serve import Stack, run_forever
+
+    tracing.setup("lethe-serve")
+    settings = _settings(ctx)
+    if replicas is not None:
+        settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"replicas": replicas})})
+    with lethe.database(settings) as db:
+        lethe.migrate(db)
+        run_forever(Stack(settings, db, log=console.print))
+
+
+@app.command()
 def worker(
     ctx: typer.Context, once: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False
 ) -> None:
@@ -261,7 +282,8 @@ def worker(
     settings = _settings(ctx)
     with lethe.database(settings) as db:
         lethe.migrate(db)
-        run_worker(db, lethe.ledger(db, settings), settings.artifacts_dir(), once=once)
+        run_worker(db, lethe.ledger(db, settings), settings.artifacts_dir(), once=once,
+                   ack_timeout=settings.serving.ack_timeout_seconds, probes=lethe.probe_config(settings))  # fmt: skip
 
 
 @simulate_app.command("capacity")

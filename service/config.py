@@ -4,10 +4,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shards.specs import BaseModelSpec, S3TSpec, TrainConfig
+
+
+class ServingSpec(BaseModel):
+    """vLLM replicas, the gateway and the rollout of a new served model."""
+
+    replicas: int = Field(2, ge=1, le=64, description="vLLM replicas `lethe serve` starts (ignored with urls).")
+    replica_urls: list[str] = Field(default_factory=list, description="Connect to these vLLM servers instead.")
+    first_port: int = Field(8100, ge=1024, le=65000, description="Port of the first local replica (then +1...).")
+    gateway_host: str = Field("127.0.0.1", description="OpenAI-compatible gateway bind address.")
+    gateway_port: int = Field(8000, ge=0, le=65535, description="Gateway port.")
+    ack_timeout_seconds: float = Field(60.0, gt=0, description="A replica not acknowledging in time leaves routing.")
+    max_loras: int = Field(2, ge=1, description="Adapters per batch on a replica (old + new during a swap).")
+    max_model_len: int = Field(256, ge=32, description="Context length the replicas reserve.")
+    start_timeout_seconds: float = Field(300.0, gt=0, description="How long a replica may take to start.")
+    holdout_file: Path | None = Field(
+        None, description="JSONL of never-trained records the probes compare against (default: the corpus's)."
+    )
 
 
 class Settings(BaseSettings):
@@ -30,6 +47,7 @@ class Settings(BaseSettings):
     model: BaseModelSpec = Field(default_factory=BaseModelSpec, description="Spec of the locally built base model.")
     s3t: S3TSpec = Field(default_factory=S3TSpec, description="S3T layout: shards, slices, sequences.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="S3T training hyper-parameters.")
+    serving: ServingSpec = Field(default_factory=ServingSpec, description="vLLM replicas and the gateway.")
     corpus_seed: int = Field(0, description="Seed of the generated corpus.")
     max_record_bytes: int = Field(16_384, gt=0, description="Largest record text accepted at ingest.")
     deletion_deadline_days: int = Field(30, gt=0, le=90, description="Deadline of a request after receipt.")
@@ -67,6 +85,12 @@ class Settings(BaseSettings):
 
     def artifacts_dir(self) -> Path:
         return (self.var_dir / "artifacts").resolve()
+
+    def serving_dir(self) -> Path:
+        return (self.var_dir / "serving").resolve()
+
+    def resolved_holdout_file(self) -> Path:
+        return (self.serving.holdout_file or self.corpus_dir() / "holdout.jsonl").resolve()
 
     def corpus_dir(self) -> Path:
         return (self.var_dir / "corpus" / f"seed-{self.corpus_seed}").resolve()

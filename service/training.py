@@ -152,8 +152,9 @@ def plan_for(db: DatabaseInfo, record_ids: Iterable[str]) -> Plan:
     return plan(planner_units(db), placement, deleted)
 
 
-def forget(db: DatabaseInfo, record_ids: Iterable[str]) -> Plan:
-    """Plan, destroy every tainted stage in every sequence (rows, then files), purge the text.
+def forget(db: DatabaseInfo, record_ids: Iterable[str], *, purge: bool = True) -> Plan:
+    """Plan, destroy every tainted stage in every sequence (rows, then files), purge the text
+    (unless ``purge`` is False: the workflow purges after its probes read the text).
 
     Idempotent: run again after a crash, it finds the same cuts already applied and finishes.
     """
@@ -164,7 +165,8 @@ def forget(db: DatabaseInfo, record_ids: Iterable[str]) -> Plan:
         for shard in p.affected:
             for seq, cut in p.shards[shard].tainted.items():
                 paths += store.destroy(conn, shard, seq, cut)
-        store.purge_records(conn, ids)
+        if purge:
+            store.purge_records(conn, ids)
     _delete_dirs(paths)
     # Files of stages destroyed by an earlier, interrupted run.
     with db.connect() as conn:

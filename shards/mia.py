@@ -8,6 +8,7 @@ records) because chance level is wide with few people (design.md §8).
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -27,6 +28,44 @@ def text_losses(model: torch.nn.Module, tokenizer: object, texts: Sequence[str],
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
         mask = (labels != -100).float()
         out += (nll.sum(1) / mask.sum(1)).tolist()
+    return out
+
+
+MIN_K = 0.4  # Min-K%: the lowest 40 % of token log-probabilities (design.md §7)
+
+
+@torch.no_grad()
+def text_scores(model: torch.nn.Module, tokenizer: object, texts: Sequence[str], batch_size: int = 64
+                ) -> list[dict[str, float]]:  # fmt: skip
+    """LOSS, zlib, Min-K% and Min-K%++ of each text, all oriented "lower = more member-like".
+
+    zlib = NLL sum / zlib-compressed length; Min-K% = −mean of the lowest k% token log-probs;
+    Min-K%++ = −mean of the lowest k% of (log p(x_t) − μ_t) / σ_t, with μ_t, σ_t the mean and
+    standard deviation of log p over the vocabulary under the model's own distribution at t.
+    """
+    model.eval()
+    out: list[dict[str, float]] = []
+    for i in range(0, len(texts), batch_size):
+        chunk = list(texts[i : i + batch_size])
+        batch = encode_batch(tokenizer, chunk)  # type: ignore[arg-type]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        logp = torch.log_softmax(logits.float(), -1)
+        mask = labels != -100
+        tok = logp.gather(2, labels.clamp(min=0)[..., None])[..., 0]
+        probs = logp.exp()
+        mu = (probs * logp).sum(-1)
+        sigma = ((probs * logp.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
+        z = (tok - mu) / sigma
+        for j, text in enumerate(chunk):
+            t, zz = tok[j][mask[j]], z[j][mask[j]]
+            k = max(1, int(len(t) * MIN_K))
+            out.append({
+                "loss": float(-t.mean()),
+                "zlib": float(-t.sum()) / len(zlib.compress(text.encode())),
+                "min_k": float(-t.sort().values[:k].mean()),
+                "min_k_pp": float(-zz.sort().values[:k].mean()),
+            })  # fmt: skip
     return out
 
 

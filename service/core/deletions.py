@@ -43,6 +43,7 @@ class Scope(enum.StrEnum):
     DELETIONS_WRITE = "deletions:write"
     DELETIONS_READ = "deletions:read"
     LEDGER_READ = "ledger:read"
+    INFERENCE = "inference"  # the OpenAI-compatible gateway
     ADMIN = "admin"
 
 

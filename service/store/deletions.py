@@ -260,8 +260,12 @@ def transition(conn: psycopg.Connection, d: Deletion, status: Status, result: di
     ).fetchone()
     assert row is not None
     new = d.evolve(status=status, result=merged, updated_time=row[0], completed_time=row[1])
-    ledger.append(conn, [(f"deletion.{status.value}", {**ledger_body(new), **(result or {})})])
-    return new
+    (entry,) = ledger.append(conn, [(f"deletion.{status.value}", {**ledger_body(new), **(result or {})})])
+    # the entry's seq is what a receipt is asked for: GET /v1/ledger/entries/{seq}/receipt
+    seqs = {**merged.get("ledger_seqs", {}), status.value: entry.seq}
+    conn.execute("UPDATE deletion_requests SET result = result || %s WHERE id = %s",
+                 (Jsonb({"ledger_seqs": seqs}), d.id))  # fmt: skip
+    return new.evolve(result={**merged, "ledger_seqs": seqs})
 
 
 def record(conn: psycopg.Connection, d: Deletion, kind: str, extra: dict[str, Any]) -> None:

@@ -1,10 +1,12 @@
 """The deletion workflow: one job per request, a sequence of idempotent steps.
 
-resolve (subject hashes → record ids) → plan and cut (S3T planner; tainted stages destroyed in
-every sequence; record text purged) → apply (the clean adapters to serve; replicas follow them
-in the serving issue) → verify (structural proof: no live block's lineage holds a deleted
-record) → complete. Every state change is a ledger entry in the same transaction as the change.
-A crash anywhere re-runs the job (procrastinate retries stalled jobs): finished steps are no-ops.
+resolve (subject hashes → record ids) → cut (S3T planner; tainted stages destroyed in every
+sequence, rows then files) → apply (materialise the clean adapter, publish it, wait until every
+routable replica acknowledged it; a replica that does not is taken out of routing) → verify
+(structural proof, equivalence check, membership and VerbMem probes of the served model) →
+purge (record text set to NULL) → complete. The text outlives the cut only until the probes
+have read it. Every state change is a ledger entry in the same transaction as the change. A
+crash anywhere re-runs the job (procrastinate retries stalled jobs): finished steps are no-ops.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -80,7 +83,7 @@ def run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
     return status
 
 
-STEPS = ("claim", "resolve", "cut", "apply", "verify", "complete")
+STEPS = ("claim", "resolve", "cut", "apply", "verify", "purge", "complete")
 
 
 @contextlib.contextmanager
@@ -93,11 +96,13 @@ def _step(name: str, timings: dict[str, float]) -> Iterator[None]:
 
 
 def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID) -> dict[str, Any]:
-    """Materialise each affected shard's clean adapter and make it the desired one (idempotent).
+    """Record each affected shard's clean adapter as desired, then roll the served model out to
+    every replica and wait for their acknowledgements (idempotent: same content, same generation).
 
-    The ledger gets the adapter names and content hashes before and after; the files of the cut
-    stages are already gone (training.forget), so no longer-prefix adapter stays loadable."""
+    The ledger gets the adapter names and content hashes before and after and the replicas that
+    acknowledged; the files of the cut stages are already gone (training.forget)."""
     from service import training
+    from service.serving import rollout
 
     if not plan.affected:
         return {}
@@ -111,11 +116,45 @@ def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID) -> dict[str, Any
                                      deletion_id)  # fmt: skip
             changes[str(shard)] = {"before": {"adapter": before[0], "sha256": before[1]},
                                    "after": {"adapter": name, "sha256": m.sha256 if m else None}}  # fmt: skip
-        if changes:
-            d = store.lock(conn, deletion_id)
-            assert d is not None
-            store.record(conn, d, "deletion.applied", {"adapters": changes})
-    return changes
+    out = rollout.roll_out(db, plan, CONTEXT["artifacts"] / "served", deletion_id, CONTEXT.get("ack_timeout", 60.0))
+    applied = {"adapters": changes, "rollout": out.to_dict()}
+    with db.connect() as conn, conn.transaction():
+        d = store.lock(conn, deletion_id)
+        assert d is not None
+        store.record(conn, d, "deletion.applied", applied)
+    return applied
+
+
+def _verify(db: DatabaseInfo, plan: Any, ids: list[str], applied: dict[str, Any]) -> dict[str, Any]:
+    """Structural proof (no live block's lineage holds a deleted record, the served prefix is the
+    plan's), equivalence (every routable replica serves the published content hash) and, when the
+    worker has a probe configuration and the text is still there, the probes."""
+    from service import training
+    from service.store import serving
+    from service.verify import probes
+
+    after = training.plan_for(db, ids)
+    clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
+    with db.connect() as conn:
+        want = serving.served(conn)
+        reps = [r for r in serving.replicas(conn) if r.routable]
+        texts = [r[0] for r in conn.execute("SELECT text FROM records WHERE id = ANY(%s) AND text IS NOT NULL"
+                                            " ORDER BY id", (ids,))]  # fmt: skip
+    out: dict[str, Any] = {"method": "exact (S3T)", "lineage_excludes_deleted": clean}
+    if want is not None:
+        out["equivalence"] = {
+            "served_sha256": want.adapter_sha256, "generation": want.generation,
+            "replicas": {r.id: r.serving_sha256 == want.adapter_sha256 and r.acked_generation == want.generation
+                         for r in reps},
+        }  # fmt: skip
+    cfg = CONTEXT.get("probes")
+    if cfg is not None and texts and plan.affected:
+        path = Path(want.adapter_path) if want is not None and want.adapter_path else None
+        out["membership"] = probes.membership(cfg, path, texts)
+        out["verbmem"] = probes.verbmem([(r.id, r.url, r.serving_name or "base") for r in reps], texts)
+    elif ids and not texts:
+        out["probes"] = "skipped: the records' text was already purged (a re-run after a crash)"
+    return out
 
 
 def _crash_point(step: str) -> None:
@@ -139,8 +178,8 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
     with _step("resolve", timings), db.connect() as conn:  # explicit record ids + every record of the subjects
         ids = sorted(set(d.record_ids) | set(s3t.record_ids_of_subjects(conn, d.subject_hashes)))
 
-    with _step("cut", timings):  # plan and cut (idempotent: a re-run finds the cuts applied, the text purged)
-        plan = training.forget(db, ids)
+    with _step("cut", timings):  # plan and cut (idempotent: a re-run finds the cuts applied)
+        plan = training.forget(db, ids, purge=False)
         summary = {
             "records": len(ids),
             "affected_shards": sorted(plan.affected),
@@ -149,24 +188,26 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
                        for k, p in sorted(plan.shards.items())},
         }  # fmt: skip
 
-    with _step("apply", timings):  # the clean adapters to serve: the desired state replicas follow
+    with _step("apply", timings):  # the clean adapter served by every routable replica
         applied = _apply(db, plan, deletion_id)
 
-    with _step("verify", timings):  # the structural proof, on the state after the cut
-        after = training.plan_for(db, ids)
-        clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
-        with db.connect() as conn:
-            row = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()
+    with _step("verify", timings):
+        verification = _verify(db, plan, ids, applied)
+
+    with _step("purge", timings), db.connect() as conn, conn.transaction():
+        s3t.purge_records(conn, ids)
+        row = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()
         purged = row[0] if row else 0
-        verification = {"lineage_excludes_deleted": clean, "records_purged": purged == len(ids),
-                        "method": "exact (S3T)"}  # fmt: skip
+        verification["records_purged"] = purged == len(ids)
+    clean = verification["lineage_excludes_deleted"]
+    probes_ok = verification.get("membership", {}).get("passed", True)
 
     with tracing.tracer.start_as_current_span("workflow.complete"), db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         assert d is not None
         if d.status.final:
             return d.status
-        ok = clean and purged == len(ids)
+        ok = clean and purged == len(ids) and probes_ok
         d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
                              {"plan": summary, "apply": applied, "verification": verification,
                               "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip

@@ -10,6 +10,7 @@ import procrastinate
 
 from service.ledger.log import Ledger
 from service.store.database import DatabaseInfo
+from service.verify.probes import ProbeConfig
 from service.workflow import steps
 from service.workflow.queue import QUEUE, REGISTRY
 
@@ -18,13 +19,13 @@ STALLED_AFTER_SECONDS = 3.0  # a worker silent this long is dead: its jobs are r
 
 
 def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once: bool = False,
-               concurrency: int = 1) -> None:  # fmt: skip
+               concurrency: int = 1, ack_timeout: float = 60.0, probes: ProbeConfig | None = None) -> None:  # fmt: skip
     """Process jobs; with ``once``, stop when the queue is empty (tests, batch runs).
 
     First, jobs left running by a dead worker (killed mid-step: no heartbeat) are put back in
     the queue; every step is idempotent, so running them again finishes them exactly once.
     """
-    steps.CONTEXT.update(db=db, ledger=ledger, artifacts=artifacts)
+    steps.CONTEXT.update(db=db, ledger=ledger, artifacts=artifacts, ack_timeout=ack_timeout, probes=probes)
 
     async def main() -> None:
         # A second App on an async connector fetches and runs the jobs, while the tasks stay bound to

@@ -93,7 +93,7 @@ class Authenticate(Protocol):
     def cached(self, token: str | None) -> Principal | None: ...
 
 
-async def _principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
+async def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
     """On the event loop when the key was checked recently; a lookup goes to a worker thread."""
     token = authorization.removeprefix("Bearer ").strip() if authorization else None
     authenticate: Authenticate = request.app.state.authenticate
@@ -101,19 +101,11 @@ async def _principal(request: Request, authorization: Annotated[str | None, Head
     return hit if hit is not None else await run_in_threadpool(authenticate, token)
 
 
-Auth = Annotated[Principal, Depends(_principal)]
+Auth = Annotated[Principal, Depends(principal)]
 
 
-def create_app(
-    deletions: Deletions,
-    ledger: Ledger,
-    authenticate: Authenticate,
-    ready: Callable[[], bool],
-    registry: prometheus_client.CollectorRegistry | None = None,
-) -> FastAPI:
-    app = FastAPI(title="Lethe", version="1", description="Provable deletion for deployed LLMs.",
-                  responses=PROBLEMS)  # type: ignore[arg-type]  # fmt: skip
-    app.state.authenticate = authenticate
+def install_error_handlers(app: FastAPI) -> None:
+    """problem+json for domain errors, Starlette's HTTP errors and request validation."""
 
     @app.exception_handler(errors.LetheError)
     async def _lethe_error(_: Request, exc: errors.LetheError) -> JSONResponse:
@@ -135,6 +127,20 @@ def create_app(
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         detail = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         return problem(422, "Invalid input", detail, "https://lethe.dev/problems/invalid-input")
+
+
+def create_app(
+    deletions: Deletions,
+    ledger: Ledger,
+    authenticate: Authenticate,
+    ready: Callable[[], bool],
+    registry: prometheus_client.CollectorRegistry | None = None,
+) -> FastAPI:
+    app = FastAPI(title="Lethe", version="1", description="Provable deletion for deployed LLMs.",
+                  responses=PROBLEMS)  # type: ignore[arg-type]  # fmt: skip
+    app.state.authenticate = authenticate
+
+    install_error_handlers(app)
 
     @app.post("/v1/deletions", status_code=201, response_model=DeletionOut, tags=["deletions"])
     async def submit(body: DeletionIn, who: Auth, response: Response,

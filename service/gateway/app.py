@@ -1,0 +1,117 @@
+"""OpenAI-compatible gateway: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` for the
+model ``lethe``, forwarded to a routable replica under the adapter name it currently serves.
+
+Only these routes exist, so vLLM's adapter-admin endpoints are never reachable through it.
+Requests for prompt log-probabilities are refused: vLLM 0.32 with LoRA crashes its engine when
+such a request is batched with another (docs/architecture.md). The upstream's internal adapter
+names never reach the client: responses name the model ``lethe``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from service.api.rest.app import MAX_BODY, Authenticate, BodyLimit, install_error_handlers, principal, problem
+from service.core.deletions import Principal, Scope
+from service.gateway.routes import Routes
+
+MODEL = "lethe"
+_P = "https://lethe.dev/problems/"
+
+
+def create_gateway(routes: Routes, authenticate: Authenticate, upstream_timeout: float = 120.0) -> FastAPI:
+    client = httpx.AsyncClient(timeout=httpx.Timeout(upstream_timeout, connect=2.0))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
+    app = FastAPI(title="Lethe gateway", version="1", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.authenticate = authenticate
+    install_error_handlers(app)
+
+    async def who(principal: Principal = Depends(principal)) -> Principal:  # noqa: B008
+        principal.require(Scope.INFERENCE)
+        return principal
+
+    @app.get("/v1/models")
+    async def models(_: Principal = Depends(who)) -> dict[str, Any]:  # noqa: B008
+        return {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "lethe"}]}
+
+    async def forward(path: str, request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return problem(400, "Invalid input", "the body is not JSON", _P + "invalid-input")
+        if not isinstance(body, dict):
+            return problem(400, "Invalid input", "the body must be a JSON object", _P + "invalid-input")
+        if body.get("model") != MODEL:
+            return problem(404, "Not found", f"unknown model {body.get('model')!r}; this gateway serves {MODEL!r}",
+                           _P + "not-found")  # fmt: skip
+        if body.get("prompt_logprobs") is not None or (body.get("echo") and body.get("logprobs") is not None):
+            return problem(400, "Invalid input", "prompt log-probabilities are not served", _P + "invalid-input")
+        for attempt, target in enumerate(routes.targets() * 2):  # each replica at most twice
+            upstream = {**body, "model": target.model}
+            try:
+                req = client.build_request("POST", f"{target.url}{path}", json=upstream)
+                resp = await client.send(req, stream=bool(body.get("stream")))
+            except httpx.TimeoutException:
+                return problem(504, "Upstream timeout", "the model did not answer in time", _P + "upstream-timeout")
+            except httpx.TransportError:
+                continue  # replica down: the next one (its reconciler takes it out of routing)
+            if resp.status_code == 404 and attempt == 0:  # its adapter was swapped a moment ago
+                await resp.aclose()
+                routes.refresh()
+                continue
+            if body.get("stream"):
+                return StreamingResponse(_renamed_stream(resp, target.model), status_code=resp.status_code,
+                                         media_type=resp.headers.get("content-type"))  # fmt: skip
+            await resp.aread()
+            try:
+                doc = resp.json()
+            except ValueError:
+                return problem(502, "Bad upstream answer", "the model's answer was not JSON", _P + "bad-upstream")
+            if isinstance(doc, dict) and doc.get("model") == target.model:
+                doc["model"] = MODEL
+            return JSONResponse(doc, status_code=resp.status_code)
+        return problem(502, "No replica", "no routable model replica answered", _P + "no-replica")
+
+    @app.post("/v1/completions")
+    async def completions(request: Request, _: Principal = Depends(who)) -> Response:  # noqa: B008
+        return await forward("/v1/completions", request)
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request, _: Principal = Depends(who)) -> Response:  # noqa: B008
+        return await forward("/v1/chat/completions", request)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if routes.targets():
+            return JSONResponse({"status": "ready"})
+        return problem(503, "Not ready", "no routable replica", _P + "not-ready")
+
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    return app
+
+
+async def _renamed_stream(resp: httpx.Response, internal: str) -> AsyncIterator[bytes]:
+    """Pass server-sent events through, naming the model ``lethe`` instead of the internal adapter."""
+    needle, repl = json.dumps(internal).encode(), json.dumps(MODEL).encode()
+    try:
+        async for line in resp.aiter_lines():
+            yield (line.encode().replace(b'"model":' + needle, b'"model":' + repl)
+                   .replace(b'"model": ' + needle, b'"model": ' + repl) + b"\n")  # fmt: skip
+    finally:
+        await resp.aclose()

@@ -1,0 +1,120 @@
+"""One replica's adapter reconciler: make the replica serve the served model's current generation.
+
+Order of a swap (design.md §3): copy the adapter into the replica's own directory and check its
+content hash → load it under a new unique name → switch the gateway's routing to it → unload
+every other name and delete their files → acknowledge the generation. Only then can a deletion
+complete, so an acknowledged replica cannot serve superseded weights by any name. Woken by
+LISTEN/NOTIFY, with a periodic resync; a replica that restarted empty is loaded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from pathlib import Path
+
+import httpx
+import psycopg
+
+from service.serving.vllm import VllmAdmin
+from service.store import serving as store
+from service.store.database import DatabaseInfo
+from service.tracing import tracer
+
+log = logging.getLogger(__name__)
+
+
+class Reconciler:
+    def __init__(self, db: DatabaseInfo, replica_id: str, url: str, local_root: Path, resync: float = 2.0) -> None:
+        self.db, self.replica_id, self.url, self.resync = db, replica_id, url, resync
+        self.local_root = local_root
+        self.admin = VllmAdmin(url)
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.last_error: str | None = None
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self.run, name=f"reconciler-{self.replica_id}", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread is not None:
+            self.thread.join(10)
+        self.admin.close()
+
+    def run(self) -> None:
+        with psycopg.connect(self.db.url, autocommit=True) as listen:
+            listen.execute(f"LISTEN {store.SERVED_CHANNEL}")
+            with self.db.connect() as conn:
+                store.register(conn, self.replica_id, self.url)
+            while not self.stopping.is_set():
+                try:
+                    self.reconcile_once()
+                    self.last_error = None
+                except (httpx.HTTPError, OSError, psycopg.Error) as e:
+                    self.last_error = f"{type(e).__name__}: {e}"
+                    log.warning("replica %s: %s", self.replica_id, self.last_error)
+                for _ in listen.notifies(timeout=self.resync, stop_after=1):
+                    pass
+
+    def reconcile_once(self) -> bool:
+        """One pass; True if the replica now serves the current generation (acknowledged)."""
+        with self.db.connect() as conn:
+            want = store.served(conn)
+        if want is None:  # nothing published yet
+            return False
+        if not self.admin.healthy():
+            with self.db.connect() as conn:
+                store.unroutable(conn, self.replica_id, "vLLM not healthy")
+            return False
+        loaded = self.admin.adapters()
+        with self.db.connect() as conn:
+            me = next((r for r in store.replicas(conn) if r.id == self.replica_id), None)
+        if (
+            me is not None
+            and me.acked_generation == want.generation
+            and loaded <= {want.name} - {None}
+            and (want.name is None or want.name in loaded)
+        ):
+            with self.db.connect() as conn:
+                store.heartbeat(conn, self.replica_id)
+                if not me.routable:
+                    store.acknowledge(conn, self.replica_id, want.generation)
+            return True
+        attrs: dict[str, str | int] = {"lethe.replica": self.replica_id, "lethe.generation": want.generation}
+        with tracer.start_as_current_span("serving.swap", attributes=attrs):
+            if want.name is not None and want.name not in loaded:
+                assert want.adapter_path is not None and want.adapter_sha256 is not None
+                self.admin.load(want.name, self._local_copy(Path(want.adapter_path), want.name, want.adapter_sha256))
+            with self.db.connect() as conn:
+                store.route(conn, self.replica_id, want.name, want.adapter_sha256)
+            for old in sorted(loaded - {want.name}):
+                self.admin.unload(old)
+            self._delete_local(keep=want.name)
+            with self.db.connect() as conn:
+                return store.acknowledge(conn, self.replica_id, want.generation)
+
+    def _local_copy(self, source: Path, name: str, sha256: str) -> Path:
+        """The replica's own copy (in Kubernetes: the sidecar's sync into the pod's volume), checked."""
+        from shards.lineage import adapter_sha256
+
+        dest = self.local_root / name
+        self.local_root.mkdir(parents=True, exist_ok=True)
+        if not dest.exists():
+            tmp = self.local_root / f".tmp-{name}"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(source, tmp)
+            tmp.rename(dest)
+        if adapter_sha256(dest) != sha256:
+            shutil.rmtree(dest)
+            raise OSError(f"adapter copy for {name} does not match its content hash")
+        return dest
+
+    def _delete_local(self, keep: str | None) -> None:
+        if not self.local_root.exists():
+            return
+        for d in self.local_root.iterdir():
+            if d.name != keep:
+                shutil.rmtree(d, ignore_errors=True)

@@ -1,0 +1,121 @@
+"""Serving state in PostgreSQL: the served model (one row, a generation per change) and the
+replicas with what each serves and has acknowledged. Reconcilers and gateways read it; the
+workflow's apply step writes the served model and waits on the acknowledgements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+SERVED_CHANNEL = "lethe_served"
+ROUTING_CHANNEL = "lethe_routing"
+
+
+@dataclass(frozen=True)
+class Served:
+    generation: int
+    adapter_path: str | None  # None: the base model (every shard dead)
+    adapter_sha256: str | None
+    aggregation: str
+
+    @property
+    def name(self) -> str | None:
+        """The adapter's name on replicas: new for every generation, so a name is never reused."""
+        return f"lethe-g{self.generation}-{self.adapter_sha256[:12]}" if self.adapter_sha256 else None
+
+
+@dataclass(frozen=True)
+class Replica:
+    id: str
+    url: str
+    routable: bool
+    serving_name: str | None
+    serving_sha256: str | None
+    acked_generation: int | None
+    note: str | None
+
+
+def served(conn: psycopg.Connection) -> Served | None:
+    row = conn.execute("SELECT generation, adapter_path, adapter_sha256, aggregation FROM served_model").fetchone()
+    return Served(*row) if row else None
+
+
+def publish(conn: psycopg.Connection, path: str | None, sha256: str | None, aggregation: str,
+            request_id: object) -> Served:  # fmt: skip
+    """Make ``path`` the served model. Same content as now: the generation stays (idempotent)."""
+    cur = served(conn)
+    if cur is not None and cur.adapter_sha256 == sha256 and cur.adapter_path == path:
+        return cur
+    row = conn.execute(
+        """INSERT INTO served_model (generation, adapter_path, adapter_sha256, aggregation, request_id)
+           VALUES (1, %s, %s, %s, %s)
+           ON CONFLICT (id) DO UPDATE SET generation = served_model.generation + 1,
+               adapter_path = EXCLUDED.adapter_path, adapter_sha256 = EXCLUDED.adapter_sha256,
+               aggregation = EXCLUDED.aggregation, request_id = EXCLUDED.request_id, updated_at = now()
+           RETURNING generation""",
+        (path, sha256, aggregation, request_id),
+    ).fetchone()
+    assert row is not None
+    return Served(row[0], path, sha256, aggregation)
+
+
+_REPLICA = "id, url, routable, serving_name, serving_sha256, acked_generation, note"
+
+
+def replicas(conn: psycopg.Connection) -> list[Replica]:
+    return [Replica(*r) for r in conn.execute(f"SELECT {_REPLICA} FROM replicas ORDER BY id")]
+
+
+def register(conn: psycopg.Connection, replica_id: str, url: str) -> None:
+    """A (re)started replica: not routable until it acknowledges the current generation."""
+    conn.execute(
+        """INSERT INTO replicas (id, url, note) VALUES (%s, %s, 'starting')
+           ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, routable = false, serving_name = NULL,
+               serving_sha256 = NULL, acked_generation = NULL, note = 'restarted', heartbeat_at = now()""",
+        (replica_id, url),
+    )
+
+
+def route(conn: psycopg.Connection, replica_id: str, name: str | None, sha256: str | None) -> None:
+    """Switch the gateway's routing for this replica to ``name`` (already loaded there)."""
+    conn.execute("UPDATE replicas SET serving_name = %s, serving_sha256 = %s, heartbeat_at = now() WHERE id = %s",
+                 (name, sha256, replica_id))  # fmt: skip
+
+
+def acknowledge(conn: psycopg.Connection, replica_id: str, generation: int) -> bool:
+    """The replica serves ``generation`` and nothing older: routable again if that is still current."""
+    row = conn.execute(
+        """UPDATE replicas SET acked_generation = %s, acked_at = now(), heartbeat_at = now(),
+               routable = (%s = (SELECT generation FROM served_model)),
+               note = CASE WHEN %s = (SELECT generation FROM served_model) THEN NULL ELSE 'behind' END
+           WHERE id = %s RETURNING routable""",
+        (generation, generation, generation, replica_id),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def heartbeat(conn: psycopg.Connection, replica_id: str) -> None:
+    conn.execute("UPDATE replicas SET heartbeat_at = now() WHERE id = %s", (replica_id,))
+
+
+def unroutable(conn: psycopg.Connection, replica_id: str, note: str) -> None:
+    conn.execute("UPDATE replicas SET routable = false, note = %s WHERE id = %s", (note, replica_id))
+
+
+def lagging(conn: psycopg.Connection, generation: int) -> list[str]:
+    """Routable replicas that have not acknowledged ``generation`` yet (may serve older weights)."""
+    rows = conn.execute(
+        "SELECT id FROM replicas WHERE routable AND coalesce(acked_generation, 0) < %s ORDER BY id", (generation,)
+    )
+    return [r[0] for r in rows]
+
+
+def remove_lagging(conn: psycopg.Connection, generation: int, note: str) -> list[str]:
+    """Take every replica still behind ``generation`` out of routing (atomically with the check)."""
+    rows = conn.execute(
+        "UPDATE replicas SET routable = false, note = %s WHERE routable AND coalesce(acked_generation, 0) < %s"
+        " RETURNING id",
+        (note, generation),
+    )
+    return sorted(r[0] for r in rows)
