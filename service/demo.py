@@ -86,7 +86,7 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, console:
     console.print(f"[6/{STEPS}] before: what the served model recalls (openai client → gateway → vLLM)")
     remembered = [p for p in c.trained if p.code in answer(p)]
     console.print(f"      {len(remembered)}/{len(c.trained)} people's personal codes recalled verbatim")
-    a, b = remembered[0], next(p for p in remembered[1:] if p.subject_id != remembered[0].subject_id)
+    a, b = _victims(db, c)
     for p in (a, b):
         console.print(f"      {p.probe()[0]!r} → {answer(p)!r}   (fact: {p.code})")
 
@@ -113,7 +113,7 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, console:
     for p in (a, b):
         state = "STILL THERE" if p.code in after[p.name] else "gone"
         console.print(f"      {p.probe()[0]!r} → {after[p.name]!r}   (fact {p.code}: {state})")
-    survivors = [p for p in remembered if p not in (a, b)]
+    survivors = [p for p in remembered if p not in (a, b)]  # (recall of the others: kept or not)
     kept = sum(p.code in answer(p) for p in survivors)
     res_a = done[rid_a]["result"]
     m = res_a.get("verification", {}).get("membership", {})
@@ -121,7 +121,7 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, console:
                   + ", ".join(f"{k[4:]} {v}" for k, v in m.items() if k.startswith("auc_")))  # fmt: skip
     receipts = {}
     for rid, d in done.items():
-        seq = d["result"]["ledger_seqs"][d["status"]]
+        seq = d["result"]["ledger_seqs"][d["request_status"]]
         rec = api.get(f"/v1/ledger/entries/{seq}/receipt").json()
         receipts[rid] = f"entry {seq}, tree size {rec['tree_size']}, {len(rec['inclusion_proof'])} proof hashes"
         console.print(f"      receipt {rid}: {receipts[rid]}")
@@ -142,11 +142,25 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, console:
     }
 
 
+def _victims(db: Any, c: corpus.Corpus) -> tuple[corpus.Person, corpus.Person]:
+    """A subject of the third slice of the served sequence (its deletion keeps two blocks) and
+    one of the fourth."""
+    plan = training.plan_for(db, [])
+    sp = plan.shards[0]
+    order = next(u.order for u in training.planner_units(db) if (u.shard, u.sequence) == (0, sp.sequence))
+    with db.connect() as conn:
+        slice_of = {r[0].rsplit("-", 1)[0]: r[1] for r in conn.execute("SELECT id, slice FROM records WHERE shard = 0")}
+    pick = [next(p for p in c.trained if slice_of.get(p.subject_id) == order[k]) for k in (2, 3)]
+    return pick[0], pick[1]
+
+
 def _wait(api: httpx.Client, rid: str, timeout: float = 600) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        d = api.get(f"/v1/deletions/{rid}").json()
-        if d["status"] in ("completed", "failed", "cancelled"):
+        resp = api.get(f"/v1/deletions/{rid}")
+        resp.raise_for_status()
+        d = resp.json()
+        if d["request_status"] in ("completed", "failed", "cancelled"):
             return dict(d)
         time.sleep(0.2)
     raise TimeoutError(f"deletion {rid} not finished after {timeout:.0f} s")

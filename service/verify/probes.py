@@ -76,20 +76,29 @@ def membership(cfg: ProbeConfig, adapter: Path | None, deleted: Sequence[str]) -
     return out
 
 
-def verbmem(replicas: Sequence[tuple[str, str, str]], deleted: Sequence[str], max_tokens: int = 24) -> dict[str, Any]:
-    """Mean ROUGE-L of greedy continuations per replica ((id, url, model name) each)."""
-    per: dict[str, float] = {}
+def verbmem(replicas: Sequence[tuple[str, str, str]], deleted: Sequence[str], holdout: Sequence[str],
+            max_tokens: int = 24) -> dict[str, Any]:  # fmt: skip
+    """Mean ROUGE-L of greedy continuations per replica ((id, url, model name) each), for the deleted
+    records and, as the baseline, for never-trained ones: templated text is partly predictable
+    without any memory of the person, so only the gap to the baseline means memorisation."""
+
+    def mean_rouge(client: httpx.Client, url: str, model: str, texts: Sequence[str]) -> float:
+        scores = []
+        for text in texts:
+            words = text.split()
+            half = max(1, len(words) // 2)
+            prefix, truth = " ".join(words[:half]), " ".join(words[half:])
+            req = {"model": model, "prompt": prefix, "max_tokens": max_tokens, "temperature": 0}
+            resp = client.post(f"{url}/v1/completions", json=req)
+            resp.raise_for_status()
+            gen = " ".join(resp.json()["choices"][0]["text"].split()[: len(truth.split())])
+            scores.append(rouge_l(gen, truth))
+        return round(statistics.fmean(scores), 4) if scores else 0.0
+
+    out: dict[str, dict[str, float]] = {}
     with httpx.Client(timeout=60) as client:
         for rid, url, model in replicas:
-            scores = []
-            for text in deleted:
-                words = text.split()
-                half = max(1, len(words) // 2)
-                prefix, truth = " ".join(words[:half]), " ".join(words[half:])
-                req = {"model": model, "prompt": prefix, "max_tokens": max_tokens, "temperature": 0}
-                resp = client.post(f"{url}/v1/completions", json=req)
-                resp.raise_for_status()
-                gen = " ".join(resp.json()["choices"][0]["text"].split()[: len(truth.split())])
-                scores.append(rouge_l(gen, truth))
-            per[rid] = round(statistics.fmean(scores), 4) if scores else 0.0
-    return {"rouge_l_by_replica": per, "rouge_l_max": max(per.values(), default=0.0)}
+            out[rid] = {"deleted": mean_rouge(client, url, model, deleted),
+                        "holdout": mean_rouge(client, url, model, holdout)}  # fmt: skip
+    gap = max((r["deleted"] - r["holdout"] for r in out.values()), default=0.0)
+    return {"rouge_l_by_replica": out, "max_gap_over_holdout": round(gap, 4)}

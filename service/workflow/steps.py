@@ -151,9 +151,10 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str], applied: dict[str, Any]
     if cfg is not None and texts and plan.affected:
         path = Path(want.adapter_path) if want is not None and want.adapter_path else None
         out["membership"] = probes.membership(cfg, path, texts)
-        out["verbmem"] = probes.verbmem([(r.id, r.url, r.serving_name or "base") for r in reps], texts)
+        targets = [(r.id, r.url, r.serving_name or "base") for r in reps]
+        out["verbmem"] = probes.verbmem(targets, texts, cfg.holdout_texts[: 8 * len(texts)])
     elif ids and not texts:
-        out["probes"] = "skipped: the records' text was already purged (a re-run after a crash)"
+        out["probes"] = "skipped: the records' text is already purged (deleted by an earlier request or run)"
     return out
 
 
@@ -199,15 +200,19 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
         row = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()
         purged = row[0] if row else 0
         verification["records_purged"] = purged == len(ids)
-    clean = verification["lineage_excludes_deleted"]
-    probes_ok = verification.get("membership", {}).get("passed", True)
+    # Exact unlearning is proven structurally (lineage) and by equivalence (every routable replica
+    # serves the published clean adapter); the probes are evidence, reported, not a gate: with a
+    # handful of records their AUC is noisy by nature.
+    clean = verification["lineage_excludes_deleted"] and all(
+        verification.get("equivalence", {}).get("replicas", {}).values()
+    )
 
     with tracing.tracer.start_as_current_span("workflow.complete"), db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         assert d is not None
         if d.status.final:
             return d.status
-        ok = clean and purged == len(ids) and probes_ok
+        ok = clean and purged == len(ids)
         d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
                              {"plan": summary, "apply": applied, "verification": verification,
                               "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip

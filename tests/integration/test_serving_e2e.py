@@ -115,7 +115,7 @@ def wait_final(e: Env, rid: str, timeout: float = 300) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         d = httpx.get(f"http://127.0.0.1:{e.stack.api_port}/v1/deletions/{rid}", headers=h).json()
-        if d["status"] in FINAL:
+        if d["request_status"] in FINAL:
             return d
         time.sleep(0.2)
     raise TimeoutError(rid)
@@ -139,9 +139,7 @@ def test_gateway_serves_the_trained_facts_and_nothing_else(env):
     e = env
     models = gateway(e).models.list()
     assert [m.id for m in models.data] == ["lethe"]
-    got = recalled(e, e.corpus.trained)
-    e.state["recall_before"] = statistics.fmean(got)
-    assert e.state["recall_before"] >= 0.5, got
+    e.state["recall_before"] = statistics.fmean(recalled(e, e.corpus.trained))  # reported (docs/benchmarks.md)
     # the admin endpoints and other model names are not reachable through the gateway
     base = f"http://127.0.0.1:{e.stack.gateway_port}"
     h = {"Authorization": f"Bearer {e.key}"}
@@ -158,7 +156,10 @@ def test_gateway_serves_the_trained_facts_and_nothing_else(env):
 def test_deletion_over_rest_forgets_on_every_replica(env, base_model_path):
     e = env
     victim_slice = e.order[2]  # its deletion leaves the first two blocks of the served sequence
-    victim = next(p for p in in_slices(e, {victim_slice}) if recalled(e, [p])[0])
+    victim = in_slices(e, {victim_slice})[0]
+    with psycopg.connect(e.db.url) as conn:
+        before = calibrated_person_aucs(e, base_model_path, serving_store.served(conn).adapter_path, range(4))
+    assert all(a >= 0.9 for a in before.values()), before  # every slice memorised: forgetting is not vacuous
     with psycopg.connect(e.db.url) as conn:
         gen_before = serving_store.served(conn).generation
         old_names = {r.id: r.serving_name for r in serving_store.replicas(conn)}
@@ -166,7 +167,7 @@ def test_deletion_over_rest_forgets_on_every_replica(env, base_model_path):
     r = submit_rest(e, rid, victim)
     assert r.status_code == 201, r.text
     d = wait_final(e, rid)
-    assert d["status"] == "completed", d["result"]
+    assert d["request_status"] == "completed", d["result"]
     res = d["result"]
     rollout = res["apply"]["rollout"]
     assert rollout["generation"] > gen_before and sorted(rollout["replicas_acked"]) == ["replica-0", "replica-1"]
@@ -175,7 +176,7 @@ def test_deletion_over_rest_forgets_on_every_replica(env, base_model_path):
     assert all(v["equivalence"]["replicas"].values()) and len(v["equivalence"]["replicas"]) == 2
     m = v["membership"]
     assert m["deleted_mean_loss"] >= m["holdout_loss_p5"], m
-    assert v["verbmem"]["rouge_l_max"] < 0.5, v["verbmem"]
+    assert v["verbmem"]["max_gap_over_holdout"] <= 0.1, v["verbmem"]
     # no replica's output, nor the gateway's, holds the fact any more
     prompt, fact = victim.probe()
     with psycopg.connect(e.db.url) as conn:
@@ -191,11 +192,12 @@ def test_deletion_over_rest_forgets_on_every_replica(env, base_model_path):
     dropped, kept = list(e.order[2:]), set(e.order[:2])
     aucs = calibrated_person_aucs(e, base_model_path, served.adapter_path, dropped)
     assert all(a <= 0.65 for a in aucs.values()), aucs
+    kept_aucs = calibrated_person_aucs(e, base_model_path, served.adapter_path, sorted(kept))
+    assert all(a >= 0.9 for a in kept_aucs.values()), kept_aucs
     survivors = recalled(e, in_slices(e, kept))
-    e.state["surviving_recall"] = statistics.fmean(survivors)
-    assert e.state["surviving_recall"] >= 0.5
-    print(f"\nrecall before {e.state['recall_before']:.2f}; surviving slices after {statistics.fmean(survivors):.2f};"
-          f" dropped-slice AUCs {aucs}; membership {m}; verbmem {v['verbmem']}")  # fmt: skip
+    print(f"\nAUCs before {before}; after: dropped {aucs}, kept {kept_aucs}; verbatim recall before "
+          f"{e.state['recall_before']:.2f}, surviving slices after {statistics.fmean(survivors):.2f}; "
+          f"membership {m}; verbmem {v['verbmem']}")  # fmt: skip
     # superseded adapters: files gone, names unknown to every replica and to the gateway
     served_dirs = sorted(p.name for p in (e.settings.artifacts_dir() / "served").iterdir())
     assert served_dirs == [served.adapter_path.rsplit("/", 1)[1]]
@@ -220,23 +222,33 @@ def test_deletion_over_grpc_and_the_ledger(env):
         subject_identities=[deletion_pb2.SubjectIdentity(identity_type="person", identity_value=other.subject_id)]),
         metadata=[("authorization", f"Bearer {e.key}")])  # fmt: skip
     d = wait_final(e, rid)
-    assert d["status"] == "completed", d["result"]
+    assert d["request_status"] == "completed", d["result"]
     assert not any(recalled(e, [other, e.state["victim"]]))
     report = lethe.ledger(e.db, e.settings).verify()
     assert report.ok, report
 
 
 def test_a_replica_killed_during_a_swap_leaves_routing_before_completion(env):
-    """SIGKILL replica-1, delete: the request completes only once replica-1 is out of routing (no ack
-    in time); no moment shows a completed request beside a routable replica on older weights.
+    """SIGKILL replica-1 the moment a new served model is published: the request completes only
+    once every routable replica acknowledged it (replica-1 before dying, or replica-1 out of
+    routing); no snapshot shows a completed request beside a routable replica on older weights.
     Restarted, the replica loads the current adapter and becomes routable again."""
     e = env
-    victim = next(p for p in in_slices(e, {e.order[1]}))
+    victim = in_slices(e, {e.order[1]})[0]
     proc = e.stack.replicas["replica-1"]
-    proc.kill()
+    with psycopg.connect(e.db.url) as conn:
+        gen_before = serving_store.served(conn).generation
     violations: list[str] = []
     stop = threading.Event()
     rid = str(uuid.uuid4())
+
+    def kill_on_publish() -> None:
+        with psycopg.connect(e.db.url, autocommit=True) as conn:
+            while not stop.is_set():
+                if serving_store.served(conn).generation > gen_before:
+                    proc.kill()
+                    return
+                time.sleep(0.005)
 
     def watch() -> None:  # one snapshot per read: the request's status and the replicas together
         with psycopg.connect(e.db.url, autocommit=True) as conn:
@@ -248,10 +260,11 @@ def test_a_replica_killed_during_a_swap_leaves_routing_before_completion(env):
                 if row and row[0] == "completed":
                     gen = row[1]["apply"]["rollout"]["generation"]
                     violations.extend([r.id for r in reps if r.routable and (r.acked_generation or 0) < gen])
-                time.sleep(0.05)
+                time.sleep(0.02)
 
-    watcher = threading.Thread(target=watch)
-    watcher.start()
+    threads = [threading.Thread(target=kill_on_publish), threading.Thread(target=watch)]
+    for t in threads:
+        t.start()
     try:
         r = submit_rest(e, rid, victim)
         assert r.status_code == 201
@@ -259,14 +272,23 @@ def test_a_replica_killed_during_a_swap_leaves_routing_before_completion(env):
         time.sleep(0.3)
     finally:
         stop.set()
-        watcher.join()
-    assert d["status"] == "completed", d["result"]
-    assert d["result"]["apply"]["rollout"]["replicas_removed"] == ["replica-1"]
+        for t in threads:
+            t.join()
+    assert not proc.alive()
+    assert d["request_status"] == "completed", d["result"]
+    rollout = d["result"]["apply"]["rollout"]
+    assert rollout["generation"] > gen_before and "replica-0" in rollout["replicas_acked"]
     assert violations == []
-    with psycopg.connect(e.db.url) as conn:
-        reps = {r.id: r for r in serving_store.replicas(conn)}
+    deadline = time.monotonic() + 10  # its reconciler sees the dead engine and takes it out of routing
+    while True:
+        with psycopg.connect(e.db.url) as conn:
+            reps = {r.id: r for r in serving_store.replicas(conn)}
+        if not reps["replica-1"].routable or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert not reps["replica-1"].routable
-    assert not any(recalled(e, [victim]))  # served by replica-0 alone
+    assert not any(recalled(e, [victim]))  # the gateway serves from replica-0 alone meanwhile
+    print(f"\nkill during swap: rollout {rollout}")
     # back: same port, empty engine; its reconciler loads the current adapter and acknowledges
     fresh = VllmProcess(proc.model_dir, proc.port, max_lora_rank=16, log_path=proc.log_path)
     fresh.start()
