@@ -37,31 +37,33 @@ class Rollout:
                 "replicas_removed": self.removed, "ack_seconds": round(self.seconds, 4)}  # fmt: skip
 
 
-def materialise(db: DatabaseInfo, plan: Any, served_root: Path) -> tuple[Path | None, str | None, str]:
-    """(path, content hash, aggregation) of what to serve: the one shard's clean adapter, or for m > 1
-    the merge of the live shards' clean adapters (rank m·r); (None, None, "base") if all are dead."""
+def materialise(db: DatabaseInfo, plan: Any, served_root: Path) -> tuple[Path | None, str | None, str, list[Path]]:
+    """(path, content hash, aggregation, shard adapters) of what to serve: the one shard's clean
+    adapter, or for m > 1 the merge of the live shards' clean adapters (rank m·r); (None, None,
+    "base", []) if all are dead."""
     from service import training
     from shards import materialise as mat
 
     per_shard = training.served_adapters(db, plan, served_root)
     live = [m for _, m in sorted(per_shard.items()) if m is not None]
+    parts = [m.path for m in live]
     if not live:
-        return None, None, "base"
+        return None, None, "base", parts
     if len(per_shard) == 1:
-        return live[0].path, live[0].sha256, "single"
-    merged = mat.merge([m.path for m in live], served_root, "merged")
-    return merged.path, merged.sha256, "merged"
+        return live[0].path, live[0].sha256, "single", parts
+    merged = mat.merge(parts, served_root, "merged")
+    return merged.path, merged.sha256, "merged", parts
 
 
 def roll_out(db: DatabaseInfo, plan: Any, served_root: Path, request_id: object, timeout: float) -> Rollout:
     with tracer.start_as_current_span("serving.rollout"), psycopg.connect(db.url, autocommit=True) as lock:
         lock.execute("SELECT pg_advisory_lock(%s)", (ROLLOUT_LOCK,))
         try:
-            path, sha, aggregation = materialise(db, plan, served_root)
+            path, sha, aggregation, parts = materialise(db, plan, served_root)
             with db.connect() as conn:
                 served = store.publish(conn, str(path) if path else None, sha, aggregation, request_id)
             out = wait_acknowledged(db, served, timeout)
-            purge_superseded(served_root, keep=path)
+            purge_superseded(served_root, keep=[p for p in [path, *parts] if p is not None])
             return out
         finally:
             lock.execute("SELECT pg_advisory_unlock(%s)", (ROLLOUT_LOCK,))
@@ -91,12 +93,14 @@ def wait_acknowledged(db: DatabaseInfo, served: store.Served, timeout: float) ->
     return Rollout(served, acked, removed, time.monotonic() - t0)
 
 
-def purge_superseded(served_root: Path, keep: Path | None) -> list[str]:
-    """Delete every materialised adapter but the one served: nothing superseded stays loadable."""
+def purge_superseded(served_root: Path, keep: list[Path]) -> list[str]:
+    """Delete every materialised adapter but the served one and its current shard parts: nothing
+    superseded stays loadable."""
+    kept = {k.resolve() for k in keep}
     gone = []
     if served_root.exists():
         for d in served_root.iterdir():
-            if d.is_dir() and (keep is None or d.resolve() != keep.resolve()):
+            if d.is_dir() and d.resolve() not in kept:
                 shutil.rmtree(d, ignore_errors=True)
                 gone.append(d.name)
     return sorted(gone)

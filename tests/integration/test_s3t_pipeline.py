@@ -133,7 +133,7 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     assert steps.run(empty_db, rid) is Status.COMPLETED
     done = core.get(rid, admin)
     (shard,) = done.result["plan"]["affected_shards"]
-    change = done.result["apply"][str(shard)]
+    change = done.result["apply"]["adapters"][str(shard)]
     assert change["before"] == {"adapter": None, "sha256": None}
     prefix = done.result["plan"]["served"][str(shard)]["prefix"]
     with psycopg.connect(empty_db.url) as conn:

@@ -140,6 +140,12 @@ def test_gateway_serves_the_trained_facts_and_nothing_else(env):
     models = gateway(e).models.list()
     assert [m.id for m in models.data] == ["lethe"]
     e.state["recall_before"] = statistics.fmean(recalled(e, e.corpus.trained))  # reported (docs/benchmarks.md)
+    # streaming passes through, token by token, under the public model name
+    prompt = e.corpus.trained[0].probe()[0]
+    chunks = list(gateway(e).completions.create(model="lethe", prompt=prompt, max_tokens=8, temperature=0,
+                                                stream=True))  # fmt: skip
+    assert len(chunks) > 1 and {ch.model for ch in chunks} == {"lethe"}
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == complete(gateway(e), prompt)
     # the admin endpoints and other model names are not reachable through the gateway
     base = f"http://127.0.0.1:{e.stack.gateway_port}"
     h = {"Authorization": f"Bearer {e.key}"}

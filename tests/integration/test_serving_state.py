@@ -1,0 +1,151 @@
+"""Serving state in real PostgreSQL, and the reconciler's swap order against a recording vLLM stand-in
+(the real engine is exercised in test_serving_e2e)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from service import app as lethe
+from service.serving import rollout
+from service.serving.reconciler import Reconciler
+from service.store import serving as store
+
+
+@pytest.fixture
+def db(empty_db):
+    lethe.migrate(empty_db)
+    return empty_db
+
+
+def adapter(root: Path, name: str, r: int) -> tuple[Path, str]:
+    """A real (tiny) PEFT adapter directory and its content hash."""
+    import torch
+    from safetensors.torch import save_file
+
+    from shards.lineage import adapter_sha256
+
+    d = root / name
+    d.mkdir(parents=True)
+    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.full((r, 4), 0.5)},
+              str(d / "adapter_model.safetensors"))  # fmt: skip
+    (d / "adapter_config.json").write_text(f'{{"r": {r}, "lora_alpha": {r}, "target_modules": ["q_proj"]}}')
+    return d, adapter_sha256(d)
+
+
+def test_publish_is_idempotent_and_bumps_the_generation_on_change(db, tmp_path):
+    a, ha = adapter(tmp_path, "a", 1)
+    b, hb = adapter(tmp_path, "b", 2)
+    with db.connect() as conn:
+        g1 = store.publish(conn, str(a), ha, "single", None)
+        assert store.publish(conn, str(a), ha, "single", None) == g1
+        g2 = store.publish(conn, str(b), hb, "single", None)
+        g3 = store.publish(conn, None, None, "base", None)
+    assert (g1.generation, g2.generation, g3.generation) == (1, 2, 3)
+    assert g2.name == f"lethe-g2-{hb[:12]}" and g3.name is None
+
+
+def test_acknowledging_an_old_generation_never_makes_a_replica_routable(db, tmp_path):
+    a, ha = adapter(tmp_path, "a", 1)
+    with db.connect() as conn:
+        store.register(conn, "r0", "http://x")
+        g = store.publish(conn, str(a), ha, "single", None)
+        assert store.acknowledge(conn, "r0", g.generation)
+        g2 = store.publish(conn, None, None, "base", None)
+        assert store.lagging(conn, g2.generation) == ["r0"]
+        assert not store.acknowledge(conn, "r0", g.generation)  # late ack of the superseded one
+        (r0,) = store.replicas(conn)
+        assert not r0.routable and r0.note == "behind"
+        assert store.lagging(conn, g2.generation) == []
+
+
+def test_the_wait_removes_laggards_atomically(db, tmp_path):
+    a, ha = adapter(tmp_path, "a", 1)
+    with db.connect() as conn:
+        for rid in ("r0", "r1"):
+            store.register(conn, rid, "http://x")
+        g = store.publish(conn, str(a), ha, "single", None)
+        store.acknowledge(conn, "r0", g.generation)
+        store.acknowledge(conn, "r1", g.generation)
+        g2 = store.publish(conn, None, None, "base", None)
+        store.acknowledge(conn, "r0", g2.generation)
+    out = rollout.wait_acknowledged(db, g2, timeout=0.3)
+    assert (out.acked, out.removed) == (["r0"], ["r1"])
+    with db.connect() as conn:
+        assert [r.id for r in store.replicas(conn) if r.routable] == ["r0"]
+
+
+class RecordingVllm:
+    """Stands in for one replica's admin API; records the calls in order."""
+
+    def __init__(self) -> None:
+        self.loaded: set[str] = set()
+        self.calls: list[tuple[str, str]] = []
+        self.healthy_ = True
+
+    def healthy(self) -> bool:
+        return self.healthy_
+
+    def adapters(self) -> set[str]:
+        return set(self.loaded)
+
+    def load(self, name: str, path: Path) -> None:
+        assert path.exists()
+        self.calls.append(("load", name))
+        self.loaded.add(name)
+
+    def unload(self, name: str) -> None:
+        self.calls.append(("unload", name))
+        self.loaded.discard(name)
+
+    def close(self) -> None:
+        pass
+
+
+def test_reconciler_loads_routes_unloads_then_acknowledges(db, tmp_path):
+    a, ha = adapter(tmp_path / "src", "a", 1)
+    b, hb = adapter(tmp_path / "src", "b", 2)
+    rec = Reconciler(db, "r0", "http://replica", tmp_path / "local")
+    fake = RecordingVllm()
+    rec.admin = fake  # type: ignore[assignment]
+    with db.connect() as conn:
+        store.register(conn, "r0", "http://replica")
+        g1 = store.publish(conn, str(a), ha, "single", None)
+    assert rec.reconcile_once()
+    g2_seen: list[object] = []
+    with db.connect() as conn:
+        g2 = store.publish(conn, str(b), hb, "single", None)
+
+    original_unload = fake.unload
+
+    def unload_and_look(name: str) -> None:  # when the old name goes, routing already points at the new one
+        with psycopg.connect(db.url) as c:
+            g2_seen.append(c.execute("SELECT serving_name, acked_generation FROM replicas").fetchone())
+        original_unload(name)
+
+    fake.unload = unload_and_look  # type: ignore[method-assign]
+    assert rec.reconcile_once()
+    assert fake.calls == [("load", g1.name), ("load", g2.name), ("unload", g1.name)]
+    assert g2_seen == [(g2.name, g1.generation)]  # routed to the new name, not yet acknowledged
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == [g2.name]
+    with db.connect() as conn:
+        (r0,) = store.replicas(conn)
+    assert (r0.routable, r0.acked_generation, r0.serving_sha256) == (True, g2.generation, hb)
+    fake.healthy_ = False
+    assert not rec.reconcile_once()
+    with db.connect() as conn:
+        assert not store.replicas(conn)[0].routable
+
+
+def test_a_corrupted_copy_is_refused(db, tmp_path):
+    a, _ = adapter(tmp_path / "src", "a", 1)
+    rec = Reconciler(db, "r0", "http://replica", tmp_path / "local")
+    rec.admin = RecordingVllm()  # type: ignore[assignment]
+    with db.connect() as conn:
+        store.register(conn, "r0", "http://replica")
+        store.publish(conn, str(a), "0" * 64, "single", None)  # the published hash is not the files'
+    with pytest.raises(OSError, match="content hash"):
+        rec.reconcile_once()
+    assert not (tmp_path / "local").exists() or not any((tmp_path / "local").iterdir())

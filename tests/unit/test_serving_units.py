@@ -1,0 +1,42 @@
+"""Small pure pieces of serving and verification."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from service.config import ServingSpec, Settings
+from service.serve import settings_env
+from service.serving.vllm import lora_rank_slot
+from service.verify.probes import rouge_l
+from shards.specs import S3TSpec, TrainConfig
+
+
+@pytest.mark.parametrize(("rank", "slot"), [(1, 1), (2, 8), (8, 8), (16, 16), (17, 32), (64, 64), (65, 128)])
+def test_lora_rank_slot_is_the_smallest_value_vllm_accepts(rank, slot):
+    assert lora_rank_slot(rank) == slot
+
+
+def test_lora_rank_slot_rejects_ranks_vllm_cannot_hold():
+    with pytest.raises(ValueError):
+        lora_rank_slot(513)
+
+
+def test_rouge_l():
+    assert rouge_l("a b c d", "a b c d") == 1.0
+    assert rouge_l("", "a") == 0.0 and rouge_l("x y", "a b") == 0.0
+    # LCS "a c" of 3 and 2 tokens: P = 2/3, R = 1, F1 = 0.8
+    assert rouge_l("a b c", "a c") == pytest.approx(0.8)
+
+
+def test_settings_reach_a_child_process_unchanged(monkeypatch, tmp_path):
+    s = Settings(var_dir=tmp_path, s3t=S3TSpec(shards=3, slices=4, budget=1), train=TrainConfig(epochs=7),
+                 serving=ServingSpec(replicas=3, ack_timeout_seconds=5))  # fmt: skip
+    for k in list(os.environ):
+        if k.startswith("LETHE_"):
+            monkeypatch.delenv(k)
+    for k, v in settings_env(s).items():
+        monkeypatch.setenv(k, v)
+    child = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (child.s3t, child.train, child.serving, child.var_dir) == (s.s3t, s.train, s.serving, tmp_path.resolve())
