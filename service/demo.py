@@ -106,7 +106,7 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, console:
     elapsed = time.perf_counter() - t0
     for rid, d in done.items():
         res = d["result"]
-        console.print(f"      {rid}: {d['status']} — stage seconds {res.get('stage_seconds')}")
+        console.print(f"      {rid}: {d['request_status']} — stage seconds {res.get('stage_seconds')}")
 
     console.print(f"[8/{STEPS}] after: recall, membership, receipts, ledger")
     after = {p.name: answer(p) for p in (a, b)}
@@ -144,12 +144,15 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, console:
 
 def _victims(db: Any, c: corpus.Corpus) -> tuple[corpus.Person, corpus.Person]:
     """A subject of the third slice of the served sequence (its deletion keeps two blocks) and
-    one of the fourth."""
+    one of the fourth, among those not deleted by an earlier run."""
     plan = training.plan_for(db, [])
     sp = plan.shards[0]
     order = next(u.order for u in training.planner_units(db) if (u.shard, u.sequence) == (0, sp.sequence))
     with db.connect() as conn:
-        slice_of = {r[0].rsplit("-", 1)[0]: r[1] for r in conn.execute("SELECT id, slice FROM records WHERE shard = 0")}
+        slice_of = {
+            r[0].rsplit("-", 1)[0]: r[1]
+            for r in conn.execute("SELECT id, slice FROM records WHERE shard = 0 AND text IS NOT NULL")
+        }
     pick = [next(p for p in c.trained if slice_of.get(p.subject_id) == order[k]) for k in (2, 3)]
     return pick[0], pick[1]
 
