@@ -26,6 +26,9 @@ def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once
     the queue; every step is idempotent, so running them again finishes them exactly once.
     """
     steps.CONTEXT.update(db=db, ledger=ledger, artifacts=artifacts, ack_timeout=ack_timeout, probes=probes)
+    # torch, safetensors and peft load in seconds: pay that at start, not on a request's clock
+    import shards.materialise
+    import shards.train  # noqa: F401
 
     async def main() -> None:
         # A second App on an async connector fetches and runs the jobs, while the tasks stay bound to
