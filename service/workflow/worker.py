@@ -15,6 +15,7 @@ from service.workflow import steps
 from service.workflow.queue import QUEUE, REGISTRY
 
 HEARTBEAT_SECONDS = 1.0
+POLL_SECONDS = 0.5  # fallback when a job's NOTIFY lands while the worker is between jobs
 STALLED_AFTER_SECONDS = 3.0  # a worker silent this long is dead: its jobs are retried
 
 
@@ -43,6 +44,7 @@ def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once
             await app.run_worker_async(
                 queues=[QUEUE], wait=not once, concurrency=concurrency, install_signal_handlers=not once,
                 update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=STALLED_AFTER_SECONDS,
+                fetch_job_polling_interval=POLL_SECONDS,
             )  # fmt: skip
 
     asyncio.run(main())

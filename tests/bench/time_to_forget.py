@@ -114,7 +114,7 @@ def main() -> None:
           f"{statistics.median(done) / p50:.1f} |")  # fmt: skip
     print(f"| retrain the affected shard from scratch (SISA) | {shard:.1f} | – | {shard / p50:.0f} |")
     print(f"| full retrain (every unit) | {full:.1f} | – | {full / p50:.0f} |")
-    print(f"\nrollouts measured: {len(ttf)} of {len(victims)} requests")
+    print(f"\nrollouts measured: {len(ttf)} of {len(victims)} requests; each (s): {[round(t, 2) for t in ttf]}")
     print(f"\nShard aggregation on the same {args.shards} shards (before any deletion; transformers, fp32):")
     print(
         "\n| served as | trained people: mean loss | holdout people: mean loss | member AUC (calibrated, per person) |"
