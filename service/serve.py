@@ -129,8 +129,21 @@ class Stack:
     def _start_worker(self) -> None:
         env = {**os.environ, **settings_env(self.settings), "DATABASE_URL": self.db.url}
         log = open(self.settings.serving_dir() / "logs" / "worker.log", "ab")  # noqa: SIM115
+        with self.db.connect() as conn:
+            row = conn.execute("SELECT coalesce(max(id), 0) FROM procrastinate_workers").fetchone()
+        known = row[0] if row else 0
         self.worker = subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env, stdout=log,
                                        stderr=subprocess.STDOUT)  # fmt: skip
+        # ready when it has registered (after its imports): the first request does not wait for them
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and self.worker.poll() is None:
+            with self.db.connect() as conn:
+                row = conn.execute("SELECT count(*) FROM procrastinate_workers WHERE id > %s", (known,)).fetchone()
+            if row and row[0]:
+                self.log("worker ready")
+                return
+            time.sleep(0.2)
+        raise RuntimeError("the workflow worker did not start (see var/serving/logs/worker.log)")
 
     # -- state -------------------------------------------------------------------------------
     def ready(self) -> bool:
