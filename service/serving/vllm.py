@@ -7,6 +7,7 @@ gateway never forwards to them. The same command line serves on GPUs with the ``
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,16 @@ from pathlib import Path
 import httpx
 
 BASE_NAME = "base"  # the served-model-name of the base model on every replica
+# For a base model without a chat template (the local build): the messages' text, one per line,
+# so /v1/chat/completions works as a completion of the conversation.
+PLAIN_CHAT_TEMPLATE = Path(__file__).with_name("plain_chat.jinja")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts for --max-lora-rank
+
+
+def has_chat_template(model_dir: Path) -> bool:
+    cfg = model_dir / "tokenizer_config.json"
+    in_config = cfg.exists() and "chat_template" in json.loads(cfg.read_text())
+    return in_config or (model_dir / "chat_template.jinja").exists()
 
 
 def lora_rank_slot(rank: int) -> int:
@@ -74,6 +84,8 @@ class VllmProcess:
             "--max-lora-rank", str(lora_rank_slot(max_lora_rank)), "--max-loras", str(max_loras), "--seed", "0",
             "--disable-uvicorn-access-log",
         ]  # fmt: skip
+        if not has_chat_template(model_dir):
+            self.args += ["--chat-template", str(PLAIN_CHAT_TEMPLATE)]
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -146,6 +146,10 @@ def test_gateway_serves_the_trained_facts_and_nothing_else(env):
                                                 stream=True))  # fmt: skip
     assert len(chunks) > 1 and {ch.model for ch in chunks} == {"lethe"}
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == complete(gateway(e), prompt)
+    # chat completions too (the local model has no chat template: the messages are its prompt)
+    chat = gateway(e).chat.completions.create(model="lethe", messages=[{"role": "user", "content": prompt}],
+                                              max_tokens=8, temperature=0)  # fmt: skip
+    assert chat.model == "lethe" and chat.choices[0].message.content == complete(gateway(e), prompt)
     # the admin endpoints and other model names are not reachable through the gateway
     base = f"http://127.0.0.1:{e.stack.gateway_port}"
     h = {"Authorization": f"Bearer {e.key}"}
