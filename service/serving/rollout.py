@@ -13,7 +13,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
@@ -21,55 +21,77 @@ from service.store import serving as store
 from service.store.database import DatabaseInfo
 from service.tracing import tracer
 
+if TYPE_CHECKING:
+    from shards.materialise import Materialised
+
 ROLLOUT_LOCK = 0x1E7E_5E27
+
+
+@dataclass(frozen=True)
+class Materialisation:
+    """What to serve: the one shard's clean adapter, or for m > 1 the merge of the live shards'
+    clean adapters (rank m·r); no path if every shard is dead (the base model is served)."""
+
+    path: Path | None
+    sha256: str | None
+    aggregation: str  # single | merged | base
+    shards: dict[int, Materialised | None]  # each shard's clean adapter (None: dead)
+
+    def files(self) -> list[Path]:
+        """Every directory this serves from (kept when superseded ones are purged)."""
+        return [p for p in [self.path, *(m.path for m in self.shards.values() if m)] if p is not None]
+
+
+@dataclass(frozen=True)
+class Acks:
+    acked: list[str]  # replicas that serve the generation
+    removed: list[str]  # replicas taken out of routing for not acknowledging in time
+    seconds: float  # publish → every routable replica acknowledged (or removed)
 
 
 @dataclass(frozen=True)
 class Rollout:
     served: store.Served
-    acked: list[str]  # replicas that serve this generation
-    removed: list[str]  # replicas taken out of routing for not acknowledging in time
-    seconds: float  # publish → every routable replica acknowledged (or removed)
+    shards: dict[int, Materialised | None]
+    acks: Acks
 
     def to_dict(self) -> dict[str, Any]:
         return {"generation": self.served.generation, "adapter_sha256": self.served.adapter_sha256,
-                "aggregation": self.served.aggregation, "replicas_acked": self.acked,
-                "replicas_removed": self.removed, "ack_seconds": round(self.seconds, 4)}  # fmt: skip
+                "aggregation": self.served.aggregation, "replicas_acked": self.acks.acked,
+                "replicas_removed": self.acks.removed, "ack_seconds": round(self.acks.seconds, 4)}  # fmt: skip
 
 
-def materialise(db: DatabaseInfo, plan: Any, served_root: Path) -> tuple[Path | None, str | None, str, list[Path]]:
-    """(path, content hash, aggregation, shard adapters) of what to serve: the one shard's clean
-    adapter, or for m > 1 the merge of the live shards' clean adapters (rank m·r); (None, None,
-    "base", []) if all are dead."""
+def materialise(db: DatabaseInfo, plan: Any, served_root: Path) -> Materialisation:
     from service import training
     from shards import materialise as mat
 
     per_shard = training.served_adapters(db, plan, served_root)
     live = [m for _, m in sorted(per_shard.items()) if m is not None]
-    parts = [m.path for m in live]
     if not live:
-        return None, None, "base", parts
+        return Materialisation(None, None, "base", per_shard)
     if len(per_shard) == 1:
-        return live[0].path, live[0].sha256, "single", parts
-    merged = mat.merge(parts, served_root, "merged")
-    return merged.path, merged.sha256, "merged", parts
+        return Materialisation(live[0].path, live[0].sha256, "single", per_shard)
+    merged = mat.merge([m.path for m in live], served_root, "merged")
+    return Materialisation(merged.path, merged.sha256, "merged", per_shard)
 
 
 def roll_out(db: DatabaseInfo, plan: Any, served_root: Path, request_id: object, timeout: float) -> Rollout:
+    """Materialise (under the rollout lock, so a concurrent rollout's purge cannot take the files
+    away before they are published), publish, wait, purge."""
     with tracer.start_as_current_span("serving.rollout"), psycopg.connect(db.url, autocommit=True) as lock:
         lock.execute("SELECT pg_advisory_lock(%s)", (ROLLOUT_LOCK,))
         try:
-            path, sha, aggregation, parts = materialise(db, plan, served_root)
+            m = materialise(db, plan, served_root)
             with db.connect() as conn:
-                served = store.publish(conn, str(path) if path else None, sha, aggregation, request_id)
-            out = wait_acknowledged(db, served, timeout)
-            purge_superseded(served_root, keep=[p for p in [path, *parts] if p is not None])
-            return out
+                served = store.publish(conn, str(m.path) if m.path else None, m.sha256, m.aggregation, request_id)
+            acks = wait_acknowledged(db, served, timeout)
+            purge_superseded(served_root, keep=m.files())
+            return Rollout(served, m.shards, acks)
         finally:
             lock.execute("SELECT pg_advisory_unlock(%s)", (ROLLOUT_LOCK,))
 
 
-def wait_acknowledged(db: DatabaseInfo, served: store.Served, timeout: float) -> Rollout:
+def wait_acknowledged(db: DatabaseInfo, served: store.Served, timeout: float) -> Acks:
     """Wait (woken by routing notifications) until no routable replica is behind ``served``."""
     t0 = time.monotonic()
     with psycopg.connect(db.url, autocommit=True) as listen:
@@ -90,7 +112,7 @@ def wait_acknowledged(db: DatabaseInfo, served: store.Served, timeout: float) ->
                 pass
     with db.connect() as conn:
         acked = [r.id for r in store.replicas(conn) if (r.acked_generation or 0) >= served.generation and r.routable]
-    return Rollout(served, acked, removed, time.monotonic() - t0)
+    return Acks(acked, removed, time.monotonic() - t0)
 
 
 def purge_superseded(served_root: Path, keep: list[Path]) -> list[str]:

@@ -250,8 +250,13 @@ def lock(conn: psycopg.Connection, deletion_id: uuid.UUID) -> Deletion | None:
 
 
 def transition(conn: psycopg.Connection, d: Deletion, status: Status, result: dict[str, Any] | None = None) -> Deletion:
-    """Change a request's status and record it in the ledger, in the caller's transaction."""
+    """Change a request's status and record it in the ledger, in the caller's transaction. The
+    entry comes first so the row is written once, with the entry's seq in ``result.ledger_seqs``
+    (what a receipt is asked for: GET /v1/ledger/entries/{seq}/receipt)."""
+    body = {**ledger_body(d.evolve(status=status)), **(result or {})}
+    (entry,) = ledger.append(conn, [(f"deletion.{status.value}", body)])
     merged = {**d.result, **(result or {})}
+    merged["ledger_seqs"] = {**merged.get("ledger_seqs", {}), status.value: entry.seq}
     row = conn.execute(
         "UPDATE deletion_requests SET status = %s, result = %s, updated_time = now(),"
         " completed_time = CASE WHEN %s THEN now() ELSE completed_time END WHERE id = %s"
@@ -259,13 +264,7 @@ def transition(conn: psycopg.Connection, d: Deletion, status: Status, result: di
         (status.value, Jsonb(merged), status.final, d.id),
     ).fetchone()
     assert row is not None
-    new = d.evolve(status=status, result=merged, updated_time=row[0], completed_time=row[1])
-    (entry,) = ledger.append(conn, [(f"deletion.{status.value}", {**ledger_body(new), **(result or {})})])
-    # the entry's seq is what a receipt is asked for: GET /v1/ledger/entries/{seq}/receipt
-    seqs = {**merged.get("ledger_seqs", {}), status.value: entry.seq}
-    conn.execute("UPDATE deletion_requests SET result = result || %s WHERE id = %s",
-                 (Jsonb({"ledger_seqs": seqs}), d.id))  # fmt: skip
-    return new.evolve(result={**merged, "ledger_seqs": seqs})
+    return d.evolve(status=status, result=merged, updated_time=row[0], completed_time=row[1])
 
 
 def record(conn: psycopg.Connection, d: Deletion, kind: str, extra: dict[str, Any]) -> None:

@@ -96,36 +96,33 @@ def _step(name: str, timings: dict[str, float]) -> Iterator[None]:
 
 
 def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID) -> dict[str, Any]:
-    """Record each affected shard's clean adapter as desired, then roll the served model out to
-    every replica and wait for their acknowledgements (idempotent: same content, same generation).
+    """Roll the served model out to every replica and wait for their acknowledgements, then record
+    each affected shard's clean adapter as desired (idempotent: same content, same generation).
 
     The ledger gets the adapter names and content hashes before and after and the replicas that
     acknowledged; the files of the cut stages are already gone (training.forget)."""
-    from service import training
     from service.serving import rollout
 
     if not plan.affected:
         return {}
-    served = training.served_adapters(db, plan, CONTEXT["artifacts"] / "served")
+    out = rollout.roll_out(db, plan, CONTEXT["artifacts"] / "served", deletion_id, CONTEXT.get("ack_timeout", 60.0))
     changes: dict[str, Any] = {}
     with db.connect() as conn, conn.transaction():
         for shard in sorted(plan.affected):
-            m = served.get(shard)
+            m = out.shards.get(shard)
             name = m.path.name if m else None
             before = s3t.set_desired(conn, shard, name, str(m.path) if m else None, m.sha256 if m else None,
                                      deletion_id)  # fmt: skip
             changes[str(shard)] = {"before": {"adapter": before[0], "sha256": before[1]},
                                    "after": {"adapter": name, "sha256": m.sha256 if m else None}}  # fmt: skip
-    out = rollout.roll_out(db, plan, CONTEXT["artifacts"] / "served", deletion_id, CONTEXT.get("ack_timeout", 60.0))
-    applied = {"adapters": changes, "rollout": out.to_dict()}
-    with db.connect() as conn, conn.transaction():
+        applied = {"adapters": changes, "rollout": out.to_dict()}
         d = store.lock(conn, deletion_id)
         assert d is not None
         store.record(conn, d, "deletion.applied", applied)
     return applied
 
 
-def _verify(db: DatabaseInfo, plan: Any, ids: list[str], applied: dict[str, Any]) -> dict[str, Any]:
+def _verify(db: DatabaseInfo, plan: Any, ids: list[str]) -> dict[str, Any]:
     """Structural proof (no live block's lineage holds a deleted record, the served prefix is the
     plan's), equivalence (every routable replica serves the published content hash) and, when the
     worker has a probe configuration and the text is still there, the probes."""
@@ -193,7 +190,7 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
         applied = _apply(db, plan, deletion_id)
 
     with _step("verify", timings):
-        verification = _verify(db, plan, ids, applied)
+        verification = _verify(db, plan, ids)
 
     with _step("purge", timings), db.connect() as conn, conn.transaction():
         s3t.purge_records(conn, ids)

@@ -133,8 +133,8 @@ def _aggregation(db: dbm.DatabaseInfo, s: Settings, c: corpus.Corpus, base: Path
     from shards import mia
 
     plan = training.plan_for(db, [])
-    per_shard = training.served_adapters(db, plan, out)
-    merged, _, _, _ = rollout.materialise(db, plan, out)
+    m = rollout.materialise(db, plan, out)
+    per_shard, merged = m.shards, m.path
     tok = AutoTokenizer.from_pretrained(base)
     rows = list(c.records(c.trained)) + list(c.records(c.holdout))
     texts = [str(r["text"]) for r in rows]
@@ -153,7 +153,7 @@ def _aggregation(db: dbm.DatabaseInfo, s: Settings, c: corpus.Corpus, base: Path
 
     assert merged is not None
     table = {"merged adapter (default)": score(mia.text_losses(train.load_peft(base, merged), tok, texts))}
-    shard_losses = [mia.text_losses(train.load_peft(base, m.path), tok, texts) for m in per_shard.values() if m]
+    shard_losses = [mia.text_losses(train.load_peft(base, a.path), tok, texts) for a in per_shard.values() if a]
     routed = [statistics.fmean(col) for col in zip(*shard_losses, strict=True)]
     table["routing table (uniform over live shards)"] = score(routed)
     table["base model (no adapter)"] = score(ref)
