@@ -21,7 +21,10 @@ if TYPE_CHECKING:
     from grpc import Server
 
     from service.core.deletions import Deletions
+    from service.core.kb import AddResult, KnowledgeBase
     from service.ledger.log import Ledger
+    from service.rag.embed import MiniLM
+    from service.rag.proxy import RagProxy
     from service.training import TrainingJob
     from service.verify.probes import ProbeConfig
     from shards.basemodel import BuiltModel
@@ -78,7 +81,8 @@ def rest_app(
 
     registry = prometheus_client.CollectorRegistry()
     registry.register(LetheCollector(db))
-    return create_app(deletions_core(db, settings), ledger(db, settings), Authenticator(db), ready, registry)
+    return create_app(deletions_core(db, settings), ledger(db, settings), Authenticator(db), ready, registry,
+                      kb_core(db, settings))  # fmt: skip
 
 
 def holdings(db: _database.DatabaseInfo) -> _records.Holdings:
@@ -146,6 +150,47 @@ def base_model(settings: Settings, *, progress: bool = True) -> BuiltModel:
     if settings.base_model is not None:
         return basemodel.describe(settings.base_model)
     return basemodel.build(settings.model, settings.models_dir(), progress=progress)
+
+
+def embedder() -> MiniLM:
+    """One sentence-embedding model per process (loaded on first use)."""
+    global _EMBEDDER
+    if _EMBEDDER is None:
+        from service.rag.embed import MiniLM
+
+        _EMBEDDER = MiniLM()
+    return _EMBEDDER
+
+
+_EMBEDDER: MiniLM | None = None
+
+
+def kb_core(db: _database.DatabaseInfo, settings: Settings) -> KnowledgeBase:
+    from service.core.kb import KnowledgeBase
+    from service.store.kb import PgDocumentStore
+
+    key = keyfile.load_or_create(settings.resolved_hmac_key_file())
+    return KnowledgeBase(PgDocumentStore(db), embedder(), key, settings.max_record_bytes)
+
+
+def kb_ingest(db: _database.DatabaseInfo, settings: Settings, file: Path, *, progress: bool = True) -> AddResult:
+    """Validate every line of ``file`` (nothing is written if one is bad), embed, store in one transaction."""
+    from service.core.kb import parse_jsonl
+
+    core = kb_core(db, settings)
+    with file.open(encoding="utf-8") as f:
+        docs = parse_jsonl(f, core.key, settings.max_record_bytes)
+    return core.add_parsed(docs, progress=progress)
+
+
+def rag_proxy(db: _database.DatabaseInfo, settings: Settings) -> RagProxy | None:
+    """The retrieval proxy for ``rag:<upstream model>``; None without an upstream URL."""
+    from service.rag.proxy import RagProxy
+
+    if not settings.rag.upstream_url:
+        return None
+    key = keyfile.load_or_create(settings.resolved_hmac_key_file())
+    return RagProxy(db, embedder(), key, settings.rag, settings.rag.upstream_url)
 
 
 def probe_config(settings: Settings) -> ProbeConfig | None:

@@ -21,6 +21,8 @@ app.add_typer(model_app, name="model")
 app.add_typer(corpus_app, name="corpus")
 ledger_app = typer.Typer(help="The deletion ledger: verify, export, checkpoint.", no_args_is_help=True)
 app.add_typer(ledger_app, name="ledger")
+kb_app = typer.Typer(help="The knowledge base of the retrieval proxy (closed models).", no_args_is_help=True)
+app.add_typer(kb_app, name="kb")
 simulate_app = typer.Typer(help="Simulations that drive the real planner.", no_args_is_help=True)
 app.add_typer(simulate_app, name="simulate")
 console = Console(stderr=True, soft_wrap=True)
@@ -101,6 +103,24 @@ def corpus_ingest(
             console.print(f"[red]{file}: {e}[/red]")
             raise typer.Exit(2) from None
     console.print(f"{file}: {result.inserted} records added, {result.unchanged} already present")
+
+
+@kb_app.command("ingest")
+def kb_ingest(
+    ctx: typer.Context, file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]
+) -> None:
+    """Load documents (JSONL: id, subject_ids, text, source[, metadata]); all or nothing."""
+    from service import app as lethe
+
+    settings = _settings(ctx)
+    with lethe.database(settings) as db:
+        lethe.migrate(db)
+        try:
+            result = lethe.kb_ingest(db, settings, file)
+        except InvalidInput as e:
+            console.print(f"[red]{file}: {e}[/red]")
+            raise typer.Exit(2) from None
+    console.print(f"{file}: {result.inserted} documents added, {result.unchanged} already present")
 
 
 @app.command()
@@ -275,7 +295,7 @@ def worker(
 ) -> None:
     """Run the deletion workflow worker."""
     from service import app as lethe
-    from service import tracing
+    from service import keyfile, tracing
     from service.workflow.worker import run_worker
 
     tracing.setup("lethe-worker")
@@ -283,7 +303,9 @@ def worker(
     with lethe.database(settings) as db:
         lethe.migrate(db)
         run_worker(db, lethe.ledger(db, settings), settings.artifacts_dir(), once=once,
-                   ack_timeout=settings.serving.ack_timeout_seconds, probes=lethe.probe_config(settings))  # fmt: skip
+                   ack_timeout=settings.serving.ack_timeout_seconds, probes=lethe.probe_config(settings),
+                   hmac_key=keyfile.load_or_create(settings.resolved_hmac_key_file()),
+                   rag=lethe.rag_proxy(db, settings))  # fmt: skip
 
 
 @simulate_app.command("capacity")

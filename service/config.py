@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shards.specs import BaseModelSpec, S3TSpec, TrainConfig
@@ -25,6 +25,28 @@ class ServingSpec(BaseModel):
     holdout_file: Path | None = Field(
         None, description="JSONL of never-trained records the probes compare against (default: the corpus's)."
     )
+
+
+class RagSpec(BaseModel):
+    """The retrieval proxy of the closed-model path and its OpenAI-compatible upstream."""
+
+    upstream_url: str | None = Field(
+        None, description="Base URL of the upstream (…/v1); unset → `lethe serve` uses its first vLLM replica."
+    )
+    upstream_model: str = Field("base", description="Upstream model name; clients ask for `rag:<this>`.")
+    upstream_api_key: SecretStr | None = Field(None, description="Bearer token for the upstream.")
+    upstream_api_key_file: Path | None = Field(None, description="...or a file holding it (a mounted Secret).")
+    upstream_timeout_seconds: float = Field(60.0, gt=0, description="Upstream answer timeout (then 504).")
+    top_k: int = Field(3, ge=1, le=20, description="Chunks placed in the prompt.")
+    min_similarity: float = Field(0.35, ge=-1, le=1, description="Cosine similarity a chunk needs to be used.")
+    max_prompt_chars: int = Field(4000, gt=0, description="Longest client prompt (all messages) accepted (413).")
+
+    def api_key(self) -> str | None:
+        if self.upstream_api_key is not None:
+            return self.upstream_api_key.get_secret_value()
+        if self.upstream_api_key_file is not None:
+            return self.upstream_api_key_file.read_text().strip()
+        return None
 
 
 class Settings(BaseSettings):
@@ -48,6 +70,7 @@ class Settings(BaseSettings):
     s3t: S3TSpec = Field(default_factory=S3TSpec, description="S3T layout: shards, slices, sequences.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="S3T training hyper-parameters.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="vLLM replicas and the gateway.")
+    rag: RagSpec = Field(default_factory=RagSpec, description="Retrieval proxy (closed-model path).")
     corpus_seed: int = Field(0, description="Seed of the generated corpus.")
     max_record_bytes: int = Field(16_384, gt=0, description="Largest record text accepted at ingest.")
     deletion_deadline_days: int = Field(30, gt=0, le=90, description="Deadline of a request after receipt.")

@@ -72,6 +72,9 @@ class Stack:
         if not urls:
             self._start_replicas()
             urls = {i: p.url for i, p in enumerate(self.replicas.values())}
+        if not self.settings.rag.upstream_url:  # the retrieval route's upstream: the first replica's base model
+            rag = self.settings.rag.model_copy(update={"upstream_url": f"{urls[0]}/v1"})
+            self.settings = self.settings.model_copy(update={"rag": rag})
         for i, url in urls.items():
             rid = f"replica-{i}"
             rec = Reconciler(self.db, rid, url, self.settings.serving_dir() / rid / "adapters")
@@ -109,7 +112,8 @@ class Stack:
         assert self.routes is not None
         self.gateway_port = s.serving.gateway_port or free_port()
         self.api_port = s.api_port or free_port()
-        self._serve_thread(create_gateway(self.routes, auth), s.serving.gateway_host, self.gateway_port)
+        gateway = create_gateway(self.routes, auth, rag=lethe.rag_proxy(self.db, s))
+        self._serve_thread(gateway, s.serving.gateway_host, self.gateway_port)
         self._serve_thread(lethe.rest_app(self.db, s, self.ready), s.api_host, self.api_port)
         server, self.grpc_port = lethe.grpc_server(self.db, s)
         server.start()
@@ -194,6 +198,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     for key, value in settings.model_dump(mode="json", exclude_defaults=True).items():
         if key == "database_url":
             continue
+        if key == "rag" and settings.rag.upstream_api_key is not None:  # json mode masks secrets
+            value["upstream_api_key"] = settings.rag.upstream_api_key.get_secret_value()
         name = f"LETHE_{key.upper()}"
         out[name] = value if isinstance(value, str) else json.dumps(value)
     if settings.var_dir:

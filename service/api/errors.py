@@ -25,6 +25,8 @@ TABLE: list[tuple[type[errors.LetheError], Mapping]] = [
     (errors.Conflict, Mapping(409, "ALREADY_EXISTS", "Conflict")),
     (errors.Unauthenticated, Mapping(401, "UNAUTHENTICATED", "Unauthenticated")),
     (errors.PermissionDenied, Mapping(403, "PERMISSION_DENIED", "Permission denied")),
+    (errors.UpstreamTimeout, Mapping(504, "DEADLINE_EXCEEDED", "Upstream timeout")),
+    (errors.UpstreamError, Mapping(502, "UNAVAILABLE", "Bad upstream")),
 ]
 INTERNAL = Mapping(500, "INTERNAL", "Internal error")
 

@@ -43,7 +43,9 @@ class Scope(enum.StrEnum):
     DELETIONS_WRITE = "deletions:write"
     DELETIONS_READ = "deletions:read"
     LEDGER_READ = "ledger:read"
-    INFERENCE = "inference"  # the OpenAI-compatible gateway
+    INFERENCE = "inference"  # the OpenAI-compatible gateway (and the retrieval proxy)
+    KB_READ = "kb:read"
+    KB_WRITE = "kb:write"
     ADMIN = "admin"
 
 

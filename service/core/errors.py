@@ -58,3 +58,11 @@ class PermissionDenied(LetheError):
 
 class PayloadTooLarge(InvalidInput):
     """The request body is too large."""
+
+
+class UpstreamTimeout(LetheError):
+    """The upstream model did not answer in time."""
+
+
+class UpstreamError(LetheError):
+    """The upstream model failed or could not be reached."""

@@ -1,5 +1,6 @@
 """OpenAI-compatible gateway: ``/v1/models``, ``/v1/completions``, ``/v1/chat/completions`` for the
-model ``lethe``, forwarded to a routable replica under the adapter name it currently serves.
+model ``lethe``, forwarded to a routable replica under the adapter name it currently serves, and
+for ``rag:<upstream model>``, answered by the retrieval proxy (service.rag.proxy).
 
 Only these routes exist, so vLLM's adapter-admin endpoints are never reachable through it.
 Requests for prompt log-probabilities are refused: vLLM 0.32 with LoRA crashes its engine when
@@ -15,24 +16,33 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import prometheus_client
 from fastapi import Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from service.api.rest.app import MAX_BODY, Authenticate, BodyLimit, install_error_handlers, principal, problem
 from service.core.deletions import Principal, Scope
 from service.gateway.routes import Routes
+from service.rag import metrics as rag_metrics
+from service.rag.proxy import RagProxy
 
 MODEL = "lethe"
 _P = "https://lethe.dev/problems/"
 
 
-def create_gateway(routes: Routes, authenticate: Authenticate, upstream_timeout: float = 120.0) -> FastAPI:
+def create_gateway(
+    routes: Routes | None, authenticate: Authenticate, upstream_timeout: float = 120.0, rag: RagProxy | None = None
+) -> FastAPI:
+    """``routes``: the replicas serving ``lethe`` (None: only the retrieval route is served)."""
     client = httpx.AsyncClient(timeout=httpx.Timeout(upstream_timeout, connect=2.0))
+    served = ([MODEL] if routes is not None else []) + ([rag.route] if rag is not None else [])
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await client.aclose()
+        if rag is not None:
+            await rag.aclose()
 
     app = FastAPI(title="Lethe gateway", version="1", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.authenticate = authenticate
@@ -44,7 +54,8 @@ def create_gateway(routes: Routes, authenticate: Authenticate, upstream_timeout:
 
     @app.get("/v1/models")
     async def models(_: Principal = Depends(who)) -> dict[str, Any]:  # noqa: B008
-        return {"object": "list", "data": [{"id": MODEL, "object": "model", "created": 0, "owned_by": "lethe"}]}
+        data = [{"id": m, "object": "model", "created": 0, "owned_by": "lethe"} for m in served]
+        return {"object": "list", "data": data}
 
     async def forward(path: str, request: Request) -> Response:
         try:
@@ -53,8 +64,10 @@ def create_gateway(routes: Routes, authenticate: Authenticate, upstream_timeout:
             return problem(400, "Invalid input", "the body is not JSON", _P + "invalid-input")
         if not isinstance(body, dict):
             return problem(400, "Invalid input", "the body must be a JSON object", _P + "invalid-input")
-        if body.get("model") != MODEL:
-            return problem(404, "Not found", f"unknown model {body.get('model')!r}; this gateway serves {MODEL!r}",
+        if rag is not None and body.get("model") == rag.route:
+            return await _rag_answer(rag, path, body)
+        if body.get("model") != MODEL or routes is None:
+            return problem(404, "Not found", f"unknown model {body.get('model')!r}; this gateway serves {served}",
                            _P + "not-found")  # fmt: skip
         if body.get("prompt_logprobs") is not None or (body.get("echo") and body.get("logprobs") is not None):
             return problem(400, "Invalid input", "prompt log-probabilities are not served", _P + "invalid-input")
@@ -98,12 +111,24 @@ def create_gateway(routes: Routes, authenticate: Authenticate, upstream_timeout:
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if routes.targets():
+        if routes is None or routes.targets():
             return JSONResponse({"status": "ready"})
         return problem(503, "Not ready", "no routable replica", _P + "not-ready")
 
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(prometheus_client.generate_latest(rag_metrics.REGISTRY),
+                        media_type=prometheus_client.CONTENT_TYPE_LATEST)  # fmt: skip
+
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     return app
+
+
+async def _rag_answer(rag: RagProxy, path: str, body: dict[str, Any]) -> Response:
+    answer = await rag.complete(path, body)  # domain errors become problems (install_error_handlers)
+    if answer.stream is not None:
+        return StreamingResponse(answer.stream, media_type="text/event-stream")
+    return JSONResponse(answer.document, status_code=answer.status)
 
 
 async def _renamed_stream(resp: httpx.Response, internal: str) -> AsyncIterator[bytes]:

@@ -1,10 +1,13 @@
 """The deletion workflow: one job per request, a sequence of idempotent steps.
 
-resolve (subject hashes → record ids) → cut (S3T planner; tainted stages destroyed in every
-sequence, rows then files) → apply (materialise the clean adapter, publish it, wait until every
-routable replica acknowledged it; a replica that does not is taken out of routing) → verify
-(structural proof, equivalence check, membership and VerbMem probes of the served model) →
-purge (record text set to NULL) → complete. The text outlives the cut only until the probes
+resolve (subject hashes → record ids and knowledge-base documents) → cut (S3T planner; tainted
+stages destroyed in every sequence, rows then files) → suppress (closed-model path: the subject's
+documents leave retrieval, a forget entry of keyed n-gram hashes is added) → apply (materialise
+the clean adapter, publish it, wait until every routable replica acknowledged it; a replica
+that does not is taken out of routing) → verify
+(structural proof, equivalence check, membership and VerbMem probes of the served model; the
+retrieval, leakage, injection and over-refusal probes of the proxy) → purge (record text set to
+NULL, documents and chunks deleted) → complete. The text outlives the cut only until the probes
 have read it. Every state change is a ledger entry in the same transaction as the change. A
 crash anywhere re-runs the job (procrastinate retries stalled jobs): finished steps are no-ops.
 """
@@ -25,9 +28,10 @@ import httpx
 import procrastinate
 
 from service import tracing
+from service.core import forget
 from service.core.deletions import Status
 from service.store import deletions as store
-from service.store import s3t
+from service.store import kb, s3t
 from service.store.database import DatabaseInfo
 from service.workflow.queue import QUEUE, REGISTRY, enqueue_callbacks
 
@@ -83,7 +87,8 @@ def run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
     return status
 
 
-STEPS = ("claim", "resolve", "cut", "apply", "verify", "purge", "complete")
+STEPS = ("claim", "resolve", "cut", "suppress", "apply", "verify", "purge", "complete")
+EXACT, SUPPRESSION = "exact (S3T)", "suppression (closed model)"
 
 
 @contextlib.contextmanager
@@ -137,7 +142,7 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str]) -> dict[str, Any]:
         reps = [r for r in serving.replicas(conn) if r.routable]
         texts = [r[0] for r in conn.execute("SELECT text FROM records WHERE id = ANY(%s) AND text IS NOT NULL"
                                             " ORDER BY id", (ids,))]  # fmt: skip
-    out: dict[str, Any] = {"method": "exact (S3T)", "lineage_excludes_deleted": clean}
+    out: dict[str, Any] = {"method": EXACT, "lineage_excludes_deleted": clean}
     if want is not None:
         out["equivalence"] = {
             "served_sha256": want.adapter_sha256, "generation": want.generation,
@@ -153,6 +158,50 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str]) -> dict[str, Any]:
     elif ids and not texts:
         out["probes"] = "skipped: the records' text is already purged (deleted by an earlier request or run)"
     return out
+
+
+def _suppress(db: DatabaseInfo, deletion_id: uuid.UUID, documents: list[str]) -> dict[str, Any]:
+    """Take the subject's documents out of retrieval and add the forget entry: keyed hashes of the
+    n-grams that the documents state and no other live document does (names, codes, facts). One
+    transaction with its ledger entry (content hashes and counts, never text); a re-run finds it."""
+    if not documents:
+        return {}
+    with db.connect() as conn, conn.transaction():
+        d = store.lock(conn, deletion_id)
+        assert d is not None
+        rows = conn.execute("SELECT id, text, content_hash FROM kb_documents WHERE id = ANY(%s) ORDER BY id",
+                            (documents,)).fetchall()  # fmt: skip
+        candidates = sorted(set().union(*(forget.candidate_terms(r[1]) for r in rows)))
+        terms = forget.distinctive(candidates, kb.known_elsewhere(conn, candidates, documents))
+        key = forget.term_key(CONTEXT["hmac_key"])
+        count, created = kb.suppress(conn, deletion_id, [r[0] for r in rows], [forget.term_hash(key, t) for t in terms])
+        out = {"method": SUPPRESSION, "documents": count, "forget_terms": len(terms)}
+        if created:
+            store.record(conn, d, "deletion.kb_suppressed",
+                         {**out, "content_sha256": [bytes(r[2]).hex() for r in rows]})  # fmt: skip
+    return out
+
+
+def _verify_kb(db: DatabaseInfo, deletion_id: uuid.UUID, suppressed: dict[str, Any]) -> dict[str, Any]:
+    """The closed-model path's probes, through the worker's retrieval proxy, while the suppressed
+    documents' text is still there to build questions from."""
+    from service.verify import rag_probes
+
+    with db.connect() as conn:
+        texts = kb.suppressed_texts(conn, deletion_id)
+    out: dict[str, Any] = {"method": SUPPRESSION, **{k: v for k, v in suppressed.items() if k != "method"}}
+    proxy = CONTEXT.get("rag")
+    if proxy is None or not texts:
+        out["probes"] = "skipped: " + ("no retrieval upstream configured" if proxy is None else "documents purged")
+        return out
+    out.update(rag_probes.run(proxy, texts))
+    return out
+
+
+def _kb_clean(report: dict[str, Any]) -> bool:
+    """Completion needs the documents gone and, when the probes ran, nothing retrieved or leaked."""
+    probes_ok = all(report[p]["passed"] for p in ("retrieval", "leakage", "injection") if p in report)
+    return bool(report.get("documents_deleted")) and probes_ok
 
 
 def _crash_point(step: str) -> None:
@@ -175,6 +224,7 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
 
     with _step("resolve", timings), db.connect() as conn:  # explicit record ids + every record of the subjects
         ids = sorted(set(d.record_ids) | set(s3t.record_ids_of_subjects(conn, d.subject_hashes)))
+        documents = kb.documents_of_subjects(conn, d.subject_hashes, d.record_ids)
 
     with _step("cut", timings):  # plan and cut (idempotent: a re-run finds the cuts applied)
         plan = training.forget(db, ids, purge=False)
@@ -186,17 +236,28 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
                        for k, p in sorted(plan.shards.items())},
         }  # fmt: skip
 
+    with _step("suppress", timings):  # closed-model path: out of retrieval, forget entry added
+        suppressed = _suppress(db, deletion_id, documents)
+        if suppressed:
+            summary["documents"] = suppressed["documents"]
+
     with _step("apply", timings):  # the clean adapter served by every routable replica
         applied = _apply(db, plan, deletion_id)
 
     with _step("verify", timings):
         verification = _verify(db, plan, ids)
+        if documents:
+            verification["kb"] = _verify_kb(db, deletion_id, suppressed)
 
     with _step("purge", timings), db.connect() as conn, conn.transaction():
         s3t.purge_records(conn, ids)
         row = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()
         purged = row[0] if row else 0
         verification["records_purged"] = purged == len(ids)
+        if documents:
+            kb.purge(conn, deletion_id)
+            left = conn.execute("SELECT count(*) FROM kb_documents WHERE id = ANY(%s)", (documents,)).fetchone()
+            verification["kb"]["documents_deleted"] = bool(left and left[0] == 0)
     # Exact unlearning is proven structurally (lineage) and by equivalence (every routable replica
     # serves the published clean adapter); the probes are evidence, reported, not a gate: with a
     # handful of records their AUC is noisy by nature.
@@ -209,9 +270,10 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
         assert d is not None
         if d.status.final:
             return d.status
-        ok = clean and purged == len(ids)
+        ok = clean and purged == len(ids) and (not documents or _kb_clean(verification["kb"]))
+        methods = ([EXACT] if ids or not documents else []) + ([SUPPRESSION] if documents else [])
         d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
-                             {"plan": summary, "apply": applied, "verification": verification,
+                             {"methods": methods, "plan": summary, "apply": applied, "verification": verification,
                               "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip
         enqueue_callbacks(conn, d)
     _crash_point("complete")

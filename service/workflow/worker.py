@@ -9,6 +9,7 @@ from pathlib import Path
 import procrastinate
 
 from service.ledger.log import Ledger
+from service.rag.proxy import RagProxy
 from service.store.database import DatabaseInfo
 from service.verify.probes import ProbeConfig
 from service.workflow import steps
@@ -20,13 +21,15 @@ STALLED_AFTER_SECONDS = 3.0  # a worker silent this long is dead: its jobs are r
 
 
 def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once: bool = False,
-               concurrency: int = 1, ack_timeout: float = 60.0, probes: ProbeConfig | None = None) -> None:  # fmt: skip
+               concurrency: int = 1, ack_timeout: float = 60.0, probes: ProbeConfig | None = None,
+               hmac_key: bytes = b"", rag: RagProxy | None = None) -> None:  # fmt: skip
     """Process jobs; with ``once``, stop when the queue is empty (tests, batch runs).
 
     First, jobs left running by a dead worker (killed mid-step: no heartbeat) are put back in
     the queue; every step is idempotent, so running them again finishes them exactly once.
     """
-    steps.CONTEXT.update(db=db, ledger=ledger, artifacts=artifacts, ack_timeout=ack_timeout, probes=probes)
+    steps.CONTEXT.update(db=db, ledger=ledger, artifacts=artifacts, ack_timeout=ack_timeout, probes=probes,
+                         hmac_key=hmac_key, rag=rag)  # fmt: skip
     # torch, safetensors and peft load in seconds: pay that at start, not on a request's clock
     import shards.materialise
     import shards.train  # noqa: F401

@@ -1,12 +1,12 @@
 """The whole path on real parts: S3T units served by two vLLM CPU replicas behind the gateway,
 deletions over REST and gRPC, replicas swapping adapters at runtime, probes, receipts.
 
-One stack per module (training ≈ 2–3 min, two replicas ≈ 1 min here); the tests run in order.
+One stack per test session (tests/integration/conftest.py; training ≈ 2–3 min, two replicas
+≈ 1 min here), shared with the retrieval-proxy tests; the tests run in order.
 """
 
 from __future__ import annotations
 
-import hashlib
 import statistics
 import threading
 import time
@@ -20,65 +20,19 @@ import pytest
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from service import app as lethe
-from service import training
 from service.api.grpc.gen.lethe.v1 import deletion_pb2, deletion_pb2_grpc
-from service.config import ServingSpec, Settings
-from service.serve import Stack, free_port
 from service.serving.vllm import VllmAdmin, VllmProcess
-from service.store import database as db_mod
 from service.store import serving as serving_store
-from service.store.database import DatabaseInfo
-from service.store.deletions import create_api_key
 from shards import corpus, mia, train
-from shards.specs import S3TSpec, TrainConfig
+from tests.integration.conftest import Env
 
 pytestmark = pytest.mark.slow
 FINAL = {"completed", "failed", "cancelled"}
 
 
-class Env:
-    stack: Stack
-    settings: Settings
-    db: DatabaseInfo
-    corpus: corpus.Corpus
-    key: str
-    slice_of: dict[str, int]  # subject id → slice
-    order: tuple[int, ...]  # the served sequence's slice order before any deletion
-    state: dict[str, object]
-
-
 @pytest.fixture(scope="module")
-def env(embedded_server, base_model_path, tmp_path_factory):
-    name = f"lethe_e2e_{uuid.uuid4().hex[:10]}"
-    url = db_mod.create_database(embedded_server.url, name)
-    db = DatabaseInfo(url, embedded_server.embedded, embedded_server.data_dir)
-    var = tmp_path_factory.mktemp("e2e") / "var"
-    settings = Settings(
-        database_url=url, var_dir=var, base_model=base_model_path, api_port=free_port(), grpc_address="127.0.0.1:0",
-        s3t=S3TSpec(shards=1, slices=4, budget=2, workers=2), train=TrainConfig(),
-        serving=ServingSpec(replicas=2, first_port=free_port(), gateway_port=free_port(), ack_timeout_seconds=20),
-    )  # fmt: skip
-    key_file = settings.resolved_hmac_key_file()  # a fixed key: a reproducible placement
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_bytes(hashlib.sha256(b"lethe test: s3t forgetting").digest())
-    c = corpus.generate(seed=settings.corpus_seed)
-    paths = corpus.write(c, settings.corpus_dir())
-    lethe.migrate(db)
-    lethe.ingest(db, settings, paths["train"])
-    training.train_all(db, lethe.training_job(settings, base_model_path))
-    e = Env()
-    e.settings, e.db, e.corpus, e.state = settings, db, c, {}
-    with psycopg.connect(url) as conn:
-        e.slice_of = {rid.rsplit("-", 1)[0]: sl for rid, sl in conn.execute("SELECT id, slice FROM records")}
-    p = training.plan_for(db, [])
-    units = {(u.shard, u.sequence): u for u in training.planner_units(db)}
-    e.order = units[(0, p.shards[0].sequence)].order
-    e.key = create_api_key(db, ["admin"])
-    e.stack = Stack(settings, db, log=print)
-    e.stack.start()
-    yield e
-    e.stack.stop()
-    db_mod.drop_database(embedded_server.url, name)
+def env(serving_env):
+    return serving_env
 
 
 def gateway(e: Env) -> openai.OpenAI:
@@ -138,7 +92,7 @@ def calibrated_person_aucs(e: Env, base_model_path, adapter, slices: list[int]) 
 def test_gateway_serves_the_trained_facts_and_nothing_else(env):
     e = env
     models = gateway(e).models.list()
-    assert [m.id for m in models.data] == ["lethe"]
+    assert [m.id for m in models.data] == ["lethe", "rag:base"]
     e.state["recall_before"] = statistics.fmean(recalled(e, e.corpus.trained))  # reported (docs/benchmarks.md)
     # streaming passes through, token by token, under the public model name
     prompt = e.corpus.trained[0].probe()[0]

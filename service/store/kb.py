@@ -1,0 +1,193 @@
+"""The knowledge base and its forget entries in PostgreSQL + pgvector."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from service.core import errors
+from service.core.kb import AddResult, Chunk, Document, DocumentInfo
+from service.store.database import DatabaseInfo
+
+EMBEDDING_DIM = 384
+
+
+def vector(values: Sequence[float]) -> str:
+    """pgvector's text form (cast with ``::vector``): no per-connection type registration needed."""
+    return "[" + ",".join(f"{v:.7g}" for v in values) + "]"
+
+
+@dataclass(frozen=True)
+class Hit:
+    document_id: str
+    ord: int
+    text: str
+    similarity: float
+
+
+class PgDocumentStore:
+    def __init__(self, db: DatabaseInfo) -> None:
+        self.db = db
+
+    def add(self, documents: Sequence[Document], chunks: Sequence[Chunk]) -> AddResult:
+        """All in one transaction. An identical document again is a no-op; the same id with other
+        content, subjects or source is an error naming its line, and nothing is written."""
+        if any(len(c.embedding) != EMBEDDING_DIM for c in chunks):
+            raise errors.InvalidInput(f"embeddings must have {EMBEDDING_DIM} dimensions")
+        with self.db.connect() as conn, conn.transaction():
+            rows = conn.execute(
+                "SELECT d.id, d.content_hash, d.source, array_agg(s.subject_hash ORDER BY s.subject_hash)"
+                " FROM kb_documents d JOIN kb_document_subjects s ON s.document_id = d.id"
+                " WHERE d.id = ANY(%s) GROUP BY d.id",
+                ([d.id for d in documents],),
+            ).fetchall()
+            existing = {r[0]: (bytes(r[1]), r[2], tuple(bytes(h) for h in r[3])) for r in rows}
+            conflicts = [
+                (d.line, f"id: {d.id!r} already stored with different content, source or subjects")
+                for d in documents
+                if d.id in existing and existing[d.id] != (d.content_hash, d.source, d.subject_hashes)
+            ]
+            if conflicts:
+                raise errors.InvalidCorpus(conflicts)
+            new = [d for d in documents if d.id not in existing]
+            ids = {d.id for d in new}
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO kb_documents (id, source, metadata, text, content_hash)"
+                    " VALUES (%s, %s, %s::jsonb, %s, %s)",
+                    [(d.id, d.source, _json(d.metadata), d.text, d.content_hash) for d in new],
+                )
+                cur.executemany(
+                    "INSERT INTO kb_document_subjects (document_id, subject_hash) VALUES (%s, %s)",
+                    [(d.id, h) for d in new for h in d.subject_hashes],
+                )
+                cur.executemany(
+                    "INSERT INTO kb_chunks (document_id, ord, text, embedding) VALUES (%s, %s, %s, %s::vector)",
+                    [(c.document_id, c.ord, c.text, vector(c.embedding)) for c in chunks if c.document_id in ids],
+                )
+        return AddResult(len(new), len(documents) - len(new))
+
+    def list(self, after: str | None, limit: int) -> list[DocumentInfo]:
+        with self.db.connect() as conn:
+            rows = conn.execute(
+                f"{_INFO} WHERE %s::text IS NULL OR d.id > %s ORDER BY d.id LIMIT %s", (after, after, limit)
+            ).fetchall()
+        return [_info(r) for r in rows]
+
+    def get(self, document_id: str) -> DocumentInfo | None:
+        with self.db.connect() as conn:
+            row = conn.execute(f"{_INFO_TEXT} WHERE d.id = %s", (document_id,)).fetchone()
+        return _info(row[:-1], text=row[-1]) if row else None  # type: ignore[index]
+
+    def delete(self, document_id: str) -> bool:
+        with self.db.connect() as conn:
+            return conn.execute("DELETE FROM kb_documents WHERE id = %s", (document_id,)).rowcount > 0
+
+
+_INFO = (
+    "SELECT d.id, d.source, d.metadata, (SELECT count(*) FROM kb_chunks c WHERE c.document_id = d.id),"
+    " encode(d.content_hash, 'hex'), d.created_at, d.suppressed_by IS NOT NULL FROM kb_documents d"
+)
+_INFO_TEXT = _INFO.replace(" FROM kb_documents d", ", d.text FROM kb_documents d")
+
+
+def _info(row: Sequence[Any], text: str | None = None) -> DocumentInfo:
+    doc_id, source, metadata, chunks, sha, created, suppressed = row
+    return DocumentInfo(doc_id, source, metadata, chunks, sha, created, suppressed, text)
+
+
+def _json(value: object) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)
+
+
+# -- retrieval -------------------------------------------------------------------------------
+def search(conn: psycopg.Connection, embedding: Sequence[float], k: int, min_similarity: float) -> list[Hit]:
+    """The ``k`` chunks nearest to ``embedding`` (cosine, HNSW) with similarity ≥ ``min_similarity``,
+    from documents not taken out of retrieval. The inner query is the index scan; suppressed
+    documents are filtered after it, so it asks for a few more than ``k``."""
+    q = vector(embedding)
+    rows = conn.execute(
+        """SELECT c.document_id, c.ord, c.text, 1 - c.dist FROM (
+               SELECT document_id, ord, text, embedding <=> %s::vector AS dist FROM kb_chunks
+               ORDER BY embedding <=> %s::vector LIMIT %s) c
+           JOIN kb_documents d ON d.id = c.document_id AND d.suppressed_by IS NULL
+           WHERE 1 - c.dist >= %s ORDER BY c.dist LIMIT %s""",
+        (q, q, 4 * k, min_similarity, k),
+    ).fetchall()
+    return [Hit(*r) for r in rows]
+
+
+# -- erasure ---------------------------------------------------------------------------------
+def documents_of_subjects(conn: psycopg.Connection, subject_hashes: Sequence[bytes], ids: Sequence[str]) -> list[str]:
+    """Documents naming any of the subjects, plus the listed ids that are documents."""
+    rows = conn.execute(
+        "SELECT document_id FROM kb_document_subjects WHERE subject_hash = ANY(%s)"
+        " UNION SELECT id FROM kb_documents WHERE id = ANY(%s) ORDER BY 1",
+        (list(subject_hashes), list(ids)),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def suppressed_texts(conn: psycopg.Connection, request_id: uuid.UUID) -> dict[str, str]:
+    rows = conn.execute(
+        "SELECT id, text FROM kb_documents WHERE suppressed_by = %s ORDER BY id", (request_id,)
+    ).fetchall()
+    return dict(rows)
+
+
+def known_elsewhere(conn: psycopg.Connection, terms: Sequence[str], excluded: Sequence[str]) -> set[str]:
+    """Which of ``terms`` (space-separated lower-case words) some other, live document states."""
+    rows = conn.execute(
+        """SELECT t FROM unnest(%s::text[]) t WHERE EXISTS (
+               SELECT 1 FROM kb_documents d WHERE d.id <> ALL(%s) AND d.suppressed_by IS NULL
+               AND d.tsv @@ phraseto_tsquery('simple', t))""",
+        (list(terms), list(excluded)),
+    ).fetchall()
+    return {r[0] for r in rows}
+
+
+def suppress(
+    conn: psycopg.Connection, request_id: uuid.UUID, document_ids: Sequence[str], term_hashes: Sequence[bytes]
+) -> tuple[int, bool]:
+    """Take the documents out of retrieval and store the forget entry, in the caller's transaction.
+    Idempotent per request: returns (documents, created)."""
+    row = conn.execute("SELECT documents FROM kb_forget WHERE request_id = %s", (request_id,)).fetchone()
+    if row is not None:
+        return int(row[0]), False
+    conn.execute(
+        "UPDATE kb_documents SET suppressed_by = %s WHERE id = ANY(%s) AND suppressed_by IS NULL",
+        (request_id, list(document_ids)),
+    )
+    fid = conn.execute(
+        "INSERT INTO kb_forget (request_id, documents, terms) VALUES (%s, %s, %s) RETURNING id",
+        (request_id, len(document_ids), len(term_hashes)),
+    ).fetchone()
+    assert fid is not None
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO kb_forget_terms (term_hash, forget_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+            [(h, fid[0]) for h in sorted(set(term_hashes))],
+        )
+    conn.execute("NOTIFY lethe_kb_forget")
+    return len(document_ids), True
+
+
+def purge(conn: psycopg.Connection, request_id: uuid.UUID) -> int:
+    """Hard-delete what the request suppressed (chunks and subject links cascade)."""
+    return conn.execute("DELETE FROM kb_documents WHERE suppressed_by = %s", (request_id,)).rowcount
+
+
+def forget_state(conn: psycopg.Connection) -> int:
+    """A version of the forget set: the newest entry's id (0 when empty)."""
+    row = conn.execute("SELECT coalesce(max(id), 0) FROM kb_forget").fetchone()
+    return int(row[0]) if row else 0
+
+
+def forget_hashes(conn: psycopg.Connection) -> set[bytes]:
+    return {bytes(r[0]) for r in conn.execute("SELECT DISTINCT term_hash FROM kb_forget_terms")}
