@@ -126,7 +126,7 @@ def grpc_server(db: _database.DatabaseInfo, settings: Settings, address: str | N
         creds = grpc.ssl_server_credentials([(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())],
                                             root_certificates=ca, require_client_auth=ca is not None)  # fmt: skip
     return build_server(deletions_core(db, settings), ledger(db, settings), Authenticator(db),
-                        address or settings.grpc_address, creds)  # fmt: skip
+                        address or settings.grpc_address, creds, kb_core(db, settings))  # fmt: skip
 
 
 def ledger(db: _database.DatabaseInfo, settings: Settings) -> Ledger:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,9 +25,17 @@ from opentelemetry.trace import SpanKind
 
 from service import tracing
 from service.api import errors as error_table
-from service.api.grpc.gen.lethe.v1 import deletion_pb2, deletion_pb2_grpc, ledger_pb2, ledger_pb2_grpc
+from service.api.grpc.gen.lethe.v1 import (
+    deletion_pb2,
+    deletion_pb2_grpc,
+    kb_pb2,
+    kb_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+)
 from service.core import errors
 from service.core.deletions import Deletion, Deletions, Principal, Scope, Status, SubmitDeletion
+from service.core.kb import MAX_DOCUMENTS_PER_CALL, DocumentInfo, KnowledgeBase, NewDocument
 from service.ledger.log import Ledger
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -181,25 +190,107 @@ class LedgerServicer(_Edge, ledger_pb2_grpc.LedgerServiceServicer):
                                     origin=self.ledger.origin)  # fmt: skip
 
 
+_DOCUMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,255}")  # as the core's document lines
+
+
+def _document_id(text: str) -> str:
+    if not _DOCUMENT_ID.fullmatch(text):
+        raise errors.InvalidInput("id must match [A-Za-z0-9][A-Za-z0-9._:-]* (at most 256 characters)")
+    return text
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (PostgreSQL refuses it)")
+
+
+def _new_documents(docs: Any) -> list[NewDocument]:
+    """Proto → core; what the core cannot see (metadata JSON, NUL characters PostgreSQL refuses) is
+    reported like the core's own problems: every bad document by its 1-based position."""
+    if not 1 <= len(docs) <= MAX_DOCUMENTS_PER_CALL:
+        raise errors.InvalidInput(f"give 1..{MAX_DOCUMENTS_PER_CALL} documents")
+    problems: list[tuple[int, str]] = []
+    out: list[NewDocument] = []
+    for n, d in enumerate(docs, start=1):
+        try:
+            metadata = json.loads(d.metadata_json, parse_constant=_no_constant) if d.metadata_json else {}
+        except json.JSONDecodeError as e:
+            problems.append((n, f"metadata_json: not valid JSON ({e.msg} at column {e.colno})"))
+            continue
+        except ValueError as e:
+            problems.append((n, f"metadata_json: {e}"))
+            continue
+        if not isinstance(metadata, dict):
+            problems.append((n, "metadata_json: must be a JSON object"))
+            continue
+        if "\x00" in d.text or "\x00" in d.source or "\\u0000" in json.dumps(metadata):
+            problems.append((n, "text, source and metadata_json cannot contain NUL characters"))
+            continue
+        out.append(NewDocument(d.id, list(d.subject_ids), d.text, d.source, metadata))
+    if problems:
+        raise errors.InvalidCorpus(problems)
+    return out
+
+
+def document_pb(d: DocumentInfo) -> kb_pb2.Document:
+    return kb_pb2.Document(id=d.id, source=d.source, metadata_json=json.dumps(d.metadata, sort_keys=True),
+                           chunks=d.chunks, content_sha256=d.content_sha256, created_at=_ts(d.created_at),
+                           suppressed=d.suppressed, text=d.text)  # fmt: skip
+
+
+class KnowledgeBaseServicer(_Edge, kb_pb2_grpc.KnowledgeBaseServiceServicer):
+    def __init__(self, core: KnowledgeBase, authenticate: Callable[[str | None], Principal]) -> None:
+        super().__init__(authenticate)
+        self.core = core
+
+    @_translated
+    def AddDocuments(self, request: Any, context: grpc.ServicerContext) -> kb_pb2.AddDocumentsResponse:
+        who = self.principal(context)
+        r = self.core.add(_new_documents(request.documents), who)
+        return kb_pb2.AddDocumentsResponse(inserted=r.inserted, unchanged=r.unchanged)
+
+    @_translated
+    def ListDocuments(self, request: Any, context: grpc.ServicerContext) -> kb_pb2.ListDocumentsResponse:
+        who = self.principal(context)
+        cursor = _document_id(request.cursor) if request.cursor else None
+        page = self.core.list(who, cursor, request.limit or 50)
+        return kb_pb2.ListDocumentsResponse(documents=[document_pb(d) for d in page.items],
+                                            next_cursor=page.next_cursor or "")  # fmt: skip
+
+    @_translated
+    def GetDocument(self, request: Any, context: grpc.ServicerContext) -> kb_pb2.Document:
+        who = self.principal(context)
+        return document_pb(self.core.get(_document_id(request.id), who))
+
+    @_translated
+    def DeleteDocument(self, request: Any, context: grpc.ServicerContext) -> kb_pb2.DeleteDocumentResponse:
+        who = self.principal(context)
+        self.core.delete(_document_id(request.id), who)
+        return kb_pb2.DeleteDocumentResponse()
+
+
 def build_server(
     core: Deletions,
     ledger: Ledger,
     authenticate: Callable[[str | None], Principal],
     address: str,
     credentials: grpc.ServerCredentials | None = None,
+    kb: KnowledgeBase | None = None,
 ) -> tuple[grpc.Server, int]:
-    """A started-ready (not started) server bound to ``address``; returns it and the bound port."""
+    """A started-ready (not started) server bound to ``address``; returns it and the bound port.
+    ``kb``: the knowledge-base core; without it KnowledgeBaseService is not served."""
     opts = [("grpc.max_receive_message_length", MAX_MESSAGE)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=opts)
     deletion_pb2_grpc.add_DeletionServiceServicer_to_server(DeletionServicer(core, authenticate), server)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(ledger, authenticate), server)
+    names = [deletion_pb2.DESCRIPTOR.services_by_name["DeletionService"].full_name,
+             ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name]  # fmt: skip
+    if kb is not None:
+        kb_pb2_grpc.add_KnowledgeBaseServiceServicer_to_server(KnowledgeBaseServicer(kb, authenticate), server)
+        names.append(kb_pb2.DESCRIPTOR.services_by_name["KnowledgeBaseService"].full_name)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", "lethe.v1.DeletionService", "lethe.v1.LedgerService"):
+    for name in ("", *names):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    services = (deletion_pb2.DESCRIPTOR.services_by_name["DeletionService"].full_name,
-                ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name, reflection.SERVICE_NAME,
-                health.SERVICE_NAME)  # fmt: skip
-    reflection.enable_server_reflection(services, server)
+    reflection.enable_server_reflection((*names, reflection.SERVICE_NAME, health.SERVICE_NAME), server)
     port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     return server, port

@@ -32,6 +32,7 @@ from service.api.rest.models import (
 )
 from service.core import errors
 from service.core.deletions import Deletions, Principal, Scope, Status
+from service.core.kb import KnowledgeBase
 from service.ledger.log import Ledger
 
 MAX_BODY = 1 << 20  # 1 MiB
@@ -135,7 +136,9 @@ def create_app(
     authenticate: Authenticate,
     ready: Callable[[], bool],
     registry: prometheus_client.CollectorRegistry | None = None,
+    kb: KnowledgeBase | None = None,
 ) -> FastAPI:
+    """``kb``: the knowledge-base core; without it the /v1/kb routes are not mounted."""
     app = FastAPI(title="Lethe", version="1", description="Provable deletion for deployed LLMs.",
                   responses=PROBLEMS)  # type: ignore[arg-type]  # fmt: skip
     app.state.authenticate = authenticate
@@ -189,6 +192,11 @@ def create_app(
     def public_key(who: Auth) -> PublicKeyOut:
         who.require(Scope.LEDGER_READ)
         return PublicKeyOut(pem=ledger.public_key_pem, key_name=ledger.key_name, origin=ledger.origin)
+
+    if kb is not None:
+        from service.api.rest.kb_routes import kb_router  # here: kb_routes imports this module's Auth
+
+        app.include_router(kb_router(kb))
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.core import kb
 from service.core.deletions import Deletion, Page, Status, SubmitDeletion
+from service.core.records import MAX_SUBJECTS_PER_RECORD
 
 
 class Identity(BaseModel):
@@ -106,3 +109,82 @@ class PublicKeyOut(BaseModel):
     pem: str
     key_name: str
     origin: str
+
+
+# -- knowledge base ----------------------------------------------------------------------------
+DOCUMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"  # as the core's document lines
+NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
+
+
+class DocumentIn(BaseModel):
+    """One document; the shape is checked here (422), the meaning by the core (400, by position)."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(min_length=1, max_length=256, pattern=DOCUMENT_ID, examples=["faq-0001"])
+    subject_ids: list[Annotated[str, Field(min_length=1, max_length=400)]] = Field(
+        min_length=1, max_length=MAX_SUBJECTS_PER_RECORD, examples=[["email:ada@example.org"]],
+        description="Identities as 'type:value'; stored only as keyed hashes.",
+    )  # fmt: skip
+    text: str = Field(min_length=1, max_length=1 << 20, pattern=NO_NUL)
+    source: str = Field(min_length=1, max_length=512, pattern=NO_NUL, examples=["crm-export-2026-01"])
+    metadata: dict[str, Any] = Field(default_factory=dict, description="A JSON object of at most 4096 bytes.")
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """What PostgreSQL's jsonb refuses: NUL characters, NaN and Infinity."""
+        try:
+            text = json.dumps(v, allow_nan=False)
+        except ValueError as e:
+            raise ValueError("metadata cannot contain NaN or Infinity") from e
+        if "\\u0000" in text:
+            raise ValueError("metadata cannot contain NUL characters")
+        return v
+
+    def to_core(self) -> kb.NewDocument:
+        return kb.NewDocument(self.id, self.subject_ids, self.text, self.source, self.metadata)
+
+
+class DocumentsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    documents: list[DocumentIn] = Field(
+        min_length=1, max_length=kb.MAX_DOCUMENTS_PER_CALL,
+        description="Added all or nothing; a 400 names each bad document by its 1-based position ('line').",
+    )  # fmt: skip
+
+
+class AddOut(BaseModel):
+    inserted: int
+    unchanged: int = Field(description="Documents already stored with the same content, source and subjects.")
+
+
+class DocumentOut(BaseModel):
+    id: str
+    source: str
+    metadata: dict[str, Any]
+    chunks: int
+    content_sha256: str
+    created_at: datetime
+    suppressed: bool = Field(description="Taken out of retrieval by a deletion request.")
+
+    @classmethod
+    def from_core(cls, d: kb.DocumentInfo) -> DocumentOut:
+        return cls(id=d.id, source=d.source, metadata=d.metadata, chunks=d.chunks, content_sha256=d.content_sha256,
+                   created_at=d.created_at, suppressed=d.suppressed)  # fmt: skip
+
+
+class DocumentWithText(DocumentOut):
+    text: str
+
+    @classmethod
+    def from_core(cls, d: kb.DocumentInfo) -> DocumentWithText:
+        return cls(**DocumentOut.from_core(d).model_dump(), text=d.text or "")
+
+
+class DocumentList(BaseModel):
+    documents: list[DocumentOut]
+    next_cursor: str | None
+
+    @classmethod
+    def from_core(cls, page: kb.DocumentPage) -> DocumentList:
+        return cls(documents=[DocumentOut.from_core(d) for d in page.items], next_cursor=page.next_cursor)
