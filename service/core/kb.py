@@ -114,7 +114,15 @@ def parse_documents(items: Iterable[tuple[int, object]], key: bytes, max_text_by
         if len(line.text.encode()) > max_text_bytes:
             problems.append((n, f"text: longer than {max_text_bytes} bytes"))
             continue
-        if len(json.dumps(line.metadata).encode()) > MAX_METADATA_BYTES:
+        try:  # what PostgreSQL refuses: NUL in text, NaN/Infinity in jsonb
+            meta = json.dumps(line.metadata, allow_nan=False)
+        except ValueError:
+            problems.append((n, "metadata: NaN and Infinity are not JSON"))
+            continue
+        if "\x00" in line.text + line.source + meta or "\\u0000" in meta:
+            problems.append((n, "NUL characters are not allowed"))
+            continue
+        if len(meta.encode()) > MAX_METADATA_BYTES:
             problems.append((n, f"metadata: longer than {MAX_METADATA_BYTES} bytes as JSON"))
             continue
         if line.id in seen:

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import psycopg
+
 from service.store.migrate import MIGRATIONS_DIR
 from shards import corpus
 
@@ -32,3 +34,26 @@ def test_migrate_ingest_plan_and_simulate(empty_db, settings, tmp_path):
     assert bad.returncode == 2 and "unknown identity type" in bad.stderr
     sim = lethe("simulate", "capacity", "-m", "2", "-L", "2", "-B", "2", "--trials", "200", env=env)
     assert sim.returncode == 0 and "closed form 8.3" in sim.stderr, sim.stderr
+
+
+def test_kb_ingest_is_all_or_nothing_with_line_numbers(empty_db, settings, tmp_path):
+    env = {**os.environ, "DATABASE_URL": empty_db.url, "LETHE_VAR_DIR": str(settings.var_dir)}
+    good = {"id": "doc-1", "subject_ids": ["person:k1"], "text": "Kora Vel was born in Avalon.", "source": "crm"}
+    lines = [json.dumps(good), "{oops", json.dumps({**good, "id": "doc-2", "text": ""}),
+             json.dumps({**good, "id": "doc-3", "subject_ids": ["passport:9"]})]  # fmt: skip
+    bad_file = tmp_path / "bad.jsonl"
+    bad_file.write_text("\n".join(lines) + "\n")
+    bad = lethe("kb", "ingest", str(bad_file), env=env)
+    assert bad.returncode == 2, bad.stderr
+    assert "3 invalid line(s); nothing was written" in bad.stderr
+    assert "line 2" in bad.stderr and "line 3" in bad.stderr and "line 4" in bad.stderr
+    with psycopg.connect(empty_db.url) as conn:
+        assert conn.execute("SELECT count(*) FROM kb_documents").fetchone()[0] == 0
+    good_file = tmp_path / "good.jsonl"
+    good_file.write_text(lines[0] + "\n" + json.dumps({**good, "id": "doc-2", "text": "Kora Vel bakes bread."}) + "\n")
+    ok = lethe("kb", "ingest", str(good_file), env=env)
+    assert ok.returncode == 0 and "2 documents added, 0 already present" in ok.stderr, ok.stderr
+    again = lethe("kb", "ingest", str(good_file), env=env)
+    assert "0 documents added, 2 already present" in again.stderr
+    with psycopg.connect(empty_db.url) as conn:
+        assert conn.execute("SELECT count(*) FROM kb_chunks").fetchone()[0] == 2
