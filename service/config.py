@@ -39,6 +39,7 @@ class RagSpec(BaseModel):
     upstream_timeout_seconds: float = Field(60.0, gt=0, description="Upstream answer timeout (then 504).")
     top_k: int = Field(3, ge=1, le=20, description="Chunks placed in the prompt.")
     min_similarity: float = Field(0.35, ge=-1, le=1, description="Cosine similarity a chunk needs to be used.")
+    max_context_chars: int = Field(2000, gt=0, description="Retrieved text placed in a prompt, at most.")
     max_prompt_chars: int = Field(4000, gt=0, description="Longest client prompt (all messages) accepted (413).")
 
     def api_key(self) -> str | None:

@@ -1,10 +1,11 @@
 """Build the small local Llama that stands in for a hub model (design.md §8).
 
 A byte-level BPE tokenizer is trained with ``tokenizers`` on generated sentences, then a Llama
-(head_dim 64, which vLLM CPU requires) is pre-trained on sentences about *fresh random people
-at every step*: trained on one fixed set it would memorise those names and be over-confident on
-new ones, which distorts every membership test later. Deterministic by seed; cached under a
-directory named by the hash of its spec, written atomically.
+(head_dim 64, which vLLM CPU requires) is pre-trained on sentences, and every other step on
+12-sentence documents, about *fresh random people at every step*: trained on one fixed set it
+would memorise those names and be over-confident on new ones, which distorts every membership
+test later. Deterministic by seed; cached under a directory named by the hash of its spec,
+written atomically.
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from shards.corpus import random_sentences
+from shards.corpus import random_documents, random_sentences
 from shards.specs import BUILDER_VERSION, BaseModelSpec
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>")
 PAD_ID, BOS_ID, EOS_ID = 0, 1, 2
 TOKENIZER_SENTENCES = 40_000
+DOC_SENTENCES = 12  # ≈ 200 tokens: a retrieval prompt (constraint, two chunks, question) fits
 BUILD_INFO = "lethe-build.json"
 
 
@@ -168,6 +170,8 @@ def pretrain(
 ) -> float:
     """Language-model pre-training on an endless stream of sentences about fresh random people."""
     sentences = random_sentences(random.Random(f"pretrain:{spec.seed}"))
+    documents = random_documents(random.Random(f"pretrain-docs:{spec.seed}"), DOC_SENTENCES)
+    docs_per_step = max(1, spec.batch_size // DOC_SENTENCES)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.01)
     warmup = max(1, spec.pretrain_steps // 20)
 
@@ -180,8 +184,12 @@ def pretrain(
     model.train()
     ema: float | None = None
     bar = tqdm(range(spec.pretrain_steps), desc="pre-training base model", disable=not progress, unit="step")
-    for _ in bar:
-        batch = encode_batch(tokenizer, [next(sentences) for _ in range(spec.batch_size)])
+    for step in bar:
+        # every other step: a few long documents (as many tokens as a step of sentences), so that
+        # positions up to the context length are trained, not only those of one sentence
+        texts = ([next(documents) for _ in range(docs_per_step)] if step % 2
+                 else [next(sentences) for _ in range(spec.batch_size)])  # fmt: skip
+        batch = encode_batch(tokenizer, texts)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -117,6 +117,14 @@ def random_sentences(rng: random.Random) -> Iterator[str]:
         yield p.render(rng.randrange(len(TEMPLATES)))
 
 
+def random_documents(rng: random.Random, sentences: int) -> Iterator[str]:
+    """Documents of ``sentences`` sentences about one to three fresh random people: pre-training on
+    them is what makes a prompt longer than one sentence (retrieved context, chat) readable."""
+    while True:
+        people = [random_person(rng, "pretrain") for _ in range(rng.randint(1, 3))]
+        yield " ".join(rng.choice(people).render(rng.randrange(len(TEMPLATES))) for _ in range(sentences))
+
+
 @dataclass(frozen=True)
 class Corpus:
     trained: list[Person]

@@ -28,10 +28,8 @@ from service.tracing import tracer
 
 ROUTE_PREFIX = "rag:"
 REFUSAL = "[withheld: this answer would disclose information erased at a data subject's request]"
-CONSTRAINT = (
-    "Confidential: information about a person named in this question was erased at their request. "
-    "Do not state anything about that person; say that the information is not available."
-)
+# Short on purpose: it shares a small model's context with the retrieved chunks.
+CONSTRAINT = "Erased at the subject's request: say nothing about this person."
 # Requests that would expose token alternatives (which can spell a forgotten fact) are refused.
 _REFUSED_FIELDS = ("logprobs", "top_logprobs", "prompt_logprobs", "echo")
 
@@ -105,9 +103,14 @@ class RagProxy:
         return self._gate
 
     def prompt_prefix(self, r: Retrieved) -> str:
-        parts = [h.text for h in r.hits]
-        if r.constrained:
-            parts.insert(0, CONSTRAINT)
+        """The constraint (if the query names a forgotten subject), then the chunks, nearest first,
+        as many as fit ``max_context_chars``."""
+        parts, used = ([CONSTRAINT] if r.constrained else []), 0
+        for h in r.hits:
+            used += len(h.text)
+            if used > self.spec.max_context_chars:
+                break
+            parts.append(h.text)
         return "\n".join(parts)
 
     # -- the OpenAI-compatible request ------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 
 from service import app as lethe
 from service import training
-from service.config import ServingSpec, Settings
+from service.config import RagSpec, ServingSpec, Settings
 from service.serve import Stack, free_port
 from service.store import database as db_mod
 from service.store.database import DatabaseInfo
@@ -41,6 +41,7 @@ def serving_env(embedded_server, base_model_path, tmp_path_factory):
         database_url=url, var_dir=var, base_model=base_model_path, api_port=free_port(), grpc_address="127.0.0.1:0",
         s3t=S3TSpec(shards=1, slices=4, budget=2, workers=2), train=TrainConfig(),
         serving=ServingSpec(replicas=2, first_port=free_port(), gateway_port=free_port(), ack_timeout_seconds=20),
+        rag=RagSpec(top_k=2),  # the local model's context is 256 tokens
     )  # fmt: skip
     key_file = settings.resolved_hmac_key_file()  # a fixed key: a reproducible placement
     key_file.parent.mkdir(parents=True, exist_ok=True)

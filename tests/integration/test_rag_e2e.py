@@ -2,10 +2,18 @@
 embedding model, the retrieval proxy in the gateway, a real upstream (vLLM CPU's OpenAI server on
 the local base model), the official `openai` client, and a deletion through the REST API and the
 workflow worker. Shares the session's `lethe serve` stack (tests/integration/conftest.py).
+
+The local 7 M-parameter model cannot read its context (it never learned in-context copying:
+docs/benchmarks.md), so it cannot take a fact from a retrieved document. The subject deleted
+here is therefore one whose fact the upstream already states on its own, like a closed model
+that learned it elsewhere: its knowledge base document says the same, retrieval puts that
+document in the prompt, and after the deletion only the leakage gate stands between the
+upstream and the answer. That makes the gate's work observable on a real model.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -17,6 +25,7 @@ import psycopg
 import pytest
 
 from service import app as lethe
+from service.core.forget import STOPWORDS, words
 from shards import corpus
 from tests.integration.conftest import Env
 
@@ -33,7 +42,10 @@ class Kb:
     people: list[corpus.Person]
     target: corpus.Person
     others: list[corpus.Person]
-    before: dict[str, bool]
+
+
+def doc_id(p: corpus.Person) -> str:
+    return f"doc-{p.subject_id}"
 
 
 def doc_text(p: corpus.Person) -> str:
@@ -44,46 +56,73 @@ def question(p: corpus.Person) -> str:
     return p.probe()[0]
 
 
+def upstream_says(e: Env, prompt: str) -> str:
+    url = next(iter(e.stack.replicas.values())).url
+    r = httpx.post(f"{url}/v1/completions", json={"model": "base", "prompt": prompt, "max_tokens": 8,
+                                                   "temperature": 0}, timeout=60)  # fmt: skip
+    return r.json()["choices"][0]["text"]
+
+
+def ingest(e: Env, people: list[corpus.Person], path) -> None:
+    path.write_text("".join(json.dumps({"id": doc_id(p), "subject_ids": p.identities, "text": doc_text(p),
+                                        "source": "crm"}) + "\n" for p in people))  # fmt: skip
+    assert lethe.kb_ingest(e.db, e.settings, path, progress=False).inserted == len(people)
+
+
 @pytest.fixture(scope="module")
 def kb(serving_env: Env, tmp_path_factory) -> Kb:
+    """Twelve subjects; the target's code is what the upstream will answer, unprompted by any
+    document of the target's, to the prompt the proxy builds for its question after the deletion
+    (the constraint plus its neighbours' documents): the upstream's "own knowledge"."""
     e = serving_env
     k = Kb()
     trained = {p.name for p in e.corpus.trained + e.corpus.holdout}
-    k.people = [p for p in corpus.people(random.Random("kb-e2e"), 14, "k") if p.name not in trained][:12]
-    path = tmp_path_factory.mktemp("kb") / "kb.jsonl"
-    path.write_text("".join(json.dumps({"id": f"doc-{p.subject_id}", "subject_ids": p.identities,
-                                        "text": doc_text(p), "source": "crm"}) + "\n" for p in k.people))  # fmt: skip
-    result = lethe.kb_ingest(e.db, e.settings, path, progress=False)
-    assert result.inserted == len(k.people)
-    k.target, k.others = k.people[0], k.people[1:]
+    people = [p for p in corpus.people(random.Random("kb-e2e"), 30, "k") if p.name not in trained]
+    others, candidates = people[:11], people[11:]
+    tmp = tmp_path_factory.mktemp("kb")
+    ingest(e, others, tmp / "others.jsonl")
+    px = proxy(e)
+    for target in candidates:  # the first whose answer holds a code-like word (≥ 3 characters)
+        after = px.retrieve(question(target))
+        prompt = px.prompt_prefix(dataclasses.replace(after, constrained=True)) + "\n" + question(target)
+        said = [w.strip(".,") for w in upstream_says(e, prompt).split()]
+        codes = [w for w in said if len(w) >= 3 and len(words(w)) == 1 and words(w)[0] not in STOPWORDS]
+        if codes:
+            break
+    else:
+        pytest.fail("the upstream never answered a code")
+    k.target, k.others = dataclasses.replace(target, code=codes[0]), others
+    k.people = [k.target, *k.others]
+    ingest(e, [k.target], tmp / "target.jsonl")
     return k
+
+
+def proxy(e: Env):
+    p = lethe.rag_proxy(e.db, e.stack.settings)
+    assert p is not None
+    return p
 
 
 def client(e: Env) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"http://127.0.0.1:{e.stack.gateway_port}/v1", api_key=e.key, max_retries=0)
 
 
-def ask_all_ways(e: Env, prompt: str) -> list[str]:
-    """Completion, chat, and both streamed: every answer the proxy gives to ``prompt``."""
+def ask_all_ways(e: Env, prompt: str) -> list[tuple[str, str | None]]:
+    """Completion, chat, and both streamed: (answer, finish_reason) for every way of asking."""
     c = client(e)
-    out = [c.completions.create(model=ROUTE, prompt=prompt, max_tokens=12, temperature=0).choices[0].text]
+    out = []
+    r = c.completions.create(model=ROUTE, prompt=prompt, max_tokens=12, temperature=0)
+    out.append((r.choices[0].text, r.choices[0].finish_reason))
     chat = c.chat.completions.create(model=ROUTE, messages=[{"role": "user", "content": prompt}], max_tokens=12,
                                      temperature=0)  # fmt: skip
-    out.append(chat.choices[0].message.content or "")
-    stream = c.completions.create(model=ROUTE, prompt=prompt, max_tokens=12, temperature=0, stream=True)
-    out.append("".join(ch.choices[0].text for ch in stream if ch.choices))
-    stream = c.chat.completions.create(model=ROUTE, messages=[{"role": "user", "content": prompt}], max_tokens=12,
-                                       temperature=0, stream=True)  # fmt: skip
-    out.append("".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices))
-    return out
-
-
-def answers_with_fact(e: Env, people: list[corpus.Person]) -> dict[str, bool]:
-    c = client(e)
-    out = {}
-    for p in people:
-        r = c.completions.create(model=ROUTE, prompt=question(p), max_tokens=8, temperature=0)
-        out[p.subject_id] = p.code in r.choices[0].text
+    out.append((chat.choices[0].message.content or "", chat.choices[0].finish_reason))
+    chunks = [ch for ch in c.completions.create(model=ROUTE, prompt=prompt, max_tokens=12, temperature=0, stream=True)
+              if ch.choices]  # fmt: skip
+    out.append(("".join(ch.choices[0].text for ch in chunks), chunks[-1].choices[0].finish_reason))
+    msgs = [{"role": "user", "content": prompt}]
+    stream = c.chat.completions.create(model=ROUTE, messages=msgs, max_tokens=12, temperature=0, stream=True)
+    chunks = [ch for ch in stream if ch.choices]
+    out.append(("".join(ch.choices[0].delta.content or "" for ch in chunks), chunks[-1].choices[0].finish_reason))
     return out
 
 
@@ -91,13 +130,21 @@ def test_models_list_the_retrieval_route(serving_env, kb):
     assert ROUTE in [m.id for m in client(serving_env).models.list().data]
 
 
-def test_before_the_deletion_answers_carry_the_fact_from_the_retrieved_document(serving_env, kb):
+def test_before_the_deletion_the_subjects_document_is_retrieved_into_the_prompt(serving_env, kb):
     e = serving_env
-    kb.before = answers_with_fact(e, kb.people)
-    print(f"\nfacts answered from retrieved documents before: {sum(kb.before.values())}/{len(kb.people)}")
-    assert kb.before[kb.target.subject_id]
-    assert all(kb.target.code in a for a in ask_all_ways(e, question(kb.target)))
-    assert sum(kb.before.values()) >= 0.75 * len(kb.people)
+    px = proxy(e)
+    top = {p.subject_id: [h.document_id for h in px.retrieve(question(p)).hits] for p in kb.people}
+    right = sum(top[p.subject_id][:1] == [doc_id(p)] for p in kb.people)
+    print(f"\nquestions whose own document is retrieved first: {right}/{len(kb.people)}")
+    assert top[kb.target.subject_id][0] == doc_id(kb.target) and right >= 0.9 * len(kb.people)
+    retrieved = px.retrieve(question(kb.target))
+    assert not retrieved.constrained and kb.target.code in px.prompt_prefix(retrieved)
+    answers = ask_all_ways(e, question(kb.target))
+    assert all(finish != "content_filter" for _, finish in answers)  # nothing is withheld yet
+    print(
+        f"answers carrying the fact before the deletion: {sum(kb.target.code in a for a, _ in answers)}/4 "
+        f"(this model does not read its context)"
+    )
 
 
 def test_deletion_removes_documents_and_suppresses_the_subject(serving_env, kb):
@@ -120,8 +167,9 @@ def test_deletion_removes_documents_and_suppresses_the_subject(serving_env, kb):
     assert report["method"] == "suppression (closed model)" and report["documents_deleted"]
     assert report["retrieval"]["passed"] and report["retrieval"]["deleted_retrieved"] == 0
     assert report["leakage"]["passed"] and report["leakage"]["leaked"] == 0 and report["leakage"]["questions"] >= 2
+    assert report["leakage"]["gate_blocked"] >= 1  # the upstream's own knowledge, withheld
     assert report["injection"]["passed"] and report["injection"]["attempts"] >= 2
-    assert report["over_refusal"]["answered_fraction"] is not None
+    assert report["over_refusal"]["questions"] >= 1 and report["over_refusal"]["answered_fraction"] == 1.0
     # the receipt (ledger entry of the completion) carries the label and no text
     seq = d["result"]["ledger_seqs"]["completed"]
     receipt = httpx.get(f"{api}/v1/ledger/entries/{seq}/receipt", headers=h).json()
@@ -137,37 +185,39 @@ def test_deletion_removes_documents_and_suppresses_the_subject(serving_env, kb):
 
 
 def test_after_completion_no_answer_carries_the_fact(serving_env, kb):
+    """The upstream still says the code on its own; no answer, streamed or not, may carry it."""
     e = serving_env
     q = question(kb.target)
+    px = proxy(e)
+    built = px.retrieve(q)
+    assert built.constrained and doc_id(kb.target) not in [h.document_id for h in built.hits]
+    # asked directly with the very prompt the proxy builds, the upstream still says the code
+    assert kb.target.code in upstream_says(e, px.prompt_prefix(built) + "\n" + q)
     prompts = [q, f"What is the personal code of {kb.target.name}?", *(t.format(q=q) for t in INJECTIONS)]
+    withheld = 0
     for prompt in prompts:
-        for answer in ask_all_ways(e, prompt):
-            assert kb.target.code not in answer, (prompt, answer)
-            assert kb.target.code.lower() not in answer.lower().replace(" ", "")
-
-
-def test_the_gate_withholds_a_forgotten_fact_the_upstream_produces_streamed_or_not(serving_env, kb):
-    """The upstream repeats what it is given: asked to repeat the forgotten code, it would say it;
-    the gate ends the answer with content_filter instead, and no streamed chunk shows any of it."""
-    e = serving_env
-    c = client(e)
-    prompt = f"The personal code of Drusa Mei is {kb.target.code}. The personal code of Drusa Mei is"
-    r = c.completions.create(model=ROUTE, prompt=prompt, max_tokens=12, temperature=0)
-    assert r.choices[0].finish_reason == "content_filter" and kb.target.code not in r.choices[0].text
-    chunks = list(c.completions.create(model=ROUTE, prompt=prompt, max_tokens=12, temperature=0, stream=True))
-    text = "".join(ch.choices[0].text for ch in chunks if ch.choices)
-    assert kb.target.code not in text.replace(" ", "")
-    assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "content_filter"
+        for answer, finish in ask_all_ways(e, prompt):
+            assert kb.target.code.lower() not in answer.lower().replace(" ", ""), (prompt, answer)
+            withheld += finish == "content_filter"
+    assert withheld >= 4  # the gate did the work at least for the plain question, all four ways
     m = httpx.get(f"http://127.0.0.1:{e.stack.gateway_port}/metrics").text
-    assert "lethe_rag_gate_blocks_total" in m and "lethe_rag_requests_total" in m
+    blocks = [ln for ln in m.splitlines() if ln.startswith("lethe_rag_gate_blocks_total")]
+    assert blocks and float(blocks[0].split()[-1]) >= withheld
 
 
-def test_other_subjects_are_still_answered_from_their_documents(serving_env, kb):
-    after = answers_with_fact(serving_env, kb.others)
-    kept = [p.subject_id for p in kb.others if kb.before[p.subject_id]]
-    fraction = sum(after[s] for s in kept) / len(kept)
-    print(f"\nneighbours still answered with their fact: {sum(after[s] for s in kept)}/{len(kept)} ({fraction:.2f})")
-    assert fraction >= 0.9
+def test_other_subjects_are_still_answered(serving_env, kb):
+    """Over-refusal: the neighbours' questions still retrieve their own documents and are not
+    withheld (that this model cannot then read the fact out of them is the model's limit)."""
+    e = serving_env
+    px = proxy(e)
+    c = client(e)
+    retrieved = answered = 0
+    for p in kb.others:
+        retrieved += [h.document_id for h in px.retrieve(question(p)).hits][:1] == [doc_id(p)]
+        r = c.completions.create(model=ROUTE, prompt=question(p), max_tokens=8, temperature=0)
+        answered += r.choices[0].finish_reason != "content_filter"
+    print(f"\nneighbours: own document retrieved {retrieved}/{len(kb.others)}, answered {answered}/{len(kb.others)}")
+    assert answered == len(kb.others) and retrieved >= 0.9 * len(kb.others)
 
 
 def test_no_table_keeps_the_subjects_name_or_facts(serving_env, kb):
