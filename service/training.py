@@ -77,6 +77,7 @@ def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> li
         deleted = store.deleted_records(conn)
         placement = store.placement(conn)
         units = store.live_units(conn)
+    _check_base_model(units, job.base_model)
 
     todo: list[UnitSpec] = []
     for u in units:
@@ -192,6 +193,18 @@ def served_adapters(db: DatabaseInfo, p: Plan, out_root: Path) -> dict[int, Mate
         out[shard] = materialise.truncate(Path(u.path), sp.prefix, _num_layers(Path(u.path)), len(u.order), out_root,
                                           f"s{shard:02d}-q{sp.sequence}-p{sp.prefix}-v{sp.version}")  # fmt: skip
     return out
+
+
+def _check_base_model(units: list[store.LiveUnit], base_model: Path) -> None:
+    """Adapters only mean something on the base model they were trained on (PEFT records its path;
+    a rebuilt local model gets a new directory): refuse to mix them."""
+    for u in units:
+        if u.path is None or not (Path(u.path) / "adapter_config.json").exists():
+            continue
+        trained_on = json.loads((Path(u.path) / "adapter_config.json").read_text())["base_model_name_or_path"]
+        if Path(trained_on).resolve() != Path(base_model).resolve():
+            raise ValueError(f"the S3T units in this database were trained on {trained_on}, not on {base_model}: "
+                             "use a fresh database (and var dir) for another base model")  # fmt: skip
 
 
 def _num_layers(adapter_dir: Path) -> int:
