@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -94,15 +95,22 @@ def corpus_ingest(
     """Load records (JSONL: id, subject_ids, text); all or nothing."""
     from service import app as lethe
 
+    _ingest(ctx, file, lethe.ingest, "records")
+
+
+def _ingest(ctx: typer.Context, file: Path, load: Callable[[Any, Settings, Path], Any], noun: str) -> None:
+    """Migrate, load ``file`` all or nothing; a bad file exits 2 with every bad line listed."""
+    from service import app as lethe
+
     settings = _settings(ctx)
     with lethe.database(settings) as db:
         lethe.migrate(db)
         try:
-            result = lethe.ingest(db, settings, file)
+            result = load(db, settings, file)
         except InvalidInput as e:
             console.print(f"[red]{file}: {e}[/red]")
             raise typer.Exit(2) from None
-    console.print(f"{file}: {result.inserted} records added, {result.unchanged} already present")
+    console.print(f"{file}: {result.inserted} {noun} added, {result.unchanged} already present")
 
 
 @kb_app.command("ingest")
@@ -112,15 +120,7 @@ def kb_ingest(
     """Load documents (JSONL: id, subject_ids, text, source[, metadata]); all or nothing."""
     from service import app as lethe
 
-    settings = _settings(ctx)
-    with lethe.database(settings) as db:
-        lethe.migrate(db)
-        try:
-            result = lethe.kb_ingest(db, settings, file)
-        except InvalidInput as e:
-            console.print(f"[red]{file}: {e}[/red]")
-            raise typer.Exit(2) from None
-    console.print(f"{file}: {result.inserted} documents added, {result.unchanged} already present")
+    _ingest(ctx, file, lethe.kb_ingest, "documents")
 
 
 @app.command()

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.core import errors
 from service.core.deletions import Principal, Scope
 from service.core.identity import content_hash, subject_hash
-from service.core.records import MAX_SUBJECTS_PER_RECORD
+from service.core.records import MAX_SUBJECTS_PER_RECORD, parse_line
 from service.tracing import tracer
 
 MAX_DOCUMENTS_PER_CALL = 500
@@ -102,14 +102,9 @@ def parse_documents(items: Iterable[tuple[int, object]], key: bytes, max_text_by
     docs: list[Document] = []
     seen: dict[str, int] = {}
     for n, raw in items:
-        try:
-            obj = json.loads(raw) if isinstance(raw, str) else raw
-            line = _DocumentLine.model_validate(obj)
-        except json.JSONDecodeError as e:
-            problems.append((n, f"not valid JSON ({e.msg} at column {e.colno})"))
-            continue
-        except ValidationError as e:
-            problems.append((n, "; ".join(f"{'.'.join(map(str, d['loc'])) or 'line'}: {d['msg']}" for d in e.errors())))
+        line = parse_line(_DocumentLine, raw)
+        if isinstance(line, str):
+            problems.append((n, line))
             continue
         if len(line.text.encode()) > max_text_bytes:
             problems.append((n, f"text: longer than {max_text_bytes} bytes"))

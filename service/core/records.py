@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -12,6 +13,7 @@ from service.core.errors import InvalidCorpus, InvalidIdentity
 from service.core.identity import content_hash, subject_hash
 
 MAX_SUBJECTS_PER_RECORD = 16
+M = TypeVar("M", bound=BaseModel)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,16 @@ class _RecordLine(BaseModel):
     text: str = Field(min_length=1)
 
 
+def parse_line(model: type[M], raw: object) -> M | str:
+    """One JSONL line (text, or already parsed) validated by ``model``; or what is wrong with it."""
+    try:
+        return model.model_validate(json.loads(raw) if isinstance(raw, str) else raw)
+    except json.JSONDecodeError as e:
+        return f"not valid JSON ({e.msg} at column {e.colno})"
+    except ValidationError as e:
+        return "; ".join(f"{'.'.join(map(str, d['loc'])) or 'line'}: {d['msg']}" for d in e.errors())
+
+
 def parse_records(lines: Iterable[str], key: bytes, max_text_bytes: int) -> list[Record]:
     """Parse every line; on any error raise :class:`InvalidCorpus` listing them all by line number."""
     errors: list[tuple[int, str]] = []
@@ -41,13 +53,9 @@ def parse_records(lines: Iterable[str], key: bytes, max_text_bytes: int) -> list
     for n, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        try:
-            line = _RecordLine.model_validate(json.loads(raw))
-        except json.JSONDecodeError as e:
-            errors.append((n, f"not valid JSON ({e.msg} at column {e.colno})"))
-            continue
-        except ValidationError as e:
-            errors.append((n, "; ".join(f"{'.'.join(map(str, d['loc'])) or 'line'}: {d['msg']}" for d in e.errors())))
+        line = parse_line(_RecordLine, raw)
+        if isinstance(line, str):
+            errors.append((n, line))
             continue
         if len(line.text.encode()) > max_text_bytes:
             errors.append((n, f"text: longer than {max_text_bytes} bytes"))

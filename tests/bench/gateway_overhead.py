@@ -33,11 +33,7 @@ from service.store import serving as serving_store  # noqa: E402
 from service.store.deletions import create_api_key  # noqa: E402
 from shards import corpus  # noqa: E402
 from shards.specs import S3TSpec, TrainConfig  # noqa: E402
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
+from tests.bench.stats import pct  # noqa: E402
 
 
 def main() -> None:
