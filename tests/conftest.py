@@ -58,3 +58,18 @@ def base_model_path() -> Path:
     from service import app as lethe
 
     return lethe.base_model(Settings(var_dir=ROOT / "var"), progress=True).path
+
+
+@pytest.fixture(scope="session")
+def spans():
+    """Every span this process finishes, in memory (the global tracer provider is set once)."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return exporter

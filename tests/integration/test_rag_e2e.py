@@ -189,9 +189,10 @@ def test_deletion_removes_documents_and_suppresses_the_subject(serving_env, kb):
         assert forget[0] == 1 and forget[1] > 0
 
 
-def test_after_completion_no_answer_carries_the_fact(serving_env, kb):
+def test_after_completion_no_answer_carries_the_fact(serving_env, kb, spans):
     """The upstream still says the code on its own; no answer, streamed or not, may carry it."""
     e = serving_env
+    spans.clear()
     q = question(kb.target)
     px = proxy(e)
     built = px.retrieve(q)
@@ -205,6 +206,10 @@ def test_after_completion_no_answer_carries_the_fact(serving_env, kb):
             assert kb.target.code.lower() not in answer.lower().replace(" ", ""), (prompt, answer)
             withheld += finish == "content_filter"
     assert withheld >= 4  # the gate did the work at least for the plain question, all four ways
+    names = {s.name for s in spans.get_finished_spans()}
+    assert {"rag.embed", "rag.search", "rag.upstream", "rag.gate"} <= names, names
+    attributes = json.dumps([dict(s.attributes or {}) for s in spans.get_finished_spans()], default=str)
+    assert kb.target.name not in attributes and kb.target.code not in attributes
     m = httpx.get(f"http://127.0.0.1:{e.stack.gateway_port}/metrics").text
     blocks = [ln for ln in m.splitlines() if ln.startswith("lethe_rag_gate_blocks_total")]
     assert blocks and float(blocks[0].split()[-1]) >= withheld

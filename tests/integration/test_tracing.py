@@ -7,24 +7,10 @@ import json
 import uuid
 
 import psycopg
-import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from service import app as lethe
 from service.workflow import steps
 from tests.integration.test_rest_api import EMAIL, api, auth, body  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def spans():
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    return exporter
 
 
 def test_one_trace_from_the_api_into_the_job(api, spans):  # noqa: F811
