@@ -57,9 +57,9 @@ def main() -> None:
     with dbm.database(None, tmp / "pg") as server:
         url = dbm.create_database(server.url, "rag")
         db = dbm.DatabaseInfo(url, True)
-        port = free_port()
+        port = free_port()  # top_k 2: the local model's context is 256 tokens
         s = Settings(database_url=url, var_dir=tmp / "var", base_model=base,
-                     rag=RagSpec(upstream_url=f"http://127.0.0.1:{port}/v1"))  # fmt: skip
+                     rag=RagSpec(upstream_url=f"http://127.0.0.1:{port}/v1", top_k=2))  # fmt: skip
         lethe.migrate(db)
         docs = tmp / "kb.jsonl"
         docs.write_text("".join(json.dumps({"id": f"doc-{p.subject_id}", "subject_ids": p.identities, "source": "crm",
