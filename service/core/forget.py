@@ -66,7 +66,11 @@ def term_hash(key: bytes, term: str) -> bytes:
 def text_hashes(key: bytes, text: str) -> set[bytes]:
     """Hashes of every n-gram of ``text`` in the two spellings a leak can take: words joined by a
     space, and joined without one (a code split across tokens, "8JT GEV", still matches "8jtgev")."""
-    ws = words(text)
+    return word_hashes(key, words(text))
+
+
+def word_hashes(key: bytes, ws: list[str]) -> set[bytes]:
+    """``text_hashes`` of already normalised words."""
     out = set()
     for n in range(1, MAX_ORDER + 2):
         for i in range(len(ws) - n + 1):
@@ -91,7 +95,10 @@ class Gate:
         self.hashes = frozenset(hashes)
 
     def leaks(self, text: str) -> bool:
-        return bool(self.hashes) and not self.hashes.isdisjoint(text_hashes(self.key, text))
+        return self.leaks_words(words(text))
+
+    def leaks_words(self, ws: list[str]) -> bool:
+        return bool(self.hashes) and not self.hashes.isdisjoint(word_hashes(self.key, ws))
 
 
 class StreamGate:
@@ -104,14 +111,14 @@ class StreamGate:
         self.text = ""
         self.released = 0
         self.blocked = False
+        self._checked = 0  # words in the text at the last check
 
     def feed(self, delta: str) -> str:
         """Add ``delta``; return the text that is safe to release now ('' once blocked)."""
         if self.blocked:
             return ""
         self.text += delta
-        if self.gate.leaks(self.text):
-            self.blocked = True
+        if self._leaks():
             return ""
         cut = self._safe_end()
         out, self.released = self.text[self.released : cut], max(self.released, cut)
@@ -119,11 +126,19 @@ class StreamGate:
 
     def finish(self) -> str:
         """The held-back rest, if the whole text is clean."""
-        if self.blocked or self.gate.leaks(self.text):
-            self.blocked = True
+        if self.blocked or self._leaks():
             return ""
         out, self.released = self.text[self.released :], len(self.text)
         return out
+
+    def _leaks(self) -> bool:
+        """Check only the n-grams a new or grown word can be part of: appending text only extends
+        the last word or adds words, and every n-gram before those was checked already."""
+        ws = words(self.text)
+        start = max(0, self._checked - 1 - MAX_ORDER)
+        self._checked = len(ws)
+        self.blocked = self.gate.leaks_words(ws[start:])
+        return self.blocked
 
     def _safe_end(self) -> int:
         spans = [m.start() for m in _WORD.finditer(self.text)]

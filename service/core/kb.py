@@ -25,6 +25,8 @@ from service.tracing import tracer
 
 MAX_DOCUMENTS_PER_CALL = 500
 MAX_METADATA_BYTES = 4096
+DOCUMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
+MAX_ID_LENGTH = 256
 CHUNK_CHARS = 600  # all-MiniLM-L6-v2 reads 256 word pieces; ~600 characters stay inside that
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -88,7 +90,7 @@ class NewDocument:
 class _DocumentLine(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
+    id: str = Field(min_length=1, max_length=MAX_ID_LENGTH, pattern=DOCUMENT_ID)
     subject_ids: list[str] = Field(min_length=1, max_length=MAX_SUBJECTS_PER_RECORD)
     text: str = Field(min_length=1)
     source: str = Field(min_length=1, max_length=512)
@@ -199,22 +201,28 @@ class KnowledgeBase:
         principal.require(Scope.KB_READ)
         if not 1 <= limit <= 500:
             raise errors.InvalidInput("limit must be within 1..500")
-        items = self.store.list(cursor, limit + 1)
+        items = self.store.list(_document_id(cursor) if cursor else None, limit + 1)
         more = len(items) > limit
         items = items[:limit]
         return DocumentPage(items, items[-1].id if more and items else None)
 
     def get(self, document_id: str, principal: Principal) -> DocumentInfo:
         principal.require(Scope.KB_READ)
-        found = self.store.get(document_id)
+        found = self.store.get(_document_id(document_id))
         if found is None:
             raise errors.NotFound(f"no knowledge-base document {document_id!r}")
         return found
 
     def delete(self, document_id: str, principal: Principal) -> None:
         principal.require(Scope.KB_WRITE)
-        if not self.store.delete(document_id):
+        if not self.store.delete(_document_id(document_id)):
             raise errors.NotFound(f"no knowledge-base document {document_id!r}")
+
+
+def _document_id(text: str) -> str:
+    if len(text) > MAX_ID_LENGTH or not re.match(DOCUMENT_ID, text):
+        raise errors.InvalidInput(f"a document id matches {DOCUMENT_ID} and has at most {MAX_ID_LENGTH} characters")
+    return text
 
 
 def _embed_batched(embedder: Embedder, texts: list[str], progress: bool, batch: int = 256) -> list[list[float]]:

@@ -19,8 +19,10 @@ from typing import Any
 import anyio.to_thread
 import httpx
 
+from service.config import RagSpec
 from service.core import errors
 from service.core.forget import Gate, StreamGate, term_key, text_hashes
+from service.core.kb import Embedder
 from service.rag import metrics
 from service.store import kb
 from service.store.database import DatabaseInfo
@@ -50,7 +52,8 @@ class Answer:
 
 
 class RagProxy:
-    def __init__(self, db: DatabaseInfo, embedder: Any, server_key: bytes, spec: Any, upstream_url: str) -> None:
+    def __init__(self, db: DatabaseInfo, embedder: Embedder, server_key: bytes, spec: RagSpec, upstream_url: str
+                 ) -> None:  # fmt: skip
         self.db, self.embedder, self.spec = db, embedder, spec
         self.key = term_key(server_key)
         self.upstream_url = upstream_url.rstrip("/")
@@ -83,24 +86,20 @@ class RagProxy:
             vec = self.embedder.embed([query])[0]
         with tracer.start_as_current_span("rag.search"), self.db.connect() as conn:
             hits = kb.search(conn, vec, self.spec.top_k, self.spec.min_similarity)
-            row = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM kb_forget_terms WHERE term_hash = ANY(%s)),"
-                " (SELECT coalesce(max(id), 0) FROM kb_forget)",
-                (list(text_hashes(self.key, query)),),
-            ).fetchone()
-            assert row is not None
-            constrained, state = bool(row[0]), int(row[1])
-            if state != self._gate_state:  # a new forget entry: reload the gate's hashes
-                self._gate, self._gate_state = Gate(self.key, kb.forget_hashes(conn)), state
+            constrained, state = kb.forget_match(conn, text_hashes(self.key, query))
+            self._sync_gate(conn, state)
         metrics.RETRIEVAL_SECONDS.observe(time.perf_counter() - t0)
         return Retrieved(hits, constrained)
 
     def refresh_gate(self) -> Gate:
         with self.db.connect() as conn:
-            state = kb.forget_state(conn)
-            if state != self._gate_state:
-                self._gate, self._gate_state = Gate(self.key, kb.forget_hashes(conn)), state
+            self._sync_gate(conn, kb.forget_state(conn))
         return self._gate
+
+    def _sync_gate(self, conn: Any, state: int) -> None:
+        """A new forget entry since the gate was built (``state``: the newest entry's id): reload it."""
+        if state != self._gate_state:
+            self._gate, self._gate_state = Gate(self.key, kb.forget_hashes(conn)), state
 
     def prompt_prefix(self, r: Retrieved) -> str:
         """The constraint (if the query names a forgotten subject), then the chunks, nearest first,

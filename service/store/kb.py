@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,8 +102,6 @@ def _info(row: Sequence[Any], text: str | None = None) -> DocumentInfo:
 
 
 def _json(value: object) -> str:
-    import json
-
     return json.dumps(value, sort_keys=True)
 
 
@@ -181,6 +180,17 @@ def suppress(
 def purge(conn: psycopg.Connection, request_id: uuid.UUID) -> int:
     """Hard-delete what the request suppressed (chunks and subject links cascade)."""
     return conn.execute("DELETE FROM kb_documents WHERE suppressed_by = %s", (request_id,)).rowcount
+
+
+def forget_match(conn: psycopg.Connection, hashes: Iterable[bytes]) -> tuple[bool, int]:
+    """Does any of ``hashes`` belong to a forget entry; and the forget set's version, in one round trip."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT 1 FROM kb_forget_terms WHERE term_hash = ANY(%s)),"
+        " (SELECT coalesce(max(id), 0) FROM kb_forget)",
+        (list(hashes),),
+    ).fetchone()
+    assert row is not None
+    return bool(row[0]), int(row[1])
 
 
 def forget_state(conn: psycopg.Connection) -> int:

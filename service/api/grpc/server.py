@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from service.api.grpc.gen.lethe.v1 import (
 )
 from service.core import errors
 from service.core.deletions import Deletion, Deletions, Principal, Scope, Status, SubmitDeletion
-from service.core.kb import MAX_DOCUMENTS_PER_CALL, DocumentInfo, KnowledgeBase, NewDocument
+from service.core.kb import DocumentInfo, KnowledgeBase, NewDocument
 from service.ledger.log import Ledger
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -190,40 +189,19 @@ class LedgerServicer(_Edge, ledger_pb2_grpc.LedgerServiceServicer):
                                     origin=self.ledger.origin)  # fmt: skip
 
 
-_DOCUMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,255}")  # as the core's document lines
-
-
-def _document_id(text: str) -> str:
-    if not _DOCUMENT_ID.fullmatch(text):
-        raise errors.InvalidInput("id must match [A-Za-z0-9][A-Za-z0-9._:-]* (at most 256 characters)")
-    return text
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (PostgreSQL refuses it)")
-
-
 def _new_documents(docs: Any) -> list[NewDocument]:
-    """Proto → core; what the core cannot see (metadata JSON, NUL characters PostgreSQL refuses) is
-    reported like the core's own problems: every bad document by its 1-based position."""
-    if not 1 <= len(docs) <= MAX_DOCUMENTS_PER_CALL:
-        raise errors.InvalidInput(f"give 1..{MAX_DOCUMENTS_PER_CALL} documents")
+    """Proto → core. Metadata travels as a JSON string, which only this edge reads: its problems
+    are reported like the core's own, every bad document by its 1-based position."""
     problems: list[tuple[int, str]] = []
     out: list[NewDocument] = []
     for n, d in enumerate(docs, start=1):
         try:
-            metadata = json.loads(d.metadata_json, parse_constant=_no_constant) if d.metadata_json else {}
+            metadata = json.loads(d.metadata_json) if d.metadata_json else {}
         except json.JSONDecodeError as e:
             problems.append((n, f"metadata_json: not valid JSON ({e.msg} at column {e.colno})"))
             continue
-        except ValueError as e:
-            problems.append((n, f"metadata_json: {e}"))
-            continue
         if not isinstance(metadata, dict):
             problems.append((n, "metadata_json: must be a JSON object"))
-            continue
-        if "\x00" in d.text or "\x00" in d.source or "\\u0000" in json.dumps(metadata):
-            problems.append((n, "text, source and metadata_json cannot contain NUL characters"))
             continue
         out.append(NewDocument(d.id, list(d.subject_ids), d.text, d.source, metadata))
     if problems:
@@ -251,7 +229,7 @@ class KnowledgeBaseServicer(_Edge, kb_pb2_grpc.KnowledgeBaseServiceServicer):
     @_translated
     def ListDocuments(self, request: Any, context: grpc.ServicerContext) -> kb_pb2.ListDocumentsResponse:
         who = self.principal(context)
-        cursor = _document_id(request.cursor) if request.cursor else None
+        cursor = request.cursor or None
         page = self.core.list(who, cursor, request.limit or 50)
         return kb_pb2.ListDocumentsResponse(documents=[document_pb(d) for d in page.items],
                                             next_cursor=page.next_cursor or "")  # fmt: skip
@@ -259,12 +237,12 @@ class KnowledgeBaseServicer(_Edge, kb_pb2_grpc.KnowledgeBaseServiceServicer):
     @_translated
     def GetDocument(self, request: Any, context: grpc.ServicerContext) -> kb_pb2.Document:
         who = self.principal(context)
-        return document_pb(self.core.get(_document_id(request.id), who))
+        return document_pb(self.core.get(request.id, who))
 
     @_translated
     def DeleteDocument(self, request: Any, context: grpc.ServicerContext) -> kb_pb2.DeleteDocumentResponse:
         who = self.principal(context)
-        self.core.delete(_document_id(request.id), who)
+        self.core.delete(request.id, who)
         return kb_pb2.DeleteDocumentResponse()
 
 

@@ -112,7 +112,7 @@ class PublicKeyOut(BaseModel):
 
 
 # -- knowledge base ----------------------------------------------------------------------------
-DOCUMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"  # as the core's document lines
+DOCUMENT_ID = kb.DOCUMENT_ID
 NO_NUL = r"^[^\x00]*$"  # PostgreSQL text cannot hold NUL
 
 
@@ -120,7 +120,7 @@ class DocumentIn(BaseModel):
     """One document; the shape is checked here (422), the meaning by the core (400, by position)."""
 
     model_config = ConfigDict(extra="forbid")
-    id: str = Field(min_length=1, max_length=256, pattern=DOCUMENT_ID, examples=["faq-0001"])
+    id: str = Field(min_length=1, max_length=kb.MAX_ID_LENGTH, pattern=DOCUMENT_ID, examples=["faq-0001"])
     subject_ids: list[Annotated[str, Field(min_length=1, max_length=400)]] = Field(
         min_length=1, max_length=MAX_SUBJECTS_PER_RECORD, examples=[["email:ada@example.org"]],
         description="Identities as 'type:value'; stored only as keyed hashes.",
