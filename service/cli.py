@@ -271,6 +271,61 @@ def api(ctx: typer.Context) -> None:
 
 
 @app.command()
+def gateway(ctx: typer.Context) -> None:
+    """Serve the OpenAI-compatible gateway (and the retrieval route) over the registered replicas."""
+    import uvicorn
+
+    from service import app as lethe
+    from service import tracing
+    from service.gateway.app import create_gateway
+    from service.gateway.routes import Routes
+    from service.serving.vllm import BASE_NAME
+    from service.store.deletions import Authenticator
+
+    tracing.setup("lethe-gateway")
+    settings = _settings(ctx)
+    with lethe.database(settings) as db:
+        routes = Routes(db, BASE_NAME)
+        routes.start()
+        s = settings.serving
+        console.print(f"gateway on http://{s.gateway_host}:{s.gateway_port}/v1")
+        try:
+            uvicorn.run(create_gateway(routes, Authenticator(db), rag=lethe.rag_proxy(db, settings)),
+                        host=s.gateway_host, port=s.gateway_port, log_level="warning")  # fmt: skip
+        finally:
+            routes.stop()
+
+
+@app.command()
+def reconciler(
+    ctx: typer.Context,
+    replica_id: Annotated[str, typer.Option(help="This replica's id (a pod name).")],
+    vllm_url: Annotated[str, typer.Option(help="vLLM as this sidecar reaches it (localhost).")],
+    adapters_dir: Annotated[Path, typer.Option(help="The replica's own adapter directory (shared with vLLM).")],
+    advertise_url: Annotated[str | None, typer.Option(help="vLLM as the gateway reaches it.")] = None,
+    host: Annotated[str, typer.Option(help="Bind address of the probe/metrics port.")] = "0.0.0.0",
+    port: Annotated[int, typer.Option(help="Probe/metrics port.")] = 9090,
+) -> None:
+    """A vLLM replica's sidecar: load the served adapter, acknowledge it; probes and metrics on PORT."""
+    import uvicorn
+
+    from service import app as lethe
+    from service import tracing
+    from service.serving.reconciler import Reconciler
+    from service.serving.sidecar import create_sidecar_app
+
+    tracing.setup("lethe-reconciler")
+    settings = _settings(ctx)
+    with lethe.database(settings) as db:
+        rec = Reconciler(db, replica_id, vllm_url.rstrip("/"), adapters_dir, advertise_url=advertise_url)
+        rec.start()
+        try:
+            uvicorn.run(create_sidecar_app(rec), host=host, port=port, log_level="warning")
+        finally:
+            rec.stop()
+
+
+@app.command()
 def serve(
     ctx: typer.Context,
     replicas: Annotated[int | None, typer.Option(help="vLLM replicas to start (default: settings).")] = None,
@@ -291,17 +346,27 @@ def serve(
 
 @app.command()
 def worker(
-    ctx: typer.Context, once: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False
+    ctx: typer.Context,
+    once: Annotated[bool, typer.Option(help="Exit when no job is queued or running.")] = False,
+    queue: Annotated[str, typer.Option(help="deletions (the workflow) or training (S3T units).")] = "deletions",
 ) -> None:
-    """Run the deletion workflow worker."""
+    """Run a worker: the deletion workflow, or S3T training units (GPU pods on a cluster)."""
     from service import app as lethe
     from service import keyfile, tracing
     from service.workflow.worker import run_worker
 
-    tracing.setup("lethe-worker")
+    if queue not in ("deletions", "training"):
+        raise typer.BadParameter("deletions or training", param_hint="--queue")
+    tracing.setup(f"lethe-worker-{queue}")
     settings = _settings(ctx)
     with lethe.database(settings) as db:
         lethe.migrate(db)
+        if queue == "training":
+            from service.workflow.training_jobs import run_training_worker
+
+            model = lethe.base_model(settings, progress=False)
+            run_training_worker(db, lethe.training_job(settings, model.path), once=once)
+            return
         run_worker(db, lethe.ledger(db, settings), settings.artifacts_dir(), once=once,
                    ack_timeout=settings.serving.ack_timeout_seconds, probes=lethe.probe_config(settings),
                    hmac_key=keyfile.load_or_create(settings.resolved_hmac_key_file()),

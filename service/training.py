@@ -8,7 +8,6 @@ sequence of the shard, so no longer-prefix adapter stays on disk or loadable.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import json
 import multiprocessing
 import os
@@ -26,7 +25,7 @@ from shards.specs import S3TSpec, TrainConfig
 
 if TYPE_CHECKING:
     from shards.materialise import Materialised
-    from shards.train import TrainRecord, UnitSpec
+    from shards.train import UnitSpec
 
 
 @dataclass(frozen=True)
@@ -47,23 +46,10 @@ def _workers(spec: S3TSpec, units: int) -> int:
     return max(1, min(units, spec.workers or (os.cpu_count() or 1)))
 
 
-def _run_unit(
-    job: TrainingJob, unit: UnitSpec, slices: dict[int, list[TrainRecord]], threads: int, position: int
-) -> str:
-    """Process entry point: train one unit with ``threads`` torch threads; return its directory."""
-    import torch
-
-    from shards import train
-
-    torch.set_num_threads(threads)
-    train.train_unit(job.base_model, unit, slices, job.config, job.artifacts, position=position)
-    return str(job.artifacts / unit.dir_name())
-
-
-def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> list[tuple[int, int, int]]:
-    """Train every unit that has no complete live version; with ``retrain``, also bring cut units
-    back to full depth on the remaining data (deleted records excluded). Returns (shard, seq, version)."""
-    from shards.train import TrainRecord, UnitSpec
+def pending_units(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> list[UnitSpec]:
+    """The units to train: those without a complete live version and, with ``retrain``, cut ones
+    (brought back to full depth from their clean prefix, deleted records excluded)."""
+    from shards.train import UnitSpec
 
     with db.connect() as conn:
         layout = store.layout(conn)
@@ -71,9 +57,7 @@ def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> li
             raise ValueError("nothing ingested yet: the S3T layout is fixed by the first ingest")
         if layout != (job.spec.shards, job.spec.slices):
             raise ValueError(f"database layout {layout} differs from settings ({job.spec.shards}, {job.spec.slices})")
-        orders = orders_for(job.spec)
-        store.ensure_units(conn, {k: orders for k in range(job.spec.shards)})
-        cells = store.records_by_cell(conn)
+        store.ensure_units(conn, {k: orders_for(job.spec) for k in range(job.spec.shards)})
         deleted = store.deleted_records(conn)
         placement = store.placement(conn)
         units = store.live_units(conn)
@@ -81,9 +65,7 @@ def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> li
 
     todo: list[UnitSpec] = []
     for u in units:
-        if u.version is not None and u.depth == job.spec.slices:
-            continue
-        if u.version is not None and not retrain:
+        if u.version is not None and (u.depth == job.spec.slices or not retrain):
             continue
         excluded = frozenset(r for r in deleted if placement.get(r, (-1,))[0] == u.shard)
         if u.version is None:  # never trained, or every stage destroyed: from scratch
@@ -91,27 +73,52 @@ def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> li
         else:
             old_dir = job.artifacts / UnitSpec(u.shard, u.sequence, u.order, u.version).dir_name()
             todo.append(UnitSpec(u.shard, u.sequence, u.order, u.next_version, excluded, old_dir, u.depth))
+    return todo
+
+
+def run_unit(db: DatabaseInfo, job: TrainingJob, shard: int, sequence: int, *, progress: bool = True,
+             position: int = 0) -> tuple[int, int, int] | None:  # fmt: skip
+    """Train one unit (resuming from its last completed stage on disk) and publish it; None if it
+    needs no training any more (another run finished it). The training queue's job body."""
+    from shards import train
+    from shards.train import TrainRecord
+
+    spec = next((u for u in pending_units(db, job) if (u.shard, u.sequence) == (shard, sequence)), None)
+    if spec is None:
+        return None
+    with db.connect() as conn:
+        cells = store.records_by_cell(conn, shard)
+    slices = {s: [TrainRecord(*rec) for rec in cells.get((shard, s), [])] for s in range(job.spec.slices)}
+    train.train_unit(job.base_model, spec, slices, job.config, job.artifacts, progress=progress, position=position)
+    _publish(db, job.artifacts / spec.dir_name(), spec.shard, spec.sequence, spec.version)
+    return spec.shard, spec.sequence, spec.version
+
+
+def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> list[tuple[int, int, int]]:
+    """Train every pending unit (see ``pending_units``) as jobs on the training queue, drained here
+    by ``spec.workers`` local worker processes (on a cluster, training-worker pods drain it
+    instead). Returns the (shard, sequence, version) trained."""
+    from service.workflow import training_jobs
+
+    todo = pending_units(db, job, retrain=retrain)
     if not todo:
         return []
-
-    slices_of = {
-        k: {s: [TrainRecord(*rec) for rec in cells.get((k, s), [])] for s in range(job.spec.slices)}
-        for k in {u.shard for u in todo}
-    }
+    training_jobs.enqueue(db, [(u.shard, u.sequence) for u in todo])
     workers = _workers(job.spec, len(todo))
-    threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = multiprocessing.get_context("spawn")
-    done: list[tuple[int, int, int]] = []
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = {
-            pool.submit(_run_unit, job, spec, slices_of[spec.shard], threads, i % workers): spec
-            for i, spec in enumerate(todo)
-        }
-        for fut in cf.as_completed(futures):
-            spec = futures[fut]
-            _publish(db, Path(fut.result()), spec.shard, spec.sequence, spec.version)
-            done.append((spec.shard, spec.sequence, spec.version))
-    return sorted(done)
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = [ctx.Process(target=training_jobs.drain, args=(db.url, job, threads, i), daemon=True)
+             for i in range(workers)]  # fmt: skip
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    left = pending_units(db, job, retrain=retrain)
+    if left:
+        raise RuntimeError(f"training workers exited with units left: {[(u.shard, u.sequence) for u in left]}")
+    with db.connect() as conn:
+        live = {(u.shard, u.sequence): u.version for u in store.live_units(conn)}
+    return sorted((u.shard, u.sequence, live[(u.shard, u.sequence)] or 0) for u in todo)
 
 
 def _publish(db: DatabaseInfo, unit_dir: Path, shard: int, sequence: int, version: int) -> None:
@@ -125,6 +132,9 @@ def _publish(db: DatabaseInfo, unit_dir: Path, shard: int, sequence: int, versio
             store.register(conn, UnitLineage.read(d / LINEAGE_FILE), str(d))
         old = store.destroy_versions_before(conn, shard, sequence, version)
     _delete_dirs(old)
+    # A deletion that landed while this unit trained cut only what was registered then: cut the
+    # new stages too (the planner cuts every stage that saw a deleted record; no new ids here).
+    forget(db, [], purge=False)
 
 
 def _delete_dirs(paths: Iterable[str]) -> None:

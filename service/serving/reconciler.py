@@ -26,8 +26,12 @@ log = logging.getLogger(__name__)
 
 
 class Reconciler:
-    def __init__(self, db: DatabaseInfo, replica_id: str, url: str, local_root: Path, resync: float = 2.0) -> None:
+    def __init__(self, db: DatabaseInfo, replica_id: str, url: str, local_root: Path, resync: float = 2.0,
+                 advertise_url: str | None = None) -> None:  # fmt: skip
+        """``url``: where this reconciler reaches vLLM (its admin endpoints: localhost in a pod);
+        ``advertise_url``: where the gateway reaches it (default ``url``)."""
         self.db, self.replica_id, self.url, self.resync = db, replica_id, url, resync
+        self.advertise_url = advertise_url or url
         self.local_root = local_root
         self.admin = VllmAdmin(url)
         self.stopping = threading.Event()
@@ -48,7 +52,7 @@ class Reconciler:
         with psycopg.connect(self.db.url, autocommit=True) as listen:
             listen.execute(f"LISTEN {store.SERVED_CHANNEL}")
             with self.db.connect() as conn:
-                store.register(conn, self.replica_id, self.url)
+                store.register(conn, self.replica_id, self.advertise_url)
             while not self.stopping.is_set():
                 try:
                     self.reconcile_once()
@@ -58,6 +62,13 @@ class Reconciler:
                     log.warning("replica %s: %s", self.replica_id, self.last_error)
                 for _ in listen.notifies(timeout=self.resync, stop_after=1):
                     pass
+
+    def serving_current(self) -> bool:
+        """Routable and acknowledged on the current generation (a pod's readiness)."""
+        with self.db.connect() as conn:
+            want = store.served(conn)
+            me = next((r for r in store.replicas(conn) if r.id == self.replica_id), None)
+        return want is not None and me is not None and me.routable and me.acked_generation == want.generation
 
     def reconcile_once(self) -> bool:
         """One pass; True if the replica now serves the current generation (acknowledged)."""

@@ -33,12 +33,15 @@ def placement(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
     return {rid: (k, s) for rid, k, s in conn.execute("SELECT id, shard, slice FROM records WHERE shard IS NOT NULL")}
 
 
-def records_by_cell(conn: psycopg.Connection) -> dict[tuple[int, int], list[tuple[str, str, bytes]]]:
+def records_by_cell(
+    conn: psycopg.Connection, shard: int | None = None
+) -> dict[tuple[int, int], list[tuple[str, str, bytes]]]:
     """Training data: (id, text, content hash) of every placed, unpurged record by (shard, slice)."""
     out: dict[tuple[int, int], list[tuple[str, str, bytes]]] = {}
     rows = conn.execute(
         "SELECT shard, slice, id, text, content_hash FROM records"
-        " WHERE shard IS NOT NULL AND purged_at IS NULL ORDER BY id"
+        " WHERE shard IS NOT NULL AND purged_at IS NULL AND (%s::int IS NULL OR shard = %s) ORDER BY id",
+        (shard, shard),
     )
     for k, s, rid, text, ch in rows:
         out.setdefault((k, s), []).append((rid, text, bytes(ch)))

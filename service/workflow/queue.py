@@ -21,7 +21,10 @@ QUEUE = "deletions"
 # The task registry (tasks are declared in service.workflow.steps). Deferring on a caller's
 # connection needs no pool, so it is never opened as is; a worker swaps in a connected
 # connector for its lifetime (service.workflow.worker).
-REGISTRY = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(), import_paths=["service.workflow.steps"])
+REGISTRY = procrastinate.App(
+    connector=procrastinate.SyncPsycopgConnector(),
+    import_paths=["service.workflow.steps", "service.workflow.training_jobs"],
+)
 
 
 def ensure_schema(db: DatabaseInfo) -> bool:

@@ -34,6 +34,14 @@ def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once
     import shards.materialise
     import shards.train  # noqa: F401
 
+    run_queues(db, [QUEUE], once=once, concurrency=concurrency)
+
+
+def run_queues(db: DatabaseInfo, queues: list[str], *, once: bool = False, concurrency: int = 1) -> None:
+    """Run the jobs of ``queues``. Jobs left running by a dead worker (killed mid-step: no
+    heartbeat) go back to the queue, at start and every few seconds while running. With ``once``,
+    return when no job of these queues is queued or running any more."""
+
     async def main() -> None:
         # A second App on an async connector fetches and runs the jobs, while the tasks stay bound to
         # REGISTRY's sync connector: jobs deferred from inside a job (status callbacks) go through it,
@@ -42,12 +50,36 @@ def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once
             warnings.simplefilter("ignore", DeprecationWarning)
             app = REGISTRY.with_connector(procrastinate.PsycopgConnector(conninfo=db.url))
         async with app.open_async():
-            for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS):
-                await app.job_manager.retry_job(job)
-            await app.run_worker_async(
-                queues=[QUEUE], wait=not once, concurrency=concurrency, install_signal_handlers=not once,
-                update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=STALLED_AFTER_SECONDS,
-                fetch_job_polling_interval=POLL_SECONDS,
-            )  # fmt: skip
+            rescuer = asyncio.create_task(_rescue_stalled(app, queues))
+            try:
+                while True:
+                    await _retry_stalled(app, queues)
+                    await app.run_worker_async(
+                        queues=queues, wait=not once, concurrency=concurrency, install_signal_handlers=not once,
+                        update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=STALLED_AFTER_SECONDS,
+                        fetch_job_polling_interval=POLL_SECONDS,
+                    )  # fmt: skip
+                    if not once or not await _unfinished(app, queues):
+                        return
+                    await asyncio.sleep(POLL_SECONDS)  # another worker still runs one: it may die
+            finally:
+                rescuer.cancel()
 
     asyncio.run(main())
+
+
+async def _retry_stalled(app: procrastinate.App, queues: list[str]) -> None:
+    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS):
+        if job.queue in queues:
+            await app.job_manager.retry_job(job)
+
+
+async def _rescue_stalled(app: procrastinate.App, queues: list[str]) -> None:
+    while True:
+        await asyncio.sleep(STALLED_AFTER_SECONDS)
+        await _retry_stalled(app, queues)
+
+
+async def _unfinished(app: procrastinate.App, queues: list[str]) -> int:
+    counts = await app.job_manager.list_queues_async()
+    return sum(q["todo"] + q["doing"] for q in counts if q["name"] in queues)

@@ -159,9 +159,10 @@ def test_deletion_removes_documents_and_suppresses_the_subject(serving_env, kb):
             "subject_identities": [{"identity_type": "person", "identity_value": kb.target.subject_id}]}  # fmt: skip
     h = {"Authorization": f"Bearer {e.key}"}
     api = f"http://127.0.0.1:{e.stack.api_port}"
-    assert httpx.post(f"{api}/v1/deletions", json=body, headers=h).status_code == 201
+    # a generous read timeout: the API shares two cores with vLLM, the worker and its probes
+    assert httpx.post(f"{api}/v1/deletions", json=body, headers=h, timeout=60).status_code == 201
     deadline = time.monotonic() + 300
-    while (d := httpx.get(f"{api}/v1/deletions/{rid}", headers=h).json())["request_status"] not in (
+    while (d := httpx.get(f"{api}/v1/deletions/{rid}", headers=h, timeout=60).json())["request_status"] not in (
         "completed", "failed"):  # fmt: skip
         assert time.monotonic() < deadline
         time.sleep(0.2)

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
+import subprocess
+import sys
+import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -150,3 +157,77 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     else:
         assert change["after"] == {"adapter": None, "sha256": None}
     assert done.result["verification"]["lineage_excludes_deleted"] is True
+
+
+def _stage_files(stage_dir: Path) -> dict[str, tuple[int, str]]:
+    return {f.name: (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest()) for f in stage_dir.iterdir()}
+
+
+def test_two_training_workers_share_a_run_and_a_killed_workers_unit_resumes_from_its_last_stage(
+    empty_db, s3t_settings, tiny_model, tmp_path
+):
+    """Two `lethe worker --queue training` processes drain one run's jobs; each unit is trained
+    once. One worker is SIGKILLed once a unit of its has finished stage 0: the other takes the
+    stalled job over and resumes the unit at stage 1 (stage 0's files are kept, not retrained)."""
+    from service.serve import settings_env
+    from service.workflow import training_jobs
+    from shards.train import LINEAGE_FILE, stage_dir
+
+    s = s3t_settings.model_copy(update={"base_model": tiny_model, "train": replace(s3t_settings.train, epochs=150)})
+    ingest(empty_db, s, tmp_path)
+    job = lethe.training_job(s, tiny_model)
+    units = training.pending_units(empty_db, job)
+    assert len(units) == 4
+    assert training_jobs.enqueue(empty_db, [(u.shard, u.sequence) for u in units]) == 4
+    assert training_jobs.enqueue(empty_db, [(u.shard, u.sequence) for u in units]) == 0  # queued once
+
+    env = {**os.environ, **settings_env(s), "DATABASE_URL": empty_db.url}
+    logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-m", "service", "worker", "--queue", "training", "--once"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=log.open("wb")) for log in logs]  # fmt: skip
+    owner = re.compile(r"training unit shard=(\d+) sequence=(\d+) in pid (\d+)")
+    try:
+        victim, kept = None, {}
+        deadline = time.monotonic() + 300
+        while victim is None and time.monotonic() < deadline:
+            for u in units:
+                unit_dir = job.artifacts / u.dir_name()
+                if (stage_dir(unit_dir, 0) / LINEAGE_FILE).exists() and not stage_dir(unit_dir, 1).exists():
+                    pids = {(int(a), int(b)): int(p) for log in logs for a, b, p in owner.findall(log.read_text())}
+                    pid = pids.get((u.shard, u.sequence))
+                    proc = next((p for p in procs if p.pid == pid and p.poll() is None), None)
+                    if proc is not None:
+                        kept = _stage_files(stage_dir(unit_dir, 0))
+                        proc.kill()
+                        victim = (u, proc)
+                        break
+            time.sleep(0.02)
+        assert victim is not None, "no unit was caught between its stages"
+        unit, killed = victim
+        survivor = next(p for p in procs if p is not killed)
+        assert survivor.wait(300) == 0, logs[procs.index(survivor)].read_text()[-2000:]
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+
+    assert training.pending_units(empty_db, job) == []
+    with psycopg.connect(empty_db.url) as conn:
+        live = [(u.shard, u.sequence, u.version, u.depth) for u in store.live_units(conn)]
+        stages = conn.execute("SELECT shard, sequence, version, stage FROM s3t_artifacts ORDER BY 1, 2, 3, 4")
+        stages = stages.fetchall()
+        jobs = conn.execute(
+            "SELECT j.args, j.status, count(*) FILTER (WHERE e.type = 'started') FROM procrastinate_jobs j"
+            " JOIN procrastinate_events e ON e.job_id = j.id WHERE j.queue_name = 'training' GROUP BY j.id"
+        ).fetchall()
+    assert live == [(k, j, 0, 2) for k in range(2) for j in range(2)]
+    assert stages == [(k, j, 0, st) for k in range(2) for j in range(2) for st in range(2)]  # each published once
+    started = {(a["shard"], a["sequence"]): (status, n) for a, status, n in jobs}
+    assert len(jobs) == 4 and all(status == "succeeded" for status, _ in started.values())
+    assert {key: n for key, (_, n) in started.items()} == {
+        (u.shard, u.sequence): 2 if (u.shard, u.sequence) == (unit.shard, unit.sequence) else 1 for u in units
+    }
+    # resumed at stage 1: stage 0 is the very file the killed worker wrote
+    assert _stage_files(stage_dir(job.artifacts / unit.dir_name(), 0)) == kept
+    took_over = owner.findall(logs[procs.index(survivor)].read_text())
+    assert (str(unit.shard), str(unit.sequence), str(survivor.pid)) in took_over

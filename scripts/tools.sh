@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Tools the deploy/ops tests run besides Python: promtool + a Prometheus server (Debian's
+# package), kubectl (its built-in kustomize) and checkov (in its own venv: its pins clash with
+# Lethe's). Idempotent; called by scripts/bootstrap.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${LETHE_VENV:-.venv}
+
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then
+        echo "tools: $* missing; install the Debian package(s) as root: apt-get install $*" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "$@" >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
+}
+
+command -v promtool >/dev/null && command -v prometheus >/dev/null || apt_install prometheus
+command -v kubectl >/dev/null || apt_install kubectl
+
+CHECKOV="$VENV/tools/checkov"
+if [ ! -x "$CHECKOV/bin/checkov" ]; then
+    python3.11 -m venv "$CHECKOV"
+    "$CHECKOV/bin/python" -m pip --disable-pip-version-check -q install -r requirements/checkov.lock
+fi
