@@ -130,12 +130,13 @@ def grpc_server(db: _database.DatabaseInfo, settings: Settings, address: str | N
 
 
 def ledger(db: _database.DatabaseInfo, settings: Settings) -> Ledger:
-    from service.ledger.checkpoint import load_or_create_signing_key
+    from service.ledger.checkpoint import load_or_create_signing_key, load_public_key
     from service.ledger.log import Ledger
 
     key = load_or_create_signing_key(settings.resolved_ledger_key_file())
+    retired = [(name, load_public_key(path)) for name, path in settings.ledger_retired_keys.items()]
     return Ledger(db, key, settings.ledger_origin, settings.ledger_key_name, settings.ledger_checkpoint_every,
-                  settings.ledger_checkpoint_seconds)  # fmt: skip
+                  settings.ledger_checkpoint_seconds, retired)  # fmt: skip
 
 
 def training_job(settings: Settings, base_model_path: Path) -> TrainingJob:

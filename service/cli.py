@@ -179,8 +179,11 @@ def ledger_verify(
     else:
         pub = load_or_create_signing_key(settings.resolved_ledger_key_file()).public_key()
     if file is not None:
+        from service.ledger.checkpoint import load_public_key
+
+        retired = [(name, load_public_key(path)) for name, path in settings.ledger_retired_keys.items()]
         entries, cps = ledger_verify_mod.read_export(file)
-        report = ledger_verify_mod.verify(entries, cps, pub, settings.ledger_key_name)  # type: ignore[arg-type]
+        report = ledger_verify_mod.verify(entries, cps, pub, settings.ledger_key_name, retired)  # type: ignore[arg-type]
         where = str(file)
     else:
         with lethe.database(settings) as db:
@@ -207,6 +210,14 @@ def ledger_export(ctx: typer.Context, file: Annotated[Path, typer.Argument(dir_o
         lines = list(export_lines(store.entries(conn), store.checkpoints(conn)))
     file.write_text("".join(line + "\n" for line in lines))
     console.print(f"exported {len(lines)} lines to {file}")
+
+
+@ledger_app.command("public-key")
+def ledger_public_key(ctx: typer.Context) -> None:
+    """Print the signing key's public key (PEM): publish it; keep it as a retired key after a rotation."""
+    from service.ledger.checkpoint import load_or_create_signing_key, public_pem
+
+    print(public_pem(load_or_create_signing_key(_settings(ctx).resolved_ledger_key_file())), end="")
 
 
 @ledger_app.command("checkpoint")

@@ -86,6 +86,10 @@ class Settings(BaseSettings):
     )
     ledger_origin: str = Field("lethe.local/ledger", description="Checkpoint origin line (the log's name).")
     ledger_key_name: str = Field("lethe-ledger", description="Signer name in checkpoint signature lines.")
+    ledger_retired_keys: dict[str, Path] = Field(
+        default_factory=dict,
+        description="Key name → PEM public key of earlier signing keys (after a rotation; their checkpoints verify).",
+    )
     ledger_checkpoint_every: int = Field(100, gt=0, description="Sign a checkpoint every N entries...")
     ledger_checkpoint_seconds: float = Field(60.0, gt=0, description="...or when the newest is older than T.")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,24 +42,40 @@ def sign(cp: Checkpoint, name: str, key: Ed25519PrivateKey) -> str:
 
 def open_note(note: str, name: str, public: Ed25519PublicKey) -> Checkpoint:
     """Verify a signed note and parse its checkpoint; raises ValueError if anything is off."""
+    return open_note_by(note, [(name, public)])
+
+
+def open_note_by(note: str, keys: Sequence[tuple[str, Ed25519PublicKey]]) -> Checkpoint:
+    """``open_note`` accepting a signature by any of ``keys`` (the current signing key and retired
+    ones: checkpoints signed before a key rotation keep verifying)."""
     body, sep, sigs = note.partition("\n\n")
     if not sep:
         raise ValueError("not a signed note")
     body += "\n"
-    want = key_id(name, public)
+    trusted = {(name, key_id(name, public)): public for name, public in keys}
     for line in sigs.splitlines():
         parts = line.split(" ")
-        if len(parts) == 3 and parts[0] == "\u2014" and parts[1] == name:
-            blob = base64.b64decode(parts[2])
-            if blob[:4] != want:
-                continue
-            try:
-                public.verify(blob[4:], body.encode())
-            except InvalidSignature as e:
-                raise ValueError("checkpoint signature does not verify") from e
-            origin, size, root = body.rstrip("\n").split("\n")
-            return Checkpoint(origin, int(size), base64.b64decode(root))
-    raise ValueError(f"no signature by {name!r}")
+        if len(parts) != 3 or parts[0] != "\u2014":
+            continue
+        blob = base64.b64decode(parts[2])
+        public = trusted.get((parts[1], blob[:4]))
+        if public is None:
+            continue
+        try:
+            public.verify(blob[4:], body.encode())
+        except InvalidSignature as e:
+            raise ValueError("checkpoint signature does not verify") from e
+        origin, size, root = body.rstrip("\n").split("\n")
+        return Checkpoint(origin, int(size), base64.b64decode(root))
+    raise ValueError(f"no signature by {', '.join(repr(n) for n, _ in keys)}")
+
+
+def load_public_key(path: Path) -> Ed25519PublicKey:
+    """A PEM public key (a retired signing key's, kept to verify its checkpoints)."""
+    key = serialization.load_pem_public_key(path.read_bytes())
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError(f"{path}: not an Ed25519 public key")
+    return key
 
 
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:

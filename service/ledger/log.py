@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from service.core import errors
 from service.ledger import merkle
@@ -45,9 +45,11 @@ class Receipt:
 
 class Ledger:
     def __init__(self, db: DatabaseInfo, key: Ed25519PrivateKey, origin: str, key_name: str,
-                 every: int = 100, max_age_seconds: float = 60.0) -> None:  # fmt: skip
+                 every: int = 100, max_age_seconds: float = 60.0,
+                 retired: Sequence[tuple[str, Ed25519PublicKey]] = ()) -> None:  # fmt: skip
+        """``retired``: (name, public key) of earlier signing keys, whose checkpoints still verify."""
         self.db, self.key, self.origin, self.key_name = db, key, origin, key_name
-        self.every, self.max_age_seconds = every, max_age_seconds
+        self.every, self.max_age_seconds, self.retired = every, max_age_seconds, tuple(retired)
 
     @property
     def public_key_pem(self) -> str:
@@ -105,4 +107,5 @@ class Ledger:
 
     def verify(self) -> Report:
         with self.db.connect() as conn:
-            return verify(list(store.entries(conn)), store.checkpoints(conn), self.key.public_key(), self.key_name)
+            return verify(list(store.entries(conn)), store.checkpoints(conn), self.key.public_key(), self.key_name,
+                          self.retired)  # fmt: skip

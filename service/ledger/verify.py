@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from service.ledger import merkle
 from service.ledger.chain import Entry, first_break
-from service.ledger.checkpoint import open_note
+from service.ledger.checkpoint import open_note_by
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,14 @@ class Report:
 
 
 def verify(
-    entries: Iterable[Entry], checkpoints: Sequence[tuple[int, bytes, str]], public: Ed25519PublicKey, key_name: str
+    entries: Iterable[Entry],
+    checkpoints: Sequence[tuple[int, bytes, str]],
+    public: Ed25519PublicKey,
+    key_name: str,
+    retired: Sequence[tuple[str, Ed25519PublicKey]] = (),
 ) -> Report:
-    """Recompute the chain and every checkpoint's root; check every checkpoint signature."""
+    """Recompute the chain and every checkpoint's root; check every checkpoint signature (by the
+    signing key, or by a ``retired`` (name, public key) for checkpoints signed before a rotation)."""
     listed = list(entries)
     broken = first_break(listed)
     if broken is not None:
@@ -39,7 +44,7 @@ def verify(
     verified = 0  # entries covered by the last checkpoint that matched
     for size, root, note in sorted(checkpoints):
         try:
-            cp = open_note(note, key_name, public)
+            cp = open_note_by(note, [(key_name, public), *retired])
         except ValueError as e:
             return Report(len(listed), len(checkpoints), None, f"checkpoint {size}: {e}")
         if (cp.size, cp.root) != (size, root):

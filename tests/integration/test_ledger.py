@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -147,3 +148,42 @@ def test_export_verifies_offline_and_an_edited_export_fails(ledger, tmp_path):
     entries, cps = read_export(path)
     report = verify(entries, cps, ledger.key.public_key(), ledger.key_name)
     assert report.first_bad_seq == 3
+
+
+def test_a_rotated_signing_key_keeps_earlier_checkpoints_verifiable(empty_db, settings, tmp_path):
+    """Rotation as docs/operations.md describes it: a new key under a new name, the old public key
+    kept as a retired key. Checkpoints before and after verify, in the database and offline (CLI);
+    without the retired key, the first old checkpoint is reported."""
+    from service.ledger.checkpoint import load_or_create_signing_key, public_pem
+
+    lethe.migrate(empty_db)
+    old = settings.model_copy(update={"ledger_checkpoint_every": 4, "ledger_key_file": tmp_path / "old.pem",
+                                      "ledger_key_name": "lethe-ledger-2026"})  # fmt: skip
+    fill(lethe.ledger(empty_db, old), 8)
+    (tmp_path / "old.pub.pem").write_text(public_pem(load_or_create_signing_key(tmp_path / "old.pem")))
+    new = old.model_copy(update={"ledger_key_file": tmp_path / "new.pem", "ledger_key_name": "lethe-ledger-2027",
+                                 "ledger_retired_keys": {"lethe-ledger-2026": tmp_path / "old.pub.pem"}})  # fmt: skip
+    rotated = lethe.ledger(empty_db, new)
+    fill(rotated, 4)
+    with empty_db.connect() as conn:
+        notes = [note for _, _, note in store.checkpoints(conn)]
+    assert [n.rsplit("\u2014 ", 1)[1].split(" ")[0] for n in notes] == ["lethe-ledger-2026"] * 2 + ["lethe-ledger-2027"]
+    report = rotated.verify()
+    assert report.ok and report.checkpoints == 3
+    forgot = lethe.ledger(empty_db, new.model_copy(update={"ledger_retired_keys": {}})).verify()
+    assert not forgot.ok and forgot.reason.startswith("checkpoint 4: no signature by")
+
+    export = tmp_path / "ledger.jsonl"
+    env = {**os.environ, "DATABASE_URL": empty_db.url, "LETHE_VAR_DIR": str(tmp_path / "var"),
+           "LETHE_LEDGER_KEY_FILE": str(tmp_path / "new.pem"),
+           "LETHE_LEDGER_KEY_NAME": "lethe-ledger-2027"}  # fmt: skip
+    cli = [sys.executable, "-m", "service", "ledger"]
+    subprocess.run([*cli, "export", str(export)], env=env, check=True, capture_output=True)
+    offline = subprocess.run([*cli, "verify", "--file", str(export)], env=env, capture_output=True, text=True)
+    assert offline.returncode == 1 and "no signature by" in offline.stderr
+    env["LETHE_LEDGER_RETIRED_KEYS"] = json.dumps({"lethe-ledger-2026": str(tmp_path / "old.pub.pem")})
+    offline = subprocess.run([*cli, "verify", "--file", str(export)], env=env, capture_output=True, text=True)
+    assert offline.returncode == 0, offline.stderr
+    assert "12 entries, 3 signed checkpoints" in offline.stderr
+    pub = subprocess.run([*cli, "public-key"], env=env, capture_output=True, text=True, check=True).stdout
+    assert pub == public_pem(load_or_create_signing_key(tmp_path / "new.pem"))
