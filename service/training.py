@@ -103,7 +103,8 @@ def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> li
     todo = pending_units(db, job, retrain=retrain)
     if not todo:
         return []
-    training_jobs.enqueue(db, [(u.shard, u.sequence) for u in todo])
+    with db.connect() as conn:
+        training_jobs.enqueue(conn, [(u.shard, u.sequence) for u in todo])
     workers = _workers(job.spec, len(todo))
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)

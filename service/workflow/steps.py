@@ -33,6 +33,7 @@ from service.core.deletions import Status
 from service.store import deletions as store
 from service.store import kb, s3t
 from service.store.database import DatabaseInfo
+from service.workflow import training_jobs
 from service.workflow.queue import QUEUE, REGISTRY, enqueue_callbacks
 
 # Set by the worker's entry point (service.workflow.worker): the database the jobs act on.
@@ -272,6 +273,13 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             return d.status
         ok = clean and purged == len(ids) and (not documents or _kb_clean(verification["kb"]))
         methods = ([EXACT] if ids or not documents else []) + ([SUPPRESSION] if documents else [])
+        # the background retrain that restores the cut units' depth (training workers take it);
+        # read from the units, not the plan: a re-run after a crash finds the cuts already made
+        layout = s3t.layout(conn)
+        cut = [(u.shard, u.sequence) for u in s3t.live_units(conn) if layout and u.depth < layout[1]]
+        if ok and cut:
+            training_jobs.enqueue(conn, cut)
+            summary["retrain_queued"] = [f"{k}/{seq}" for k, seq in cut]
         d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
                              {"methods": methods, "plan": summary, "apply": applied, "verification": verification,
                               "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip

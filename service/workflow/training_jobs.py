@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import procrastinate
+import psycopg
 
 from service.store.database import DatabaseInfo
 from service.workflow.queue import REGISTRY
@@ -40,20 +41,20 @@ def train_unit(shard: int, sequence: int) -> None:
     log.warning("unit shard=%d sequence=%d %s", shard, sequence, f"published v{done[2]}" if done else "already done")
 
 
-def enqueue(db: DatabaseInfo, units: Sequence[tuple[int, int]]) -> int:
-    """Queue a training job per (shard, sequence) not already queued or running; returns how many."""
+def enqueue(conn: psycopg.Connection, units: Sequence[tuple[int, int]]) -> int:
+    """Queue a training job per (shard, sequence) not already queued or running, in the caller's
+    transaction (a deletion's completion and its retrain jobs commit together); returns how many."""
     queued = 0
-    with db.connect() as conn:
-        for shard, sequence in units:
-            lock = _lock(shard, sequence)
-            try:
-                with conn.transaction():  # a savepoint: a refused defer leaves the others standing
-                    train_unit.configure(connection=conn, lock=lock, queueing_lock=lock).defer(
-                        shard=shard, sequence=sequence
-                    )
-                queued += 1
-            except procrastinate.exceptions.AlreadyEnqueued:
-                pass
+    for shard, sequence in units:
+        lock = _lock(shard, sequence)
+        try:
+            with conn.transaction():  # a savepoint: a refused defer leaves the others standing
+                train_unit.configure(connection=conn, lock=lock, queueing_lock=lock).defer(
+                    shard=shard, sequence=sequence
+                )
+            queued += 1
+        except procrastinate.exceptions.AlreadyEnqueued:
+            pass
     return queued
 
 

@@ -157,6 +157,18 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     else:
         assert change["after"] == {"adapter": None, "sha256": None}
     assert done.result["verification"]["lineage_excludes_deleted"] is True
+    # the background retrain is queued with the completion; training workers restore the depth
+    queued = done.result["plan"]["retrain_queued"]
+    assert queued == [f"{shard}/{s}" for s in range(2)]  # both sequences saw the deleted slice
+    with psycopg.connect(empty_db.url) as conn:
+        jobs = conn.execute("SELECT args FROM procrastinate_jobs WHERE queue_name = 'training' AND status = 'todo'")
+        assert sorted(f"{a['shard']}/{a['sequence']}" for (a,) in jobs) == queued
+    job = lethe.training_job(s3t_settings, tiny_model)
+    assert training.train_all(empty_db, job) == [(shard, s, 1) for s in range(2)]
+    with psycopg.connect(empty_db.url) as conn:
+        states = conn.execute("SELECT status, count(*) FROM procrastinate_jobs WHERE queue_name = 'training'"
+                              " AND args->>'shard' = %s GROUP BY 1", (str(shard),)).fetchall()  # fmt: skip
+    assert dict(states)["succeeded"] >= 2 and "todo" not in dict(states)
 
 
 def _stage_files(stage_dir: Path) -> dict[str, tuple[int, str]]:
@@ -178,8 +190,9 @@ def test_two_training_workers_share_a_run_and_a_killed_workers_unit_resumes_from
     job = lethe.training_job(s, tiny_model)
     units = training.pending_units(empty_db, job)
     assert len(units) == 4
-    assert training_jobs.enqueue(empty_db, [(u.shard, u.sequence) for u in units]) == 4
-    assert training_jobs.enqueue(empty_db, [(u.shard, u.sequence) for u in units]) == 0  # queued once
+    with empty_db.connect() as conn:
+        assert training_jobs.enqueue(conn, [(u.shard, u.sequence) for u in units]) == 4
+        assert training_jobs.enqueue(conn, [(u.shard, u.sequence) for u in units]) == 0  # queued once
 
     env = {**os.environ, **settings_env(s), "DATABASE_URL": empty_db.url}
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
