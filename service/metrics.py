@@ -2,23 +2,32 @@
 
 Every API replica and worker shares one database, so reading the figures from it gives the same
 answer whichever replica is scraped, survives restarts, and needs no push gateway. Labels are
-statuses and step names only: never a subject, identity or request id.
+statuses, step names, deadline windows, verification checks, replica ids and shard numbers only:
+never a subject, identity or request id.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from service.core.deletions import Status
+from service.store import s3t
 from service.store.database import DatabaseInfo
 from service.workflow.steps import STEPS
 
 FORGET_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30)
+# Open requests by the time left to their deadline: (label, upper bound of the time left).
+DEADLINE_WINDOWS = (("overdue", timedelta(0)), ("lt_1d", timedelta(days=1)), ("lt_7d", timedelta(days=7)),
+                    ("ge_7d", timedelta.max))  # fmt: skip
+# The checks of a request's verification that decide its completion (service.workflow.steps).
+VERIFICATION_CHECKS = ("lineage", "equivalence", "records_purged", "kb")
+OPEN = (Status.PENDING.value, Status.IN_PROGRESS.value)
 
 
 def _histogram(name: str, doc: str, buckets: Sequence[float], series: dict[tuple[str, ...], list[float]],
@@ -30,44 +39,105 @@ def _histogram(name: str, doc: str, buckets: Sequence[float], series: dict[tuple
     return h
 
 
+def failed_checks(verification: dict[str, Any]) -> list[str]:
+    """Which of VERIFICATION_CHECKS a failed request's verification did not pass."""
+    out = []
+    if not verification.get("lineage_excludes_deleted", True):
+        out.append("lineage")
+    if not all(verification.get("equivalence", {}).get("replicas", {}).values()):
+        out.append("equivalence")
+    if not verification.get("records_purged", True):
+        out.append("records_purged")
+    kb = verification.get("kb")
+    if kb is not None:
+        probes_ok = all(kb[p].get("passed", True) for p in ("retrieval", "leakage", "injection") if p in kb)
+        if not (kb.get("documents_deleted") and probes_ok):
+            out.append("kb")
+    return out
+
+
 class LetheCollector(Collector):
     def __init__(self, db: DatabaseInfo) -> None:
         self.db = db
 
     def collect(self) -> Iterator[Metric]:
-        now = datetime.now(UTC)
         with self.db.connect() as conn:
+            clock = conn.execute("SELECT now()").fetchone()  # the database's clock: ages agree across replicas
+            now: datetime = clock[0] if clock else datetime.now(UTC)
             by_status: dict[str, int] = dict(
                 conn.execute("SELECT status, count(*) FROM deletion_requests GROUP BY status").fetchall()
             )
             pending_jobs = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'").fetchone()
-            entries = conn.execute("SELECT count(*) FROM ledger_entries").fetchone()
-            last_cp = conn.execute("SELECT max(created_at) FROM ledger_checkpoints").fetchone()
-            oldest = conn.execute(
-                "SELECT min(deadline) FROM deletion_requests WHERE status IN ('pending', 'in_progress')"
+            entries = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger_entries").fetchone()  # gap-free
+            last_cp = conn.execute("SELECT size, created_at FROM ledger_checkpoints ORDER BY size DESC LIMIT 1"
+                                   ).fetchone()  # fmt: skip
+            first_unsigned = conn.execute(
+                "SELECT created_at FROM ledger_entries"
+                " WHERE seq = (SELECT coalesce(max(size), 0) + 1 FROM ledger_checkpoints)"
             ).fetchone()
+            open_rows = conn.execute("SELECT received_time, deadline FROM deletion_requests WHERE status = ANY(%s)",
+                                     (list(OPEN),)).fetchall()  # fmt: skip
             done = conn.execute(
                 "SELECT extract(epoch FROM completed_time - received_time), result->'stage_seconds'"
                 " FROM deletion_requests WHERE status = 'completed'"
             ).fetchall()
+            failed = conn.execute(
+                "SELECT result->'verification' FROM deletion_requests"
+                " WHERE status = 'failed' AND result ? 'verification'"
+            ).fetchall()
+            served = conn.execute("SELECT generation FROM served_model").fetchone()
+            replicas = conn.execute(
+                "SELECT id, routable, coalesce(acked_generation, 0), heartbeat_at FROM replicas ORDER BY id"
+            ).fetchall()
+            layout = s3t.layout(conn)
+            units = s3t.live_units(conn) if layout else []
 
+        yield from self._deletions(now, by_status, open_rows, done, failed)
+        yield GaugeMetricFamily("lethe_jobs_pending", "Workflow jobs waiting in the queue.",
+                                value=float(pending_jobs[0] if pending_jobs else 0))  # fmt: skip
+        yield from self._ledger(now, int(entries[0] if entries else 0), last_cp, first_unsigned)
+        yield from self._serving(now, served, replicas)
+        if layout:
+            yield from self._shards(layout, units)
+
+    # -- deletion requests --------------------------------------------------------------------
+    def _deletions(self, now: datetime, by_status: dict[str, int], open_rows: list[Any], done: list[Any],
+                   failed: list[Any]) -> Iterator[Metric]:  # fmt: skip
         c = CounterMetricFamily("lethe_deletion_requests", "Deletion requests by current status.", labels=["status"])
         for s in Status:
             c.add_metric([s.value], float(by_status.get(s.value, 0)))
         yield c
-        yield GaugeMetricFamily("lethe_jobs_pending", "Workflow jobs waiting in the queue.",
-                                value=float(pending_jobs[0] if pending_jobs else 0))  # fmt: skip
-        yield CounterMetricFamily("lethe_ledger_entries", "Entries appended to the ledger.",
-                                  value=float(entries[0] if entries else 0))  # fmt: skip
-        if last_cp and last_cp[0] is not None:
-            yield GaugeMetricFamily("lethe_ledger_checkpoint_age_seconds", "Age of the newest signed checkpoint.",
-                                    value=(now - last_cp[0]).total_seconds())  # fmt: skip
-        if oldest and oldest[0] is not None:
+        windows = dict.fromkeys((w for w, _ in DEADLINE_WINDOWS), 0)
+        for _, deadline in open_rows:
+            left = deadline - now
+            windows[next(w for w, bound in DEADLINE_WINDOWS if left < bound)] += 1
+        g = GaugeMetricFamily("lethe_deletion_open_requests",
+                              "Open (pending or in-progress) deletion requests by the time left to their deadline.",
+                              labels=["deadline_window"])  # fmt: skip
+        for w, n in windows.items():
+            g.add_metric([w], float(n))
+        yield g
+        oldest_received = min((r for r, _ in open_rows), default=None)
+        yield GaugeMetricFamily("lethe_deletion_oldest_pending_age_seconds",
+                                "Age of the oldest open (pending or in-progress) deletion request; 0 when none.",
+                                value=(now - oldest_received).total_seconds() if oldest_received else 0.0)  # fmt: skip
+        earliest = min((d for _, d in open_rows), default=None)
+        if earliest is not None:
             yield GaugeMetricFamily(
                 "lethe_oldest_pending_deadline_seconds",
-                "Seconds until the deadline of the oldest open request (negative: overdue).",
-                value=(oldest[0] - now).total_seconds(),
+                "Seconds until the earliest deadline of an open request (negative: overdue).",
+                value=(earliest - now).total_seconds(),
             )
+        checks = dict.fromkeys(VERIFICATION_CHECKS, 0)
+        for (verification,) in failed:
+            for check in failed_checks(verification or {}):
+                checks[check] += 1
+        v = CounterMetricFamily("lethe_deletion_verification_failures",
+                                "Failed deletion requests by the verification check they did not pass"
+                                " (a request failing two checks counts in both).", labels=["check"])  # fmt: skip
+        for check, n in checks.items():
+            v.add_metric([check], float(n))
+        yield v
         yield _histogram("lethe_time_to_forget_seconds", "From accepted request to completion.", FORGET_BUCKETS,
                          {(): [float(t) for t, _ in done]})  # fmt: skip
         stages: dict[tuple[str, ...], list[float]] = {(s,): [] for s in STEPS if s != "complete"}
@@ -76,3 +146,60 @@ class LetheCollector(Collector):
                 stages.setdefault((step,), []).append(float(secs))
         yield _histogram("lethe_deletion_stage_seconds", "Duration of each workflow step.", STAGE_BUCKETS, stages,
                          labels=["stage"])  # fmt: skip
+
+    # -- ledger -------------------------------------------------------------------------------
+    def _ledger(self, now: datetime, size: int, last_cp: Any, first_unsigned: Any) -> Iterator[Metric]:
+        yield CounterMetricFamily("lethe_ledger_entries", "Entries appended to the ledger.", value=float(size))
+        signed = int(last_cp[0]) if last_cp else 0
+        yield GaugeMetricFamily("lethe_ledger_unsigned_entries", "Ledger entries no signed checkpoint covers yet.",
+                                value=float(size - signed))  # fmt: skip
+        if last_cp:
+            yield GaugeMetricFamily("lethe_ledger_checkpoint_age_seconds", "Age of the newest signed checkpoint.",
+                                    value=(now - last_cp[1]).total_seconds())  # fmt: skip
+        age = 0.0
+        if first_unsigned:
+            age = max(0.0, (now - datetime.fromisoformat(first_unsigned[0]).astimezone(UTC)).total_seconds())
+        yield GaugeMetricFamily("lethe_ledger_oldest_unsigned_entry_age_seconds",
+                                "Age of the oldest ledger entry no signed checkpoint covers yet; 0 when none.",
+                                value=age)  # fmt: skip
+
+    # -- serving ------------------------------------------------------------------------------
+    def _serving(self, now: datetime, served: Any, replicas: list[Any]) -> Iterator[Metric]:
+        if served:
+            yield GaugeMetricFamily("lethe_served_generation", "Generation of the served model (one per change).",
+                                    value=float(served[0]))  # fmt: skip
+        acked = GaugeMetricFamily("lethe_replica_acknowledged_generation",
+                                  "Generation each replica has acknowledged serving (0: none yet).",
+                                  labels=["replica"])  # fmt: skip
+        routable = GaugeMetricFamily("lethe_replica_routable", "1 if the gateway routes requests to the replica.",
+                                     labels=["replica"])  # fmt: skip
+        heartbeat = GaugeMetricFamily("lethe_replica_heartbeat_age_seconds",
+                                      "Seconds since the replica's reconciler last reported it in sync.",
+                                      labels=["replica"])  # fmt: skip
+        for rid, is_routable, gen, beat in replicas:
+            acked.add_metric([rid], float(gen))
+            routable.add_metric([rid], 1.0 if is_routable else 0.0)
+            heartbeat.add_metric([rid], max(0.0, (now - beat).total_seconds()))
+        yield acked
+        yield routable
+        yield heartbeat
+
+    # -- S3T capacity -------------------------------------------------------------------------
+    def _shards(self, layout: tuple[int, int], units: list[s3t.LiveUnit]) -> Iterator[Metric]:
+        """Depth of a shard: the longest clean prefix (live stages) of any of its sequences, i.e.
+        the slices the served shard model still holds. Shards never trained are left out."""
+        shards, slices = layout
+        depth: dict[int, int] = {}
+        for u in units:
+            if u.next_version > 0:
+                depth[u.shard] = max(depth.get(u.shard, 0), u.depth)
+        yield GaugeMetricFamily("lethe_shard_slices", "Slices per shard (the full depth of a shard model).",
+                                value=float(slices))  # fmt: skip
+        d = GaugeMetricFamily("lethe_shard_depth", "Slices the best surviving clean prefix of each shard holds.",
+                              labels=["shard"])  # fmt: skip
+        for k in sorted(depth):
+            d.add_metric([str(k)], float(depth[k]))
+        yield d
+        yield GaugeMetricFamily("lethe_shards_dead", "Trained shards with no clean prefix left (out of the ensemble).",
+                                value=float(sum(v == 0 for v in depth.values())))  # fmt: skip
+        yield GaugeMetricFamily("lethe_shards", "Shards in the S3T layout.", value=float(shards))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -74,13 +73,14 @@ class Ledger:
             return size, root, note
 
     def maybe_checkpoint(self) -> None:
+        """Sign when ``every`` entries are unsigned, or when the oldest unsigned one is older than
+        ``max_age_seconds`` (the worker calls this periodically, so a quiet ledger gets signed too)."""
         with self.db.connect() as conn:
             size = store.size(conn)
             last = store.latest_checkpoint(conn)
-        covered = last[0] if last else 0
-        due = size - covered >= self.every
-        stale = last is not None and (datetime.now(UTC) - last[3]).total_seconds() >= self.max_age_seconds
-        if due or (stale and size > covered):
+            covered = last[0] if last else 0
+            age = store.unsigned_age_seconds(conn, covered)
+        if size - covered >= self.every or (age is not None and age >= self.max_age_seconds):
             self.checkpoint()
 
     def receipt(self, seq: int) -> Receipt:

@@ -91,6 +91,14 @@ def size(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
+def unsigned_age_seconds(conn: psycopg.Connection, covered: int) -> float | None:
+    """Age of the oldest entry no checkpoint covers yet (None if every entry is covered)."""
+    row = conn.execute(
+        "SELECT extract(epoch FROM now() - created_at::timestamptz) FROM ledger_entries WHERE seq = %s", (covered + 1,)
+    ).fetchone()
+    return float(row[0]) if row else None
+
+
 def leaf_hashes(conn: psycopg.Connection, upto: int) -> list[bytes]:
     rows = conn.execute("SELECT row_hash FROM ledger_entries WHERE seq <= %s ORDER BY seq", (upto,))
     return [merkle.leaf_hash(bytes(r[0])) for r in rows]

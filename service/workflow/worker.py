@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import procrastinate
@@ -18,6 +20,7 @@ from service.workflow.queue import QUEUE, REGISTRY
 HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.5  # fallback when a job's NOTIFY lands while the worker is between jobs
 STALLED_AFTER_SECONDS = 3.0  # a worker silent this long is dead: its jobs are retried
+log = logging.getLogger(__name__)
 
 
 def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once: bool = False,
@@ -34,13 +37,17 @@ def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once
     import shards.materialise
     import shards.train  # noqa: F401
 
-    run_queues(db, [QUEUE], once=once, concurrency=concurrency)
+    # a quiet ledger still gets its entries signed within about max_age_seconds
+    ticks = [(min(ledger.max_age_seconds, 30.0), ledger.maybe_checkpoint)] if ledger is not None else []
+    run_queues(db, [QUEUE], once=once, concurrency=concurrency, periodic=ticks)
 
 
-def run_queues(db: DatabaseInfo, queues: list[str], *, once: bool = False, concurrency: int = 1) -> None:
+def run_queues(db: DatabaseInfo, queues: list[str], *, once: bool = False, concurrency: int = 1,
+               periodic: Sequence[tuple[float, Callable[[], object]]] = ()) -> None:  # fmt: skip
     """Run the jobs of ``queues``. Jobs left running by a dead worker (killed mid-step: no
     heartbeat) go back to the queue, at start and every few seconds while running. With ``once``,
-    return when no job of these queues is queued or running any more."""
+    return when no job of these queues is queued or running any more. ``periodic``: (seconds,
+    function) pairs called in a thread that often while the worker runs."""
 
     async def main() -> None:
         # A second App on an async connector fetches and runs the jobs, while the tasks stay bound to
@@ -50,7 +57,8 @@ def run_queues(db: DatabaseInfo, queues: list[str], *, once: bool = False, concu
             warnings.simplefilter("ignore", DeprecationWarning)
             app = REGISTRY.with_connector(procrastinate.PsycopgConnector(conninfo=db.url))
         async with app.open_async():
-            rescuer = asyncio.create_task(_rescue_stalled(app, queues))
+            background = [asyncio.create_task(_rescue_stalled(app, queues))]
+            background += [asyncio.create_task(_every(seconds, fn)) for seconds, fn in periodic]
             try:
                 while True:
                     await _retry_stalled(app, queues)
@@ -63,7 +71,8 @@ def run_queues(db: DatabaseInfo, queues: list[str], *, once: bool = False, concu
                         return
                     await asyncio.sleep(POLL_SECONDS)  # another worker still runs one: it may die
             finally:
-                rescuer.cancel()
+                for task in background:
+                    task.cancel()
 
     asyncio.run(main())
 
@@ -72,6 +81,15 @@ async def _retry_stalled(app: procrastinate.App, queues: list[str]) -> None:
     for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS):
         if job.queue in queues:
             await app.job_manager.retry_job(job)
+
+
+async def _every(seconds: float, fn: Callable[[], object]) -> None:
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            await asyncio.to_thread(fn)
+        except Exception:  # a periodic duty must not stop the worker; the next tick retries
+            log.exception("periodic %s failed", getattr(fn, "__qualname__", fn))
 
 
 async def _rescue_stalled(app: procrastinate.App, queues: list[str]) -> None:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
@@ -187,3 +188,17 @@ def test_a_rotated_signing_key_keeps_earlier_checkpoints_verifiable(empty_db, se
     assert "12 entries, 3 signed checkpoints" in offline.stderr
     pub = subprocess.run([*cli, "public-key"], env=env, capture_output=True, text=True, check=True).stdout
     assert pub == public_pem(load_or_create_signing_key(tmp_path / "new.pem"))
+
+
+def test_a_quiet_ledger_is_signed_once_its_oldest_unsigned_entry_is_old_enough(empty_db, settings):
+    """Without a first checkpoint and with fewer than `every` entries, the entries still get signed
+    within max_age (the worker calls maybe_checkpoint periodically): no entry stays unsigned."""
+    lethe.migrate(empty_db)
+    ledger = lethe.ledger(empty_db, settings.model_copy(update={"ledger_checkpoint_seconds": 0.5}))
+    fill(ledger, 2)
+    with empty_db.connect() as conn:
+        assert store.checkpoints(conn) == []  # fresh entries: not yet
+    time.sleep(0.6)
+    ledger.maybe_checkpoint()
+    with empty_db.connect() as conn:
+        assert [size for size, _, _ in store.checkpoints(conn)] == [2]
