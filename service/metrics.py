@@ -67,7 +67,9 @@ class LetheCollector(Collector):
             by_status: dict[str, int] = dict(
                 conn.execute("SELECT status, count(*) FROM deletion_requests GROUP BY status").fetchall()
             )
-            pending_jobs = conn.execute("SELECT count(*) FROM procrastinate_jobs WHERE status = 'todo'").fetchone()
+            pending_jobs = dict(conn.execute(
+                "SELECT queue_name, count(*) FILTER (WHERE status = 'todo') FROM procrastinate_jobs GROUP BY 1"
+            ).fetchall())  # fmt: skip
             entries = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger_entries").fetchone()  # gap-free
             last_cp = conn.execute("SELECT size, created_at FROM ledger_checkpoints ORDER BY size DESC LIMIT 1"
                                    ).fetchone()  # fmt: skip
@@ -93,8 +95,11 @@ class LetheCollector(Collector):
             units = s3t.live_units(conn) if layout else []
 
         yield from self._deletions(now, by_status, open_rows, done, failed)
-        yield GaugeMetricFamily("lethe_jobs_pending", "Workflow jobs waiting in the queue.",
-                                value=float(pending_jobs[0] if pending_jobs else 0))  # fmt: skip
+        jobs = GaugeMetricFamily("lethe_jobs_pending", "Jobs waiting in each queue (deletions, training).",
+                                labels=["queue"])  # fmt: skip
+        for queue in sorted({"deletions", "training", *pending_jobs}):
+            jobs.add_metric([queue], float(pending_jobs.get(queue, 0)))
+        yield jobs
         yield from self._ledger(now, int(entries[0] if entries else 0), last_cp, first_unsigned)
         yield from self._serving(now, served, replicas)
         if layout:
