@@ -259,6 +259,19 @@ def keys_create(
         print(create_api_key(db, sorted(set(scope)), name))
 
 
+@keys_app.command("revoke")
+def keys_revoke(ctx: typer.Context, key_id: Annotated[str, typer.Argument(help="The id: lk_<id>_<secret>.")]) -> None:
+    """Revoke an API key (every server stops accepting it within 10 s, the cache lifetime)."""
+    from service import app as lethe
+    from service.store.deletions import revoke_api_key
+
+    with lethe.database(_settings(ctx)) as db:
+        if not revoke_api_key(db, key_id.removeprefix("lk_").split("_", 1)[0]):
+            console.print(f"[red]no live API key {key_id}[/red]")
+            raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
 @app.command("api")
 def api(ctx: typer.Context) -> None:
     """Serve the REST and gRPC APIs (and keep the embedded database up while they run)."""

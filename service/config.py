@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import AliasChoices, BaseModel, Field, SecretStr, model_validator
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shards.specs import BaseModelSpec, S3TSpec, TrainConfig
@@ -53,12 +53,20 @@ class RagSpec(BaseModel):
 class Settings(BaseSettings):
     """Process-wide settings: ``LETHE_*`` environment variables or a ``.env`` file."""
 
-    model_config = SettingsConfigDict(env_prefix="LETHE_", env_file=".env", env_nested_delimiter="__", extra="ignore")
+    # hide_input_in_errors: a validation error would otherwise print every input, the database URL too.
+    model_config = SettingsConfigDict(
+        env_prefix="LETHE_", env_file=".env", env_nested_delimiter="__", extra="ignore", hide_input_in_errors=True
+    )
 
     database_url: str | None = Field(
         None,
         validation_alias=AliasChoices("DATABASE_URL", "LETHE_DATABASE_URL"),
         description="PostgreSQL URL; unset → an embedded server under pg_data_dir.",
+    )
+    database_url_file: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("DATABASE_URL_FILE", "LETHE_DATABASE_URL_FILE"),
+        description="...or a file holding it (a mounted Secret); read into database_url at startup.",
     )
     var_dir: Path = Field(Path("var"), description="Root of local state: database, keys, models, corpora.")
     pg_data_dir: Path | None = Field(None, description="Embedded PostgreSQL data directory (default var/pg).")
@@ -97,6 +105,28 @@ class Settings(BaseSettings):
     def _blocks_match_slices(self) -> Settings:
         if self.train.num_blocks != self.s3t.slices:
             raise ValueError(f"train.num_blocks ({self.train.num_blocks}) must equal s3t.slices ({self.s3t.slices})")
+        return self
+
+    @field_validator("database_url_file", mode="before")
+    @classmethod
+    def _blank_file_is_unset(cls, value: object) -> object:
+        # An empty value means unset: settings_env blanks it for child processes, which get DATABASE_URL.
+        return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _database_url_from_file(self) -> Settings:
+        path = self.database_url_file
+        if path is None:
+            return self
+        if self.database_url is not None:
+            raise ValueError("set DATABASE_URL or DATABASE_URL_FILE (a file holding it), not both")
+        try:
+            url = path.read_text().strip()
+        except OSError as e:
+            raise ValueError(f"DATABASE_URL_FILE {path}: cannot read it ({e.strerror or e})") from e
+        if not url:
+            raise ValueError(f"DATABASE_URL_FILE {path} is empty")
+        self.database_url = url
         return self
 
     def resolved_pg_data_dir(self) -> Path:

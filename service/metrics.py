@@ -67,7 +67,7 @@ class LetheCollector(Collector):
             by_status: dict[str, int] = dict(
                 conn.execute("SELECT status, count(*) FROM deletion_requests GROUP BY status").fetchall()
             )
-            pending_jobs = dict(conn.execute(
+            pending_jobs: dict[str, int] = dict(conn.execute(
                 "SELECT queue_name, count(*) FILTER (WHERE status = 'todo') FROM procrastinate_jobs GROUP BY 1"
             ).fetchall())  # fmt: skip
             entries = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger_entries").fetchone()  # gap-free

@@ -193,10 +193,12 @@ class Stack:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings that differ from the defaults as ``LETHE_*`` variables (nested ones as JSON), so
-    a child process parses the same Settings."""
-    out = {}
+    a child process parses the same Settings. The database URL is not among them (the caller passes
+    ``DATABASE_URL``), and the database-URL file variables are blanked (empty = unset), so one
+    inherited from this process's environment does not conflict with that ``DATABASE_URL``."""
+    out = {"DATABASE_URL_FILE": "", "LETHE_DATABASE_URL_FILE": ""}
     for key, value in settings.model_dump(mode="json", exclude_defaults=True).items():
-        if key == "database_url":
+        if key in ("database_url", "database_url_file"):
             continue
         if key == "rag" and settings.rag.upstream_api_key is not None:  # json mode masks secrets
             value["upstream_api_key"] = settings.rag.upstream_api_key.get_secret_value()

