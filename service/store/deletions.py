@@ -272,6 +272,15 @@ def record(conn: psycopg.Connection, d: Deletion, kind: str, extra: dict[str, An
     ledger.append(conn, [(kind, {**ledger_body(d), **extra})])
 
 
+def recorded(conn: psycopg.Connection, deletion_id: uuid.UUID, kind: str) -> dict[str, Any] | None:
+    """The body of the request's latest ledger entry of ``kind`` (a re-run finds its first run's)."""
+    row = conn.execute(
+        "SELECT body FROM ledger_entries WHERE kind = %s AND body->>'request' = %s ORDER BY seq DESC LIMIT 1",
+        (kind, str(deletion_id)),
+    ).fetchone()
+    return dict(row[0]) if row else None
+
+
 # API keys: "lk_<id>_<secret>"; only sha256(secret) is stored (the secret is 256 random bits).
 
 

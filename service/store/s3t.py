@@ -48,6 +48,14 @@ def records_by_cell(
     return out
 
 
+def shards_of(conn: psycopg.Connection, record_ids: list[str]) -> list[int]:
+    """The shards holding these records (placed ones)."""
+    rows = conn.execute(
+        "SELECT DISTINCT shard FROM records WHERE id = ANY(%s) AND shard IS NOT NULL ORDER BY 1", (record_ids,)
+    )
+    return [r[0] for r in rows]
+
+
 def deleted_records(conn: psycopg.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT id FROM records WHERE purged_at IS NOT NULL")}
 

@@ -96,9 +96,13 @@ def verbmem(replicas: Sequence[tuple[str, str, str]], deleted: Sequence[str], ho
         return round(statistics.fmean(scores), 4) if scores else 0.0
 
     out: dict[str, dict[str, float]] = {}
+    unreachable: list[str] = []
     with httpx.Client(timeout=60) as client:
         for rid, url, model in replicas:
-            out[rid] = {"deleted": mean_rouge(client, url, model, deleted),
-                        "holdout": mean_rouge(client, url, model, holdout)}  # fmt: skip
+            try:
+                out[rid] = {"deleted": mean_rouge(client, url, model, deleted),
+                            "holdout": mean_rouge(client, url, model, holdout)}  # fmt: skip
+            except httpx.TransportError:  # died since it acknowledged: the caller takes it out of routing
+                unreachable.append(rid)
     gap = max((r["deleted"] - r["holdout"] for r in out.values()), default=0.0)
-    return {"rouge_l_by_replica": out, "max_gap_over_holdout": round(gap, 4)}
+    return {"rouge_l_by_replica": out, "max_gap_over_holdout": round(gap, 4), "unreachable": unreachable}

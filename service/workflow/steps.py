@@ -101,20 +101,26 @@ def _step(name: str, timings: dict[str, float]) -> Iterator[None]:
     _crash_point(name)
 
 
-def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID) -> dict[str, Any]:
+def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID, shards: list[int]) -> dict[str, Any]:
     """Roll the served model out to every replica and wait for their acknowledgements, then record
-    each affected shard's clean adapter as desired (idempotent: same content, same generation).
+    the clean adapter of each shard holding the request's records as desired.
 
+    Runs on every run of the job, not only the one that made the cuts: a re-run after a crash (or a
+    failure) between the cut and here finds nothing left to cut but must still roll the clean model
+    out. Idempotent: the same content keeps its generation; the first run's ledger entry stands.
     The ledger gets the adapter names and content hashes before and after and the replicas that
     acknowledged; the files of the cut stages are already gone (training.forget)."""
     from service.serving import rollout
 
-    if not plan.affected:
+    if not shards:
         return {}
     out = rollout.roll_out(db, plan, CONTEXT["artifacts"] / "served", deletion_id, CONTEXT.get("ack_timeout", 60.0))
     changes: dict[str, Any] = {}
     with db.connect() as conn, conn.transaction():
-        for shard in sorted(plan.affected):
+        first = store.recorded(conn, deletion_id, "deletion.applied")
+        if first is not None:
+            return {"adapters": first["adapters"], "rollout": out.to_dict()}
+        for shard in shards:
             m = out.shards.get(shard)
             name = m.path.name if m else None
             before = s3t.set_desired(conn, shard, name, str(m.path) if m else None, m.sha256 if m else None,
@@ -128,7 +134,7 @@ def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID) -> dict[str, Any
     return applied
 
 
-def _verify(db: DatabaseInfo, plan: Any, ids: list[str]) -> dict[str, Any]:
+def _verify(db: DatabaseInfo, plan: Any, ids: list[str], shards: list[int]) -> dict[str, Any]:
     """Structural proof (no live block's lineage holds a deleted record, the served prefix is the
     plan's), equivalence (every routable replica serves the published content hash) and, when the
     worker has a probe configuration and the text is still there, the probes."""
@@ -151,11 +157,15 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str]) -> dict[str, Any]:
                          for r in reps},
         }  # fmt: skip
     cfg = CONTEXT.get("probes")
-    if cfg is not None and texts and plan.affected:
+    if cfg is not None and texts and shards:
         path = Path(want.adapter_path) if want is not None and want.adapter_path else None
         out["membership"] = probes.membership(cfg, path, texts)
         targets = [(r.id, r.url, r.serving_name or "base") for r in reps]
         out["verbmem"] = probes.verbmem(targets, texts, cfg.holdout_texts[: 8 * len(texts)])
+        if out["verbmem"]["unreachable"]:  # acknowledged, then died: out of routing, as a laggard is
+            with db.connect() as conn:
+                for rid in out["verbmem"]["unreachable"]:
+                    serving.unroutable(conn, rid, "unreachable during verification")
     elif ids and not texts:
         out["probes"] = "skipped: the records' text is already purged (deleted by an earlier request or run)"
     return out
@@ -229,9 +239,11 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
 
     with _step("cut", timings):  # plan and cut (idempotent: a re-run finds the cuts applied)
         plan = training.forget(db, ids, purge=False)
+        with db.connect() as conn:
+            shards = s3t.shards_of(conn, ids)
         summary = {
             "records": len(ids),
-            "affected_shards": sorted(plan.affected),
+            "affected_shards": shards,  # holding the request's records (a re-run finds the cuts made)
             "dead_shards": sorted(plan.dead),
             "served": {str(k): {"sequence": p.sequence, "version": p.version, "prefix": p.prefix}
                        for k, p in sorted(plan.shards.items())},
@@ -243,10 +255,10 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             summary["documents"] = suppressed["documents"]
 
     with _step("apply", timings):  # the clean adapter served by every routable replica
-        applied = _apply(db, plan, deletion_id)
+        applied = _apply(db, plan, deletion_id, shards)
 
     with _step("verify", timings):
-        verification = _verify(db, plan, ids)
+        verification = _verify(db, plan, ids, shards)
         if documents:
             verification["kb"] = _verify_kb(db, deletion_id, suppressed)
 

@@ -244,3 +244,47 @@ def test_two_training_workers_share_a_run_and_a_killed_workers_unit_resumes_from
     assert _stage_files(stage_dir(job.artifacts / unit.dir_name(), 0)) == kept
     took_over = owner.findall(logs[procs.index(survivor)].read_text())
     assert (str(unit.shard), str(unit.sequence), str(survivor.pid)) in took_over
+
+
+def test_a_run_that_fails_after_the_cut_still_rolls_the_clean_model_out_when_retried(
+    empty_db, s3t_settings, tiny_model, tmp_path, monkeypatch
+):
+    """The cut is made, then the rollout fails (a crash, a replica error): the retried job finds
+    nothing left to cut but must still publish the clean adapter before it completes."""
+    import uuid
+
+    from service.core.deletions import Principal, Scope, Status, SubmitDeletion
+    from service.serving import rollout
+    from service.store import serving as serving_store
+    from service.workflow import steps
+
+    c = ingest(empty_db, s3t_settings, tmp_path)
+    training.train_all(empty_db, lethe.training_job(s3t_settings, tiny_model))
+    core = lethe.deletions_core(empty_db, s3t_settings)
+    admin = Principal("t", frozenset({Scope.ADMIN}))
+    rid = uuid.uuid4()
+    core.submit(SubmitDeletion(rid, [("person", c.trained[2].subject_id)]), admin)
+    steps.CONTEXT.update(db=empty_db, ledger=lethe.ledger(empty_db, s3t_settings),
+                         artifacts=s3t_settings.artifacts_dir())  # fmt: skip
+    real = rollout.roll_out
+
+    def broken(*args, **kwargs):
+        raise OSError("replica unreachable")
+
+    monkeypatch.setattr(rollout, "roll_out", broken)
+    with pytest.raises(OSError):
+        steps.run(empty_db, rid)
+    assert core.get(rid, admin).status is Status.IN_PROGRESS
+    assert not training.plan_for(empty_db, []).affected  # the cut is made: nothing left to cut
+    monkeypatch.setattr(rollout, "roll_out", real)
+    assert steps.run(empty_db, rid) is Status.COMPLETED
+    done = core.get(rid, admin)
+    (shard,) = done.result["plan"]["affected_shards"]
+    after = done.result["apply"]["adapters"][str(shard)]["after"]
+    with psycopg.connect(empty_db.url) as conn:
+        served = serving_store.served(conn)
+        applied = conn.execute("SELECT count(*) FROM ledger_entries WHERE kind = 'deletion.applied'"
+                               " AND body->>'request' = %s", (str(rid),)).fetchone()[0]  # fmt: skip
+    assert done.result["apply"]["rollout"]["generation"] == served.generation
+    assert after["sha256"] is None or served.adapter_sha256 is not None
+    assert applied == 1

@@ -228,7 +228,7 @@ def test_a_replica_killed_during_a_swap_leaves_routing_before_completion(env):
                     row = conn.execute("SELECT status, result FROM deletion_requests WHERE id = %s", (rid,)).fetchone()
                     reps = serving_store.replicas(conn)
                 if row and row[0] == "completed":
-                    gen = row[1]["apply"]["rollout"]["generation"]
+                    gen = row[1]["apply"].get("rollout", {}).get("generation", 0)
                     violations.extend([r.id for r in reps if r.routable and (r.acked_generation or 0) < gen])
                 time.sleep(0.02)
 
@@ -246,6 +246,7 @@ def test_a_replica_killed_during_a_swap_leaves_routing_before_completion(env):
             t.join()
     assert not proc.alive()
     assert d["request_status"] == "completed", d["result"]
+    assert "rollout" in d["result"]["apply"], d["result"]
     rollout = d["result"]["apply"]["rollout"]
     assert rollout["generation"] > gen_before and "replica-0" in rollout["replicas_acked"]
     assert violations == []

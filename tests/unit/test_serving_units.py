@@ -40,3 +40,15 @@ def test_settings_reach_a_child_process_unchanged(monkeypatch, tmp_path):
         monkeypatch.setenv(k, v)
     child = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (child.s3t, child.train, child.serving, child.var_dir) == (s.s3t, s.train, s.serving, tmp_path.resolve())
+
+
+def test_verbmem_reports_a_replica_it_cannot_reach_instead_of_failing():
+    import socket
+
+    from service.verify.probes import verbmem
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = verbmem([("replica-9", f"http://127.0.0.1:{port}", "x")], ["Ada lives in Oslo."], ["Bo lives in Rome."])
+    assert out["unreachable"] == ["replica-9"] and out["rouge_l_by_replica"] == {}
