@@ -49,9 +49,11 @@ def records_by_cell(
 
 
 def shards_of(conn: psycopg.Connection, record_ids: list[str]) -> list[int]:
-    """The shards holding these records (placed ones)."""
+    """The shards holding these records that S3T has trained (artifacts, destroyed ones included)."""
     rows = conn.execute(
-        "SELECT DISTINCT shard FROM records WHERE id = ANY(%s) AND shard IS NOT NULL ORDER BY 1", (record_ids,)
+        "SELECT DISTINCT r.shard FROM records r WHERE r.id = ANY(%s) AND r.shard IS NOT NULL"
+        " AND EXISTS (SELECT 1 FROM s3t_artifacts a WHERE a.shard = r.shard) ORDER BY 1",
+        (record_ids,),
     )
     return [r[0] for r in rows]
 

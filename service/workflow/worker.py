@@ -19,7 +19,10 @@ from service.workflow.queue import QUEUE, REGISTRY
 
 HEARTBEAT_SECONDS = 1.0
 POLL_SECONDS = 0.5  # fallback when a job's NOTIFY lands while the worker is between jobs
-STALLED_AFTER_SECONDS = 3.0  # a worker silent this long is dead: its jobs are retried
+STALLED_AFTER_SECONDS = 3.0  # at start: a worker silent this long is dead, its jobs are retried
+# While running, a stricter test: another worker busy with a heavy job may miss a few heartbeats,
+# and retrying a job that still runs would run it twice at once.
+RESCUE_AFTER_SECONDS = 15.0
 log = logging.getLogger(__name__)
 
 
@@ -58,13 +61,15 @@ def run_queues(db: DatabaseInfo, queues: list[str], *, once: bool = False, concu
             app = REGISTRY.with_connector(procrastinate.PsycopgConnector(conninfo=db.url))
         async with app.open_async():
             background = [asyncio.create_task(_rescue_stalled(app, queues))]
+            after = STALLED_AFTER_SECONDS
             background += [asyncio.create_task(_every(seconds, fn)) for seconds, fn in periodic]
             try:
                 while True:
-                    await _retry_stalled(app, queues)
+                    await _retry_stalled(app, queues, after)
+                    after = RESCUE_AFTER_SECONDS
                     await app.run_worker_async(
                         queues=queues, wait=not once, concurrency=concurrency, install_signal_handlers=not once,
-                        update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=STALLED_AFTER_SECONDS,
+                        update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=RESCUE_AFTER_SECONDS,
                         fetch_job_polling_interval=POLL_SECONDS,
                     )  # fmt: skip
                     if not once or not await _unfinished(app, queues):
@@ -77,8 +82,8 @@ def run_queues(db: DatabaseInfo, queues: list[str], *, once: bool = False, concu
     asyncio.run(main())
 
 
-async def _retry_stalled(app: procrastinate.App, queues: list[str]) -> None:
-    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=STALLED_AFTER_SECONDS):
+async def _retry_stalled(app: procrastinate.App, queues: list[str], after: float) -> None:
+    for job in await app.job_manager.get_stalled_jobs(seconds_since_heartbeat=after):
         if job.queue in queues:
             await app.job_manager.retry_job(job)
 
@@ -95,7 +100,7 @@ async def _every(seconds: float, fn: Callable[[], object]) -> None:
 async def _rescue_stalled(app: procrastinate.App, queues: list[str]) -> None:
     while True:
         await asyncio.sleep(STALLED_AFTER_SECONDS)
-        await _retry_stalled(app, queues)
+        await _retry_stalled(app, queues, RESCUE_AFTER_SECONDS)
 
 
 async def _unfinished(app: procrastinate.App, queues: list[str]) -> int:
