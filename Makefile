@@ -4,15 +4,19 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test setup lint typecheck lock clean
+.PHONY: demo test setup tools lint typecheck lock clean
 
 setup:
 	@scripts/bootstrap.sh
 
+# What the deployment tests run besides Python: promtool/prometheus, kubectl, checkov.
+tools: setup
+	@LETHE_VENV=$(VENV) scripts/tools.sh
+
 demo: setup
 	$(BIN)/lethe demo
 
-test: setup
+test: setup tools
 	$(BIN)/ruff check service shards tests
 	$(BIN)/mypy service shards
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

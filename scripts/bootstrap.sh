@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=${LETHE_VENV:-.venv}
 PY=${PYTHON:-python3.11}
 EXTRAS=${LETHE_EXTRAS:-cpu,dev}
-stamp_key=$(cat pyproject.toml requirements/*.lock* scripts/bootstrap.sh scripts/tools.sh | sha256sum | cut -c1-16)
+stamp_key=$(cat pyproject.toml requirements/lock.txt scripts/bootstrap.sh | sha256sum | cut -c1-16)
 STAMP="$VENV/.lethe-installed-$stamp_key-${EXTRAS//,/_}"
 
 if [ -f "$STAMP" ]; then
@@ -33,7 +33,6 @@ if left:
     sys.exit(f"bootstrap: {left} still installed; transformers would not import")
 from transformers import LlamaForCausalLM  # noqa: F401  (fails if the above went wrong)
 PY
-LETHE_VENV="$VENV" scripts/tools.sh
 rm -f "$VENV"/.lethe-installed-*
 touch "$STAMP"
 echo "bootstrap: ready" >&2

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tools the deploy/ops tests run besides Python: promtool + a Prometheus server (Debian's
 # package), kubectl (its built-in kustomize) and checkov (in its own venv: its pins clash with
-# Lethe's). Idempotent; called by scripts/bootstrap.sh.
+# Lethe's). Idempotent and quick once done; `make test` runs it (the demo needs none of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${LETHE_VENV:-.venv}
@@ -20,7 +20,10 @@ command -v promtool >/dev/null && command -v prometheus >/dev/null || apt_instal
 command -v kubectl >/dev/null || apt_install kubectl
 
 CHECKOV="$VENV/tools/checkov"
-if [ ! -x "$CHECKOV/bin/checkov" ]; then
+STAMP="$CHECKOV/.installed-$(sha256sum requirements/checkov.lock | cut -c1-16)"
+if [ ! -f "$STAMP" ]; then
+    rm -rf "$CHECKOV"
     python3.11 -m venv "$CHECKOV"
     "$CHECKOV/bin/python" -m pip --disable-pip-version-check -q install -r requirements/checkov.lock
+    touch "$STAMP"
 fi

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,8 +112,8 @@ def test_service_monitors_scrape_the_services_metrics_ports():
         assert [(e["port"], e["path"]) for e in m["spec"]["endpoints"]] == [(port, "/metrics")]
 
 
-@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is missing (scripts/tools.sh installs it)")
 def test_monitoring_kustomization_renders():
+    assert shutil.which("kubectl"), "kubectl is missing: scripts/tools.sh installs it"
     out = subprocess.run(["kubectl", "kustomize", str(MONITORING)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.stdout))
