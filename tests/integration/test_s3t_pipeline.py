@@ -51,6 +51,24 @@ def ingest(db, settings, tmp_path, people=8):
     return c
 
 
+def trained_with_a_request(db, settings, model, tmp_path, person):
+    """Every unit trained, a deletion request for one trained person accepted, the workflow's
+    context set: (core, admin principal, request id)."""
+    import uuid
+
+    from service.core.deletions import Principal, Scope, SubmitDeletion
+    from service.workflow import steps
+
+    c = ingest(db, settings, tmp_path)
+    training.train_all(db, lethe.training_job(settings, model))
+    core = lethe.deletions_core(db, settings)
+    admin = Principal("t", frozenset({Scope.ADMIN}))
+    rid = uuid.uuid4()
+    core.submit(SubmitDeletion(rid, [("person", c.trained[person].subject_id)]), admin)
+    steps.CONTEXT.update(db=db, ledger=lethe.ledger(db, settings), artifacts=settings.artifacts_dir())
+    return core, admin, rid
+
+
 def test_placement_puts_each_subject_in_one_cell_and_balances_cells(empty_db, s3t_settings, tmp_path):
     c = ingest(empty_db, s3t_settings, tmp_path, people=10)
     with psycopg.connect(empty_db.url) as conn:
@@ -124,19 +142,10 @@ def test_train_forget_retrain(empty_db, s3t_settings, tiny_model, tmp_path):
 
 
 def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_db, s3t_settings, tiny_model, tmp_path):
-    import uuid
-
-    from service.core.deletions import Principal, Scope, Status, SubmitDeletion
+    from service.core.deletions import Status
     from service.workflow import steps
 
-    c = ingest(empty_db, s3t_settings, tmp_path)
-    training.train_all(empty_db, lethe.training_job(s3t_settings, tiny_model))
-    core = lethe.deletions_core(empty_db, s3t_settings)
-    admin = Principal("t", frozenset({Scope.ADMIN}))
-    rid = uuid.uuid4()
-    core.submit(SubmitDeletion(rid, [("person", c.trained[1].subject_id)]), admin)
-    steps.CONTEXT.update(db=empty_db, ledger=lethe.ledger(empty_db, s3t_settings),
-                         artifacts=s3t_settings.artifacts_dir())  # fmt: skip
+    core, admin, rid = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=1)
     assert steps.run(empty_db, rid) is Status.COMPLETED
     done = core.get(rid, admin)
     (shard,) = done.result["plan"]["affected_shards"]
@@ -251,21 +260,12 @@ def test_a_run_that_fails_after_the_cut_still_rolls_the_clean_model_out_when_ret
 ):
     """The cut is made, then the rollout fails (a crash, a replica error): the retried job finds
     nothing left to cut but must still publish the clean adapter before it completes."""
-    import uuid
-
-    from service.core.deletions import Principal, Scope, Status, SubmitDeletion
+    from service.core.deletions import Status
     from service.serving import rollout
     from service.store import serving as serving_store
     from service.workflow import steps
 
-    c = ingest(empty_db, s3t_settings, tmp_path)
-    training.train_all(empty_db, lethe.training_job(s3t_settings, tiny_model))
-    core = lethe.deletions_core(empty_db, s3t_settings)
-    admin = Principal("t", frozenset({Scope.ADMIN}))
-    rid = uuid.uuid4()
-    core.submit(SubmitDeletion(rid, [("person", c.trained[2].subject_id)]), admin)
-    steps.CONTEXT.update(db=empty_db, ledger=lethe.ledger(empty_db, s3t_settings),
-                         artifacts=s3t_settings.artifacts_dir())  # fmt: skip
+    core, admin, rid = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=2)
     real = rollout.roll_out
 
     def broken(*args, **kwargs):
