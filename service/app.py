@@ -17,6 +17,7 @@ from service.store import records as _records
 from shards.placement import Layout
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
     from fastapi import FastAPI
     from grpc import Server
 
@@ -130,13 +131,19 @@ def grpc_server(db: _database.DatabaseInfo, settings: Settings, address: str | N
 
 
 def ledger(db: _database.DatabaseInfo, settings: Settings) -> Ledger:
-    from service.ledger.checkpoint import load_or_create_signing_key, load_public_key
+    from service.ledger.checkpoint import load_or_create_signing_key
     from service.ledger.log import Ledger
 
     key = load_or_create_signing_key(settings.resolved_ledger_key_file())
-    retired = [(name, load_public_key(path)) for name, path in settings.ledger_retired_keys.items()]
     return Ledger(db, key, settings.ledger_origin, settings.ledger_key_name, settings.ledger_checkpoint_every,
-                  settings.ledger_checkpoint_seconds, retired)  # fmt: skip
+                  settings.ledger_checkpoint_seconds, retired_ledger_keys(settings))  # fmt: skip
+
+
+def retired_ledger_keys(settings: Settings) -> list[tuple[str, Ed25519PublicKey]]:
+    """(name, public key) of the earlier signing keys, whose checkpoints still verify."""
+    from service.ledger.checkpoint import load_public_key
+
+    return [(name, load_public_key(path)) for name, path in settings.ledger_retired_keys.items()]
 
 
 def training_job(settings: Settings, base_model_path: Path) -> TrainingJob:

@@ -179,11 +179,9 @@ def ledger_verify(
     else:
         pub = load_or_create_signing_key(settings.resolved_ledger_key_file()).public_key()
     if file is not None:
-        from service.ledger.checkpoint import load_public_key
-
-        retired = [(name, load_public_key(path)) for name, path in settings.ledger_retired_keys.items()]
         entries, cps = ledger_verify_mod.read_export(file)
-        report = ledger_verify_mod.verify(entries, cps, pub, settings.ledger_key_name, retired)  # type: ignore[arg-type]
+        report = ledger_verify_mod.verify(entries, cps, pub, settings.ledger_key_name,  # type: ignore[arg-type]
+                                          lethe.retired_ledger_keys(settings))  # fmt: skip
         where = str(file)
     else:
         with lethe.database(settings) as db:

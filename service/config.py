@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         description="Key name → PEM public key of earlier signing keys (after a rotation; their checkpoints verify).",
     )
     ledger_checkpoint_every: int = Field(100, gt=0, description="Sign a checkpoint every N entries...")
-    ledger_checkpoint_seconds: float = Field(60.0, gt=0, description="...or when the newest is older than T.")
+    ledger_checkpoint_seconds: float = Field(60.0, gt=0, description="...or once the oldest unsigned entry is T s old.")
 
     @model_validator(mode="after")
     def _blocks_match_slices(self) -> Settings:
