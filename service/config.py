@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,6 +20,10 @@ class ServingSpec(BaseModel):
     gateway_host: str = Field("127.0.0.1", description="OpenAI-compatible gateway bind address.")
     gateway_port: int = Field(8000, ge=0, le=65535, description="Gateway port.")
     ack_timeout_seconds: float = Field(60.0, gt=0, description="A replica not acknowledging in time leaves routing.")
+    aggregation: Literal["merged", "routing"] = Field(
+        "merged", description="How m > 1 shards are served: one merged adapter (rank m·r; better on the corpus, "
+        "docs/benchmarks.md) or a routing table (each request to one live shard's adapter, by its user or prompt).",
+    )  # fmt: skip
     max_loras: int = Field(2, ge=1, description="Adapters per batch on a replica (old + new during a swap).")
     max_model_len: int = Field(256, ge=32, description="Context length the replicas reserve.")
     start_timeout_seconds: float = Field(300.0, gt=0, description="How long a replica may take to start.")

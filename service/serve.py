@@ -43,7 +43,8 @@ def free_port() -> int:
 def publish_current(db: DatabaseInfo, settings: Settings) -> store.Served:
     """Serve what the plan allows now (every deletion so far applied): the start-up rollout."""
     plan = training.plan_for(db, [])
-    return rollout.roll_out(db, plan, settings.artifacts_dir() / "served", None, 0.0).served
+    return rollout.roll_out(db, plan, settings.artifacts_dir() / "served", None, 0.0,
+                            settings.serving.aggregation).served  # fmt: skip
 
 
 @dataclass
@@ -93,9 +94,11 @@ class Stack:
         logs = self.settings.serving_dir() / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         model = lethe.base_model(self.settings, progress=False).path
-        rank = t.r * self.settings.s3t.shards  # a merged adapter's rank m·r
+        m = self.settings.s3t.shards
+        # a merged adapter's rank is m·r; a routing table loads m adapters of rank r (twice, in a swap)
+        rank, loras = (t.r, max(s.max_loras, 2 * m)) if s.aggregation == "routing" else (t.r * m, s.max_loras)
         for i in range(s.replicas):
-            proc = VllmProcess(model, _free_or(s.first_port + i), max_lora_rank=rank, max_loras=s.max_loras,
+            proc = VllmProcess(model, _free_or(s.first_port + i), max_lora_rank=rank, max_loras=loras,
                                max_model_len=s.max_model_len, log_path=logs / f"replica-{i}.log")  # fmt: skip
             self.replicas[f"replica-{i}"] = proc
         t0 = time.monotonic()

@@ -5,7 +5,8 @@
   is served cannot contain a deactivated block, whatever the loader does with absent modules.
 - ``merge``: the average of the live shards' deltas as one LoRA: ΔW = Σₖ sₖ·Bₖ·Aₖ / m is exactly
   a rank m·r LoRA with A = [A₁; …; A_m] and B = [s₁B₁/m, …, s_mB_m/m] at scaling 1.
-- ``routing_table``: the alternative that sends each request to one live shard's adapter.
+- ``routing``: the alternative that sends each request to one live shard's adapter: a directory
+  of the live shards' adapters and a manifest (shards.served), hashed as a whole.
 
 Every output directory is new and named by its content hash: never changed in place.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from shards import blocks
+from shards import blocks, served
 from shards.lineage import adapter_sha256
 
 WEIGHTS = "adapter_model.safetensors"
@@ -112,11 +113,23 @@ def merge(adapters: Sequence[Path], out_root: Path, name: str) -> Materialised:
     return _publish(merged, cfg, out_root, name)
 
 
-def routing_table(served: Mapping[int, str | None]) -> dict[str, object]:
-    """Shard → adapter name for live shards; a request goes to ``live[hash(key) % len(live)]``."""
-    live = sorted(k for k, v in served.items() if v is not None)
-    return {
-        "live_shards": live,
-        "adapters": {str(k): served[k] for k in live},
-        "dead_shards": sorted(set(served) - set(live)),
-    }
+def routing(adapters: Mapping[int, Materialised], out_root: Path, name: str) -> Materialised:
+    """A routing table over the live shards' (already truncated) adapters, as one new directory."""
+    if not adapters:
+        raise ValueError("nothing to route to: every shard is dead")
+    entries = [{"shard": k, "dir": f"shard-{k:02d}", "sha256": m.sha256} for k, m in sorted(adapters.items())]
+    manifest = {"format": served.ROUTING_FORMAT, "rule": "sha256(user or prompt) mod len(shards)",
+                "shards": entries}  # fmt: skip
+    digest = served.manifest_sha256(manifest)
+    out_root.mkdir(parents=True, exist_ok=True)
+    final = out_root / f"{name}-{digest[:12]}"
+    if not final.exists():
+        tmp = out_root / f".tmp-{name}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for e, (_, m) in zip(entries, sorted(adapters.items()), strict=True):
+            shutil.copytree(m.path, tmp / str(e["dir"]))
+        (tmp / served.ROUTING_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        tmp.rename(final)
+    layers = tuple(sorted({x for m in adapters.values() for x in m.layers}))
+    return Materialised(final, digest, layers, max(m.rank for m in adapters.values()))

@@ -71,8 +71,10 @@ def create_gateway(
                            _P + "not-found")  # fmt: skip
         if body.get("prompt_logprobs") is not None or (body.get("echo") and body.get("logprobs") is not None):
             return problem(400, "Invalid input", "prompt log-probabilities are not served", _P + "invalid-input")
+        key = routing_key(body)
         for attempt, target in enumerate(routes.targets() * 2):  # each replica at most twice
-            upstream = {**body, "model": target.model}
+            model = target.model(key)
+            upstream = {**body, "model": model}
             try:
                 req = client.build_request("POST", f"{target.url}{path}", json=upstream)
                 resp = await client.send(req, stream=bool(body.get("stream")))
@@ -85,14 +87,14 @@ def create_gateway(
                 routes.refresh()
                 continue
             if body.get("stream"):
-                return StreamingResponse(_renamed_stream(resp, target.model), status_code=resp.status_code,
+                return StreamingResponse(_renamed_stream(resp, model), status_code=resp.status_code,
                                          media_type=resp.headers.get("content-type"))  # fmt: skip
             await resp.aread()
             try:
                 doc = resp.json()
             except ValueError:
                 return problem(502, "Bad upstream answer", "the model's answer was not JSON", _P + "bad-upstream")
-            if isinstance(doc, dict) and doc.get("model") == target.model:
+            if isinstance(doc, dict) and doc.get("model") == model:
                 doc["model"] = MODEL
             return JSONResponse(doc, status_code=resp.status_code)
         return problem(502, "No replica", "no routable model replica answered", _P + "no-replica")
@@ -122,6 +124,14 @@ def create_gateway(
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     return app
+
+
+def routing_key(body: dict[str, Any]) -> str:
+    """What picks a routing table's shard: the caller's ``user`` if given (one user, one shard),
+    else the prompt or the messages (the same request always meets the same adapter)."""
+    if isinstance(body.get("user"), str) and body["user"]:
+        return "user:" + body["user"]
+    return json.dumps(body.get("prompt", body.get("messages")), sort_keys=True, default=str)
 
 
 async def _rag_answer(rag: RagProxy, path: str, body: dict[str, Any]) -> Response:

@@ -1,5 +1,6 @@
-"""The gateway's routing table: routable replicas and the adapter name each serves, from
-PostgreSQL, refreshed on NOTIFY ``lethe_routing`` and by a periodic resync."""
+"""The gateway's routing: routable replicas and the adapter names each serves (one, or one per live
+shard for a routing table), from PostgreSQL, refreshed on NOTIFY ``lethe_routing`` and by a
+periodic resync."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ import psycopg
 
 from service.store import serving as store
 from service.store.database import DatabaseInfo
+from shards.served import pick
 
 
 @dataclass(frozen=True)
 class Target:
     replica_id: str
     url: str
-    model: str  # the name to send upstream: the replica's current adapter, or the base model
+    models: tuple[str, ...]  # names to send upstream: the replica's current adapter(s), or the base model
+
+    def model(self, key: str) -> str:
+        """The adapter for a request with routing key ``key`` (the same on every replica)."""
+        return pick(self.models, key)
 
 
 class Routes:
@@ -41,7 +47,7 @@ class Routes:
     def refresh(self) -> None:
         with self.db.connect() as conn:
             reps = store.replicas(conn)
-        self._targets = [Target(r.id, r.url, r.serving_name or self.base_name) for r in reps if r.routable]
+        self._targets = [Target(r.id, r.url, r.serving_names or (self.base_name,)) for r in reps if r.routable]
 
     def targets(self) -> list[Target]:
         """Routable replicas, rotated for round-robin (the caller tries them in this order)."""

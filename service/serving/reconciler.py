@@ -1,8 +1,9 @@
 """One replica's adapter reconciler: make the replica serve the served model's current generation.
 
-Order of a swap (design.md §3): copy the adapter into the replica's own directory and check its
-content hash → load it under a new unique name → switch the gateway's routing to it → unload
-every other name and delete their files → acknowledge the generation. Only then can a deletion
+Order of a swap (design.md §3): copy the served model into the replica's own directory and check
+its content hash → load its adapter (a routing table: every live shard's) under new unique names →
+switch the gateway's routing to them → unload every other name and delete their files →
+acknowledge the generation. Only then can a deletion
 complete, so an acknowledged replica cannot serve superseded weights by any name. Woken by
 LISTEN/NOTIFY, with a periodic resync; a replica that restarted empty is loaded again.
 """
@@ -21,6 +22,7 @@ from service.serving.vllm import VllmAdmin
 from service.store import serving as store
 from service.store.database import DatabaseInfo
 from service.tracing import tracer
+from shards import served as served_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,8 @@ class Reconciler:
         if (
             me is not None
             and me.acked_generation == want.generation
-            and loaded <= {want.name} - {None}
-            and (want.name is None or want.name in loaded)
+            and me.serving_sha256 == want.adapter_sha256
+            and loaded == set(me.serving_names)
         ):
             with self.db.connect() as conn:
                 store.heartbeat(conn, self.replica_id)
@@ -96,12 +98,18 @@ class Reconciler:
             return True
         attrs: dict[str, str | int] = {"lethe.replica": self.replica_id, "lethe.generation": want.generation}
         with tracer.start_as_current_span("serving.swap", attributes=attrs):
-            if want.name is not None and want.name not in loaded:
+            names: list[str] = []
+            if want.name is not None:
                 assert want.adapter_path is not None and want.adapter_sha256 is not None
-                self.admin.load(want.name, self._local_copy(Path(want.adapter_path), want.name, want.adapter_sha256))
+                local = self._local_copy(Path(want.adapter_path), want.name, want.adapter_sha256)
+                parts = served_dir.parts(local, check=False)  # checked as a whole by the copy
+                names = want.names([p.key for p in parts])
+                for name, part in zip(names, parts, strict=True):
+                    if name not in loaded:
+                        self.admin.load(name, part.path)
             with self.db.connect() as conn:
-                store.route(conn, self.replica_id, want.name, want.adapter_sha256)
-            for old in sorted(loaded - {want.name}):
+                store.route(conn, self.replica_id, names, want.adapter_sha256)
+            for old in sorted(loaded - set(names)):
                 self.admin.unload(old)
             self._delete_local(keep=want.name)
             with self.db.connect() as conn:
@@ -109,8 +117,6 @@ class Reconciler:
 
     def _local_copy(self, source: Path, name: str, sha256: str) -> Path:
         """The replica's own copy (in Kubernetes: the sidecar's sync into the pod's volume), checked."""
-        from shards.lineage import adapter_sha256
-
         dest = self.local_root / name
         self.local_root.mkdir(parents=True, exist_ok=True)
         if not dest.exists():
@@ -118,7 +124,11 @@ class Reconciler:
             shutil.rmtree(tmp, ignore_errors=True)
             shutil.copytree(source, tmp)
             tmp.rename(dest)
-        if adapter_sha256(dest) != sha256:
+        try:
+            ok = served_dir.served_sha256(dest) == sha256
+        except ValueError:  # a routing table's part does not match its manifest
+            ok = False
+        if not ok:
             shutil.rmtree(dest)
             raise OSError(f"adapter copy for {name} does not match its content hash")
         return dest

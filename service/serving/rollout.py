@@ -30,11 +30,12 @@ ROLLOUT_LOCK = 0x1E7E_5E27
 @dataclass(frozen=True)
 class Materialisation:
     """What to serve: the one shard's clean adapter, or for m > 1 the merge of the live shards'
-    clean adapters (rank m·r); no path if every shard is dead (the base model is served)."""
+    clean adapters (rank m·r) or a routing table over them; no path if every shard is dead (the
+    base model is served)."""
 
     path: Path | None
     sha256: str | None
-    aggregation: str  # single | merged | base
+    aggregation: str  # single | merged | routing | base
     shards: dict[int, Materialised | None]  # each shard's clean adapter (None: dead)
 
     def files(self) -> list[Path]:
@@ -61,7 +62,10 @@ class Rollout:
                 "replicas_removed": self.acks.removed, "ack_seconds": round(self.acks.seconds, 4)}  # fmt: skip
 
 
-def materialise(db: DatabaseInfo, plan: Any, served_root: Path) -> Materialisation:
+AGGREGATIONS = ("merged", "routing")
+
+
+def materialise(db: DatabaseInfo, plan: Any, served_root: Path, aggregation: str = "merged") -> Materialisation:
     from service import training
     from shards import materialise as mat
 
@@ -71,17 +75,23 @@ def materialise(db: DatabaseInfo, plan: Any, served_root: Path) -> Materialisati
         return Materialisation(None, None, "base", per_shard)
     if len(per_shard) == 1:
         return Materialisation(live[0].path, live[0].sha256, "single", per_shard)
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, not {aggregation!r}")
+    if aggregation == "routing":
+        table = mat.routing({k: m for k, m in per_shard.items() if m is not None}, served_root, "routing")
+        return Materialisation(table.path, table.sha256, "routing", per_shard)
     merged = mat.merge([m.path for m in live], served_root, "merged")
     return Materialisation(merged.path, merged.sha256, "merged", per_shard)
 
 
-def roll_out(db: DatabaseInfo, plan: Any, served_root: Path, request_id: object, timeout: float) -> Rollout:
+def roll_out(db: DatabaseInfo, plan: Any, served_root: Path, request_id: object, timeout: float,
+             aggregation: str = "merged") -> Rollout:  # fmt: skip
     """Materialise (under the rollout lock, so a concurrent rollout's purge cannot take the files
     away before they are published), publish, wait, purge."""
     with tracer.start_as_current_span("serving.rollout"), psycopg.connect(db.url, autocommit=True) as lock:
         lock.execute("SELECT pg_advisory_lock(%s)", (ROLLOUT_LOCK,))
         try:
-            m = materialise(db, plan, served_root)
+            m = materialise(db, plan, served_root, aggregation)
             with db.connect() as conn:
                 served = store.publish(conn, str(m.path) if m.path else None, m.sha256, m.aggregation, request_id)
             acks = wait_acknowledged(db, served, timeout)

@@ -21,8 +21,13 @@ class Served:
 
     @property
     def name(self) -> str | None:
-        """The adapter's name on replicas: new for every generation, so a name is never reused."""
+        """The served model's name on replicas: new for every generation, so a name is never reused."""
         return f"lethe-g{self.generation}-{self.adapter_sha256[:12]}" if self.adapter_sha256 else None
+
+    def names(self, keys: list[str]) -> list[str]:
+        """Adapter names for the served parts (``""``: a lone adapter; ``"s<k>"``: shard k of a routing table)."""
+        assert self.name is not None
+        return [f"{self.name}-{k}" if k else self.name for k in keys]
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class Replica:
     id: str
     url: str
     routable: bool
-    serving_name: str | None
+    serving_names: tuple[str, ...]  # what the gateway sends "lethe" requests to (empty: the base model)
     serving_sha256: str | None
     acked_generation: int | None
     note: str | None
@@ -60,27 +65,28 @@ def publish(conn: psycopg.Connection, path: str | None, sha256: str | None, aggr
     return Served(row[0], path, sha256, aggregation)
 
 
-_REPLICA = "id, url, routable, serving_name, serving_sha256, acked_generation, note"
+_REPLICA = "id, url, routable, serving_names, serving_sha256, acked_generation, note"
 
 
 def replicas(conn: psycopg.Connection) -> list[Replica]:
-    return [Replica(*r) for r in conn.execute(f"SELECT {_REPLICA} FROM replicas ORDER BY id")]
+    rows = conn.execute(f"SELECT {_REPLICA} FROM replicas ORDER BY id")
+    return [Replica(r[0], r[1], r[2], tuple(r[3]), *r[4:]) for r in rows]
 
 
 def register(conn: psycopg.Connection, replica_id: str, url: str) -> None:
     """A (re)started replica: not routable until it acknowledges the current generation."""
     conn.execute(
         """INSERT INTO replicas (id, url, note) VALUES (%s, %s, 'starting')
-           ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, routable = false, serving_name = NULL,
+           ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url, routable = false, serving_names = '{}',
                serving_sha256 = NULL, acked_generation = NULL, note = 'restarted', heartbeat_at = now()""",
         (replica_id, url),
     )
 
 
-def route(conn: psycopg.Connection, replica_id: str, name: str | None, sha256: str | None) -> None:
-    """Switch the gateway's routing for this replica to ``name`` (already loaded there)."""
-    conn.execute("UPDATE replicas SET serving_name = %s, serving_sha256 = %s, heartbeat_at = now() WHERE id = %s",
-                 (name, sha256, replica_id))  # fmt: skip
+def route(conn: psycopg.Connection, replica_id: str, names: list[str], sha256: str | None) -> None:
+    """Switch the gateway's routing for this replica to ``names`` (already loaded there)."""
+    conn.execute("UPDATE replicas SET serving_names = %s, serving_sha256 = %s, heartbeat_at = now() WHERE id = %s",
+                 (names, sha256, replica_id))  # fmt: skip
 
 
 def acknowledge(conn: psycopg.Connection, replica_id: str, generation: int) -> bool:

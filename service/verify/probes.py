@@ -48,20 +48,39 @@ def rouge_l(candidate: str, reference: str) -> float:
 
 
 def membership(cfg: ProbeConfig, adapter: Path | None, deleted: Sequence[str]) -> dict[str, Any]:
-    """AUC per attack of the deleted records against the holdout records on the served model."""
+    """AUC per attack of the deleted records against the holdout records on the served model. A
+    routing table is probed shard by shard and reported at its worst (a caller can reach every
+    shard by varying its prompt), with each shard's figures beside."""
     import torch
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    from shards import mia, train
+    from shards import mia, served, train
 
     tok = AutoTokenizer.from_pretrained(cfg.base_model)
-    holdout = list(cfg.holdout_texts)
+    texts = list(deleted) + list(cfg.holdout_texts)
     base = LlamaForCausalLM.from_pretrained(cfg.base_model, dtype=torch.float32).eval()
-    ref = mia.text_scores(base, tok, list(deleted) + holdout)
-    model = train.load_peft(cfg.base_model, adapter) if adapter is not None else base
-    got = mia.text_scores(model, tok, list(deleted) + holdout)
-    n = len(deleted)
-    out: dict[str, Any] = {"records": n, "holdout_records": len(holdout)}
+    ref = mia.text_scores(base, tok, texts)
+    if adapter is None:
+        return _membership_figures(ref, ref, len(deleted))
+    figures = {
+        p.key: _membership_figures(mia.text_scores(train.load_peft(cfg.base_model, p.path), tok, texts), ref,
+                                   len(deleted))
+        for p in served.parts(adapter, check=False)
+    }  # fmt: skip
+    if len(figures) == 1:
+        return next(iter(figures.values()))
+    worst = max(figures.values(), key=lambda f: max(v for k, v in f.items() if k.startswith("auc_")))
+    out = {k: (max(f[k] for f in figures.values()) if k.startswith("auc_") else v) for k, v in worst.items()}
+    out["deleted_mean_loss"] = min(f["deleted_mean_loss"] for f in figures.values())
+    out["passed"] = all(f["passed"] for f in figures.values())
+    out["by_shard"] = figures
+    return out
+
+
+def _membership_figures(got: list[dict[str, float]], ref: list[dict[str, float]], n: int) -> dict[str, Any]:
+    from shards import mia
+
+    out: dict[str, Any] = {"records": n, "holdout_records": len(got) - n}
     for attack in ("loss", "zlib", "min_k", "min_k_pp"):
         scores = [g[attack] for g in got]
         out[f"auc_{attack}"] = round(mia.auc(scores[:n], scores[n:]), 4)
@@ -76,11 +95,12 @@ def membership(cfg: ProbeConfig, adapter: Path | None, deleted: Sequence[str]) -
     return out
 
 
-def verbmem(replicas: Sequence[tuple[str, str, str]], deleted: Sequence[str], holdout: Sequence[str],
+def verbmem(replicas: Sequence[tuple[str, str, Sequence[str]]], deleted: Sequence[str], holdout: Sequence[str],
             max_tokens: int = 24) -> dict[str, Any]:  # fmt: skip
-    """Mean ROUGE-L of greedy continuations per replica ((id, url, model name) each), for the deleted
-    records and, as the baseline, for never-trained ones: templated text is partly predictable
-    without any memory of the person, so only the gap to the baseline means memorisation."""
+    """Mean ROUGE-L of greedy continuations per replica ((id, url, adapter names) each), for the
+    deleted records and, as the baseline, for never-trained ones: templated text is partly
+    predictable without any memory of the person, so only the gap to the baseline means
+    memorisation. A replica serving a routing table reports its worst adapter."""
 
     def mean_rouge(client: httpx.Client, url: str, model: str, texts: Sequence[str]) -> float:
         scores = []
@@ -98,10 +118,11 @@ def verbmem(replicas: Sequence[tuple[str, str, str]], deleted: Sequence[str], ho
     out: dict[str, dict[str, float]] = {}
     unreachable: list[str] = []
     with httpx.Client(timeout=60) as client:
-        for rid, url, model in replicas:
+        for rid, url, models in replicas:
             try:
-                out[rid] = {"deleted": mean_rouge(client, url, model, deleted),
-                            "holdout": mean_rouge(client, url, model, holdout)}  # fmt: skip
+                each = [{"deleted": mean_rouge(client, url, m, deleted), "holdout": mean_rouge(client, url, m, holdout)}
+                        for m in models]  # fmt: skip
+                out[rid] = max(each, key=lambda r: r["deleted"] - r["holdout"])
             except httpx.TransportError:  # died since it acknowledged: the caller takes it out of routing
                 unreachable.append(rid)
     gap = max((r["deleted"] - r["holdout"] for r in out.values()), default=0.0)

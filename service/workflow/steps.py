@@ -114,7 +114,8 @@ def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID, shards: list[int
 
     if not shards:
         return {}
-    out = rollout.roll_out(db, plan, CONTEXT["artifacts"] / "served", deletion_id, CONTEXT.get("ack_timeout", 60.0))
+    out = rollout.roll_out(db, plan, CONTEXT["artifacts"] / "served", deletion_id, CONTEXT.get("ack_timeout", 60.0),
+                           CONTEXT.get("aggregation", "merged"))  # fmt: skip
     changes: dict[str, Any] = {}
     with db.connect() as conn, conn.transaction():
         first = store.recorded(conn, deletion_id, "deletion.applied")
@@ -160,7 +161,7 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str], shards: list[int]) -> d
     if cfg is not None and texts and shards:
         path = Path(want.adapter_path) if want is not None and want.adapter_path else None
         out["membership"] = probes.membership(cfg, path, texts)
-        targets = [(r.id, r.url, r.serving_name or "base") for r in reps]
+        targets = [(r.id, r.url, r.serving_names or ("base",)) for r in reps]
         out["verbmem"] = probes.verbmem(targets, texts, cfg.holdout_texts[: 8 * len(texts)])
         if out["verbmem"]["unreachable"]:  # acknowledged, then died: out of routing, as a laggard is
             with db.connect() as conn:

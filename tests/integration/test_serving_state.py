@@ -83,6 +83,7 @@ class RecordingVllm:
     def __init__(self) -> None:
         self.loaded: set[str] = set()
         self.calls: list[tuple[str, str]] = []
+        self.paths: dict[str, Path] = {}
         self.healthy_ = True
 
     def healthy(self) -> bool:
@@ -94,6 +95,7 @@ class RecordingVllm:
     def load(self, name: str, path: Path) -> None:
         assert path.exists()
         self.calls.append(("load", name))
+        self.paths[name] = path
         self.loaded.add(name)
 
     def unload(self, name: str) -> None:
@@ -122,13 +124,13 @@ def test_reconciler_loads_routes_unloads_then_acknowledges(db, tmp_path):
 
     def unload_and_look(name: str) -> None:  # when the old name goes, routing already points at the new one
         with psycopg.connect(db.url) as c:
-            g2_seen.append(c.execute("SELECT serving_name, acked_generation FROM replicas").fetchone())
+            g2_seen.append(c.execute("SELECT serving_names, acked_generation FROM replicas").fetchone())
         original_unload(name)
 
     fake.unload = unload_and_look  # type: ignore[method-assign]
     assert rec.reconcile_once()
     assert fake.calls == [("load", g1.name), ("load", g2.name), ("unload", g1.name)]
-    assert g2_seen == [(g2.name, g1.generation)]  # routed to the new name, not yet acknowledged
+    assert g2_seen == [([g2.name], g1.generation)]  # routed to the new name, not yet acknowledged
     assert sorted(p.name for p in (tmp_path / "local").iterdir()) == [g2.name]
     with db.connect() as conn:
         (r0,) = store.replicas(conn)
@@ -149,3 +151,67 @@ def test_a_corrupted_copy_is_refused(db, tmp_path):
     with pytest.raises(OSError, match="content hash"):
         rec.reconcile_once()
     assert not (tmp_path / "local").exists() or not any((tmp_path / "local").iterdir())
+
+
+def routing_table(root: Path, shards: dict[int, int]) -> tuple[Path, str]:
+    """A routing table over tiny adapters (shard → rank), built by the product's materialiser."""
+    from shards import materialise
+
+    parts = {}
+    for k, r in shards.items():
+        d, h = adapter(root / "parts", f"shard-{k}", r)
+        parts[k] = materialise.Materialised(d, h, (0,), r)
+    m = materialise.routing(parts, root / "served", "routing")
+    return m.path, m.sha256
+
+
+def test_a_routing_table_is_hashed_as_a_whole_and_its_parts_are_checked(tmp_path):
+    from shards import served
+
+    path, sha = routing_table(tmp_path, {0: 1, 2: 2})
+    assert served.served_sha256(path) == sha and path.name == f"routing-{sha[:12]}"
+    assert [(p.key, p.path.name) for p in served.parts(path)] == [("s0", "shard-00"), ("s2", "shard-02")]
+    again, sha2 = routing_table(tmp_path / "again", {0: 1, 2: 2})  # same content, same hash
+    other, sha3 = routing_table(tmp_path / "other", {0: 1, 2: 4})
+    assert sha2 == sha and sha3 != sha
+    weights = path / "shard-02" / "adapter_model.safetensors"
+    weights.write_bytes((other / "shard-02" / "adapter_model.safetensors").read_bytes())  # swap a part's weights
+    with pytest.raises(ValueError, match="shard 2"):
+        served.served_sha256(path)
+
+
+def test_the_reconciler_serves_every_part_of_a_routing_table_and_swaps_them_all(db, tmp_path):
+    table, ht = routing_table(tmp_path / "t", {0: 1, 1: 2})
+    single, hs = adapter(tmp_path / "src", "single", 1)
+    rec = Reconciler(db, "r0", "http://replica", tmp_path / "local")
+    fake = RecordingVllm()
+    rec.admin = fake  # type: ignore[assignment]
+    with db.connect() as conn:
+        store.register(conn, "r0", "http://replica")
+        g1 = store.publish(conn, str(table), ht, "routing", None)
+    assert rec.reconcile_once()
+    names = [f"{g1.name}-s0", f"{g1.name}-s1"]
+    assert fake.calls == [("load", n) for n in names] and fake.loaded == set(names)
+    with db.connect() as conn:
+        (r0,) = store.replicas(conn)
+    assert r0.serving_names == tuple(names) and r0.routable and r0.serving_sha256 == ht
+    assert fake.paths[names[1]] == tmp_path / "local" / g1.name / "shard-01"  # the replica's own copy
+    assert rec.reconcile_once() and len(fake.calls) == 2  # nothing to do: no reload
+    with db.connect() as conn:
+        g2 = store.publish(conn, str(single), hs, "single", None)
+    assert rec.reconcile_once()
+    assert fake.calls[2:] == [("load", g2.name), ("unload", names[0]), ("unload", names[1])]
+    assert sorted(p.name for p in (tmp_path / "local").iterdir()) == [g2.name]
+
+
+def test_a_routing_table_with_a_tampered_part_is_refused(db, tmp_path):
+    table, ht = routing_table(tmp_path / "t", {0: 1, 1: 2})
+    (table / "shard-01" / "adapter_config.json").write_text('{"r": 2, "lora_alpha": 8, "target_modules": ["q_proj"]}')
+    rec = Reconciler(db, "r0", "http://replica", tmp_path / "local")
+    rec.admin = RecordingVllm()  # type: ignore[assignment]
+    with db.connect() as conn:
+        store.register(conn, "r0", "http://replica")
+        store.publish(conn, str(table), ht, "routing", None)
+    with pytest.raises(OSError, match="content hash"):
+        rec.reconcile_once()
+    assert rec.admin.calls == []  # type: ignore[attr-defined]
