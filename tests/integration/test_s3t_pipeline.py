@@ -180,6 +180,41 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     assert dict(states)["succeeded"] >= 2 and "todo" not in dict(states)
 
 
+def test_with_a_routing_table_a_deletion_serves_every_live_shards_clean_adapter(
+    empty_db, s3t_settings, tiny_model, tmp_path, monkeypatch
+):
+    from service.core.deletions import Status
+    from service.store import serving
+    from service.verify.probes import ProbeConfig
+    from service.workflow import steps
+    from shards import served
+
+    core, admin, rid = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=2)
+    monkeypatch.setitem(steps.CONTEXT, "aggregation", "routing")
+    holdout = corpus.generate(seed=11, trained=8, holdout=2).records(
+        corpus.generate(seed=11, trained=8, holdout=2).holdout
+    )
+    monkeypatch.setitem(steps.CONTEXT, "probes", ProbeConfig(tiny_model, tuple(str(r["text"]) for r in holdout)))
+    assert steps.run(empty_db, rid) is Status.COMPLETED
+    done = core.get(rid, admin)
+    with empty_db.connect() as conn:
+        want = serving.served(conn)
+    assert want is not None and want.aggregation == "routing" and want.adapter_path is not None
+    assert done.result["apply"]["rollout"]["aggregation"] == "routing"
+    assert done.result["verification"]["equivalence"]["served_sha256"] == want.adapter_sha256
+    clean = training.served_adapters(empty_db, training.plan_for(empty_db, []), tmp_path / "check")
+    # one part per live shard, each exactly that shard's clean adapter (the cut one truncated)
+    table = {p.key: p.sha256 for p in served.parts(Path(want.adapter_path))}
+    assert table == {f"s{k}": m.sha256 for k, m in clean.items() if m is not None} and len(table) == 2
+    assert served.served_sha256(Path(want.adapter_path)) == want.adapter_sha256
+    # the probes score every part and report the worst one
+    membership = done.result["verification"]["membership"]
+    assert set(membership["by_shard"]) == set(table)
+    for attack in ("auc_loss", "auc_zlib", "auc_min_k", "auc_min_k_pp", "auc_loss_calibrated"):
+        assert membership[attack] == max(f[attack] for f in membership["by_shard"].values())
+    assert membership["passed"] == all(f["passed"] for f in membership["by_shard"].values())
+
+
 def _stage_files(stage_dir: Path) -> dict[str, tuple[int, str]]:
     return {f.name: (f.stat().st_mtime_ns, hashlib.sha256(f.read_bytes()).hexdigest()) for f in stage_dir.iterdir()}
 

@@ -171,7 +171,7 @@ def test_a_routing_table_is_hashed_as_a_whole_and_its_parts_are_checked(tmp_path
     path, sha = routing_table(tmp_path, {0: 1, 2: 2})
     assert served.served_sha256(path) == sha and path.name == f"routing-{sha[:12]}"
     assert [(p.key, p.path.name) for p in served.parts(path)] == [("s0", "shard-00"), ("s2", "shard-02")]
-    again, sha2 = routing_table(tmp_path / "again", {0: 1, 2: 2})  # same content, same hash
+    _, sha2 = routing_table(tmp_path / "again", {0: 1, 2: 2})  # same content, same hash
     other, sha3 = routing_table(tmp_path / "other", {0: 1, 2: 4})
     assert sha2 == sha and sha3 != sha
     weights = path / "shard-02" / "adapter_model.safetensors"
