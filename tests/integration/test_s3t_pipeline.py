@@ -191,10 +191,9 @@ def test_with_a_routing_table_a_deletion_serves_every_live_shards_clean_adapter(
 
     core, admin, rid = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=2)
     monkeypatch.setitem(steps.CONTEXT, "aggregation", "routing")
-    holdout = corpus.generate(seed=11, trained=8, holdout=2).records(
-        corpus.generate(seed=11, trained=8, holdout=2).holdout
-    )
-    monkeypatch.setitem(steps.CONTEXT, "probes", ProbeConfig(tiny_model, tuple(str(r["text"]) for r in holdout)))
+    c = corpus.generate(seed=11, trained=8, holdout=2)  # as ingested
+    holdout = tuple(str(r["text"]) for r in c.records(c.holdout))
+    monkeypatch.setitem(steps.CONTEXT, "probes", ProbeConfig(tiny_model, holdout))
     assert steps.run(empty_db, rid) is Status.COMPLETED
     done = core.get(rid, admin)
     with empty_db.connect() as conn:
