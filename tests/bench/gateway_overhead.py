@@ -60,7 +60,7 @@ def main() -> None:
         try:
             with db.connect() as conn:
                 replica = serving_store.replicas(conn)[0]
-            internal = replica.serving_name or BASE_NAME
+            internal = replica.serving_names[0] if replica.serving_names else BASE_NAME
             direct = httpx.Client(base_url=replica.url, timeout=60)
             gateway = httpx.Client(base_url=f"http://127.0.0.1:{stack.gateway_port}",
                                    headers={"Authorization": f"Bearer {key}"}, timeout=60)  # fmt: skip
