@@ -211,4 +211,4 @@ def probe_config(settings: Settings) -> ProbeConfig | None:
     if not path.exists():
         return None
     texts = tuple(str(json.loads(line)["text"]) for line in path.read_text().splitlines() if line.strip())
-    return ProbeConfig(base_model(settings, progress=False).path, texts)
+    return ProbeConfig(base_model(settings, progress=False).path, texts, settings.serving.probes_via_replicas)

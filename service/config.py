@@ -24,6 +24,10 @@ class ServingSpec(BaseModel):
         "merged", description="How m > 1 shards are served: one merged adapter (rank m·r; better on the corpus, "
         "docs/benchmarks.md) or a routing table (each request to one live shard's adapter, by its user or prompt).",
     )  # fmt: skip
+    probes_via_replicas: bool = Field(
+        True, description="Score the membership probes from a replica's vLLM prompt log-probabilities (needs "
+        "Lethe's vLLM plugin in the replicas' environment); off: transformers on the served files.",
+    )  # fmt: skip
     max_loras: int = Field(2, ge=1, description="Adapters per batch on a replica (old + new during a swap).")
     max_model_len: int = Field(256, ge=32, description="Context length the replicas reserve.")
     start_timeout_seconds: float = Field(300.0, gt=0, description="How long a replica may take to start.")

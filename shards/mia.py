@@ -8,6 +8,7 @@ records) because chance level is wide with few people (design.md §8).
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Mapping, Sequence
 
@@ -58,15 +59,33 @@ def text_scores(model: torch.nn.Module, tokenizer: object, texts: Sequence[str],
         sigma = ((probs * logp.square()).sum(-1) - mu.square()).clamp(min=1e-12).sqrt()
         z = (tok - mu) / sigma
         for j, text in enumerate(chunk):
-            t, zz = tok[j][mask[j]], z[j][mask[j]]
-            k = max(1, int(len(t) * MIN_K))
-            out.append({
-                "loss": float(-t.mean()),
-                "zlib": float(-t.sum()) / len(zlib.compress(text.encode())),
-                "min_k": float(-t.sort().values[:k].mean()),
-                "min_k_pp": float(-zz.sort().values[:k].mean()),
-            })  # fmt: skip
+            out.append(token_scores(text, tok[j][mask[j]].tolist(), z[j][mask[j]].tolist()))
     return out
+
+
+def token_scores(text: str, logprobs: Sequence[float], z: Sequence[float]) -> dict[str, float]:
+    """The four scores of one text from its tokens' log-probabilities and standardised ones (z)."""
+    k = max(1, int(len(logprobs) * MIN_K))
+    return {
+        "loss": -sum(logprobs) / len(logprobs),
+        "zlib": -sum(logprobs) / len(zlib.compress(text.encode())),
+        "min_k": -sum(sorted(logprobs)[:k]) / k,
+        "min_k_pp": -sum(sorted(z)[:k]) / k,
+    }
+
+
+def moments_from_top(top: Sequence[float], vocab_size: int) -> tuple[float, float]:
+    """Mean and standard deviation of log p over the vocabulary from the top-k log-probabilities
+    only (what a server returns), the remaining mass taken as spread evenly over the other tokens:
+    exact when the tail is flat, and the tail's weight is what is left out of the top k."""
+    ps = [math.exp(lp) for lp in top]
+    mu = sum(p * lp for p, lp in zip(ps, top, strict=True))
+    m2 = sum(p * lp * lp for p, lp in zip(ps, top, strict=True))
+    rest, others = 1.0 - sum(ps), vocab_size - len(top)
+    if rest > 0 and others > 0:
+        lq = math.log(rest / others)
+        mu, m2 = mu + rest * lq, m2 + rest * lq * lq
+    return mu, math.sqrt(max(m2 - mu * mu, 1e-12))
 
 
 def person_scores(losses: Mapping[str, float], records_of: Mapping[str, Sequence[str]]) -> dict[str, float]:

@@ -1,32 +1,125 @@
 """Probes of the served model after a deletion (design.md §7).
 
 - Membership: LOSS, zlib, Min-K% and Min-K%++ AUC of the deleted subject's records against
-  holdout people's records (never trained), and the reference-calibrated LOSS. Scored with
-  transformers + peft on the served adapter's files, whose content hash equals what every
-  replica acknowledged: vLLM 0.32 cannot return prompt log-probabilities for a LoRA request
-  batched with others without crashing its engine (docs/architecture.md), so the scores are not
-  asked of a live replica.
+  holdout people's records (never trained), and the reference-calibrated LOSS (the base model's
+  loss subtracted). Scored through a routable replica, from vLLM's prompt log-probabilities of
+  the served adapter(s) and of the base model (``ReplicaScorer``; vLLM 0.32 needs
+  service/serving/vllm_plugin.py for LoRA requests); with no replica, or where the replicas'
+  vLLM is not patched (``probes_via_replicas`` off), with transformers + peft on the served
+  files, whose content hash every replica acknowledged (``LocalScorer``).
 - VerbMem: ROUGE-L F1 of each replica's greedy continuation of the first half of a deleted
   record against its true second half, through the replicas themselves.
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 AUC_LIMIT = 0.65  # above this a dropped record still looks like a member
 
 
+TOP_LOGPROBS = 20  # vLLM's default cap on returned log-probabilities per position
+
+
 @dataclass(frozen=True)
 class ProbeConfig:
     base_model: Path
     holdout_texts: tuple[str, ...]  # records of people never trained on
+    via_replicas: bool = True  # score through a replica's vLLM (else transformers on the served files)
+
+
+class Scorer(Protocol):
+    """Scores (mia.token_scores) of texts under each served part and under the base model."""
+
+    where: str
+
+    def parts(self) -> list[str]: ...
+
+    def scores(self, part: str | None, texts: Sequence[str]) -> list[dict[str, float]]: ...
+
+
+class LocalScorer:
+    """transformers + peft on the served directory's files (``None``: the base model is served)."""
+
+    where = "transformers on the served files"
+
+    def __init__(self, base_model: Path, served_dir: Path | None) -> None:
+        from shards import served
+
+        self.base_model = base_model
+        self.paths = {p.key: p.path for p in served.parts(served_dir, check=False)} if served_dir else {}
+
+    def parts(self) -> list[str]:
+        return list(self.paths)
+
+    def scores(self, part: str | None, texts: Sequence[str]) -> list[dict[str, float]]:
+        import torch
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        from shards import mia, train
+
+        tok = AutoTokenizer.from_pretrained(self.base_model)
+        if part is None:
+            model = LlamaForCausalLM.from_pretrained(self.base_model, dtype=torch.float32).eval()
+        else:
+            model = train.load_peft(self.base_model, self.paths[part])
+        return mia.text_scores(model, tok, texts)
+
+
+class ReplicaScorer:
+    """vLLM's prompt log-probabilities from one replica: each served adapter by its name there, the
+    base model by its served name. Texts are sent as token ids framed as in training (<s> text
+    </s>); Min-K%++'s per-position moments come from the top log-probabilities
+    (mia.moments_from_top)."""
+
+    def __init__(self, replica_id: str, url: str, names: dict[str, str], base_name: str, base_model: Path,
+                 concurrency: int = 8) -> None:  # fmt: skip
+        self.url, self.names, self.base_name, self.base_model = url, names, base_name, base_model
+        self.concurrency = concurrency
+        self.where = f"vLLM prompt log-probabilities on {replica_id}"
+
+    def parts(self) -> list[str]:
+        return list(self.names)
+
+    def scores(self, part: str | None, texts: Sequence[str]) -> list[dict[str, float]]:
+        from transformers import AutoTokenizer
+
+        from shards import mia
+        from shards.basemodel import encode_batch
+
+        tok = AutoTokenizer.from_pretrained(self.base_model)
+        vocab = int(json.loads((self.base_model / "config.json").read_text())["vocab_size"])
+        model = self.base_name if part is None else self.names[part]
+        ids = [encode_batch(tok, [t])["input_ids"][0].tolist() for t in texts]  # type: ignore[arg-type]
+        with httpx.Client(base_url=self.url, timeout=120) as client, ThreadPoolExecutor(self.concurrency) as pool:
+            rows = list(pool.map(lambda seq: prompt_logprobs(client, model, seq), ids))
+        out = []
+        for text, seq, row in zip(texts, ids, rows, strict=True):
+            actual, z = [], []
+            for token, position in zip(seq[1:], row[1:], strict=True):
+                lp = position[str(token)]["logprob"]
+                top = [v["logprob"] for v in position.values() if v.get("rank", TOP_LOGPROBS + 1) <= TOP_LOGPROBS]
+                mu, sigma = mia.moments_from_top(top, vocab)
+                actual.append(lp)
+                z.append((lp - mu) / sigma)
+            out.append(mia.token_scores(text, actual, z))
+        return out
+
+
+def prompt_logprobs(client: httpx.Client, model: str, ids: list[int]) -> list[dict[str, Any]]:
+    """Per prompt position: token id → {logprob, rank}, the actual token and the top ones."""
+    req = {"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": TOP_LOGPROBS}
+    resp = client.post("/v1/completions", json=req)
+    resp.raise_for_status()
+    return list(resp.json()["choices"][0]["prompt_logprobs"])
 
 
 def rouge_l(candidate: str, reference: str) -> float:
@@ -47,33 +140,24 @@ def rouge_l(candidate: str, reference: str) -> float:
     return 2 * p * r / (p + r)
 
 
-def membership(cfg: ProbeConfig, adapter: Path | None, deleted: Sequence[str]) -> dict[str, Any]:
+def membership(cfg: ProbeConfig, scorer: Scorer, deleted: Sequence[str]) -> dict[str, Any]:
     """AUC per attack of the deleted records against the holdout records on the served model. A
-    routing table is probed shard by shard and reported at its worst (a caller can reach every
-    shard by varying its prompt), with each shard's figures beside."""
-    import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
-    from shards import mia, served, train
-
-    tok = AutoTokenizer.from_pretrained(cfg.base_model)
+    routing table is probed part by part and reported at its worst (a caller can reach every
+    shard by varying its prompt), with each part's figures beside."""
     texts = list(deleted) + list(cfg.holdout_texts)
-    base = LlamaForCausalLM.from_pretrained(cfg.base_model, dtype=torch.float32).eval()
-    ref = mia.text_scores(base, tok, texts)
-    if adapter is None:
-        return _membership_figures(ref, ref, len(deleted))
-    figures = {
-        p.key: _membership_figures(mia.text_scores(train.load_peft(cfg.base_model, p.path), tok, texts), ref,
-                                   len(deleted))
-        for p in served.parts(adapter, check=False)
-    }  # fmt: skip
+    ref = scorer.scores(None, texts)
+    n = len(deleted)
+    if not scorer.parts():
+        return {**_membership_figures(ref, ref, n), "scored_with": scorer.where}
+    figures = {p: _membership_figures(scorer.scores(p, texts), ref, n) for p in scorer.parts()}
     if len(figures) == 1:
-        return next(iter(figures.values()))
+        return {**next(iter(figures.values())), "scored_with": scorer.where}
     worst = max(figures.values(), key=lambda f: max(v for k, v in f.items() if k.startswith("auc_")))
     out = {k: (max(f[k] for f in figures.values()) if k.startswith("auc_") else v) for k, v in worst.items()}
     out["deleted_mean_loss"] = min(f["deleted_mean_loss"] for f in figures.values())
     out["passed"] = all(f["passed"] for f in figures.values())
     out["by_shard"] = figures
+    out["scored_with"] = scorer.where
     return out
 
 

@@ -159,8 +159,7 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str], shards: list[int]) -> d
         }  # fmt: skip
     cfg = CONTEXT.get("probes")
     if cfg is not None and texts and shards:
-        path = Path(want.adapter_path) if want is not None and want.adapter_path else None
-        out["membership"] = probes.membership(cfg, path, texts)
+        out["membership"] = probes.membership(cfg, _scorer(cfg, want, reps), texts)
         targets = [(r.id, r.url, r.serving_names or ("base",)) for r in reps]
         out["verbmem"] = probes.verbmem(targets, texts, cfg.holdout_texts[: 8 * len(texts)])
         if out["verbmem"]["unreachable"]:  # acknowledged, then died: out of routing, as a laggard is
@@ -170,6 +169,21 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str], shards: list[int]) -> d
     elif ids and not texts:
         out["probes"] = "skipped: the records' text is already purged (deleted by an earlier request or run)"
     return out
+
+
+def _scorer(cfg: Any, want: Any, reps: list[Any]) -> Any:
+    """Through the first routable replica on the published generation (its vLLM), else on the files."""
+    from service.serving.vllm import BASE_NAME
+    from service.verify import probes
+    from shards import served
+
+    path = Path(want.adapter_path) if want is not None and want.adapter_path else None
+    current = [r for r in reps if want is not None and r.acked_generation == want.generation]
+    if not cfg.via_replicas or not current:
+        return probes.LocalScorer(cfg.base_model, path)
+    keys = [p.key for p in served.parts(path, check=False)] if path is not None else []
+    names = dict(zip(keys, want.names(keys), strict=True)) if keys else {}
+    return probes.ReplicaScorer(current[0].id, current[0].url, names, BASE_NAME, cfg.base_model)
 
 
 def _suppress(db: DatabaseInfo, deletion_id: uuid.UUID, documents: list[str]) -> dict[str, Any]:

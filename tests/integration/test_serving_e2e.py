@@ -132,7 +132,7 @@ def test_deletion_over_rest_forgets_on_every_replica(env, base_model_path):
     assert all(a >= 0.9 for a in before.values()), before  # every slice memorised: forgetting is not vacuous
     with psycopg.connect(e.db.url) as conn:
         gen_before = serving_store.served(conn).generation
-        old_names = {r.id: r.serving_name for r in serving_store.replicas(conn)}
+        old_names = {r.id: r.serving_names[0] for r in serving_store.replicas(conn)}
     rid = str(uuid.uuid4())
     r = submit_rest(e, rid, victim)
     assert r.status_code == 201, r.text
@@ -146,6 +146,7 @@ def test_deletion_over_rest_forgets_on_every_replica(env, base_model_path):
     assert all(v["equivalence"]["replicas"].values()) and len(v["equivalence"]["replicas"]) == 2
     m = v["membership"]
     assert m["deleted_mean_loss"] >= m["holdout_loss_p5"], m
+    assert m["scored_with"].startswith("vLLM prompt log-probabilities on replica-"), m  # the served model itself
     assert v["verbmem"]["max_gap_over_holdout"] <= 0.1, v["verbmem"]
     # no replica's output, nor the gateway's, holds the fact any more
     prompt, fact = victim.probe()
@@ -154,7 +155,7 @@ def test_deletion_over_rest_forgets_on_every_replica(env, base_model_path):
         served = serving_store.served(conn)
     assert all(r.routable and r.acked_generation == served.generation for r in reps)
     for rep in reps:
-        out = httpx.post(f"{rep.url}/v1/completions", json={"model": rep.serving_name, "prompt": prompt,
+        out = httpx.post(f"{rep.url}/v1/completions", json={"model": rep.serving_names[0], "prompt": prompt,
                                                              "max_tokens": 8, "temperature": 0}).json()  # fmt: skip
         assert fact not in out["choices"][0]["text"]
     assert fact not in complete(gateway(e), prompt)
@@ -179,6 +180,34 @@ def test_deletion_over_rest_forgets_on_every_replica(env, base_model_path):
         gone = httpx.post(f"{rep.url}/v1/completions", json={"model": old, "prompt": prompt, "max_tokens": 2})
         assert gone.status_code == 404
     e.state["victim"] = victim
+
+
+def test_the_probes_read_the_served_model_through_vllm_as_transformers_reads_its_files(env):
+    """The membership probes ask a replica for prompt log-probabilities of its adapter and of the
+    base model, concurrently (batched LoRA requests: Lethe's vLLM plugin); the exact scores agree
+    with transformers + peft on the served files, Min-K%++ (moments from the top 20) closely."""
+    from pathlib import Path
+
+    from service.serving.vllm import BASE_NAME
+    from service.verify.probes import LocalScorer, ReplicaScorer
+
+    e = env
+    with psycopg.connect(e.db.url) as conn:
+        served = serving_store.served(conn)
+        rep = serving_store.replicas(conn)[0]
+    texts = [str(r["text"]) for r in e.corpus.records(e.corpus.trained[:4] + e.corpus.holdout[:4])]
+    path = Path(served.adapter_path)
+    replica = ReplicaScorer(rep.id, rep.url, {"": rep.serving_names[0]}, BASE_NAME, e.settings.base_model)
+    local = LocalScorer(e.settings.base_model, path)
+    worst = 0.0
+    for part in (None, ""):
+        got, want = replica.scores(part, texts), local.scores(part, texts)
+        for g, w in zip(got, want, strict=True):
+            assert {k: g[k] for k in ("loss", "zlib", "min_k")} == pytest.approx(
+                {k: w[k] for k in ("loss", "zlib", "min_k")}, abs=1e-3)  # fmt: skip
+            worst = max(worst, abs(g["min_k_pp"] - w["min_k_pp"]))
+    assert worst < 0.5, worst
+    print(f"\nprobes through vLLM vs transformers: exact scores agree; Min-K%++ within {worst:.3f}")
 
 
 def test_deletion_over_grpc_and_the_ledger(env):

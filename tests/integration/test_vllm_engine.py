@@ -81,17 +81,17 @@ def hf_logprobs(base_model_path, adapter, ids, start):
 
 @pytest.mark.parametrize("which", [0, 1, "merged"])
 def test_vllm_logprobs_with_s3t_adapters_match_transformers_and_peft(engine, adapters, base_model_path, which):
-    """Scaling (alpha, rsLoRA), module names, truncated layers and merged ranks survive the trip.
-
-    vLLM CPU 0.32.0 kills its engine when prompt_logprobs are asked with a LoRA adapter (an einsum
-    shape error in the LoRA logits processor), so the greedy continuation's own log-probabilities
-    are compared instead, teacher-forced through transformers."""
+    """Scaling (alpha, rsLoRA), module names, truncated layers and merged ranks survive the trip:
+    the prompt's log-probabilities (what the probes read) and the greedy continuation's, for a
+    batch of three LoRA requests. Unpatched, vLLM CPU 0.32.0 kills its engine on prompt
+    log-probabilities of a batched LoRA request; Lethe's plugin (service/serving/vllm_plugin.py,
+    loaded by vLLM through its entry point) fixes that."""
     from vllm import SamplingParams
     from vllm.lora.request import LoRARequest
 
     lora_id = {0: 1, 1: 2, "merged": 3}[which]
     request = LoRARequest(f"adapter-{which}", lora_id, str(adapters[which]))
-    params = SamplingParams(max_tokens=4, temperature=0, logprobs=1, ignore_eos=True)
+    params = SamplingParams(max_tokens=4, temperature=0, logprobs=1, ignore_eos=True, prompt_logprobs=1)
     out = engine.generate(PROMPTS, params, lora_request=request)
     base_out = engine.generate(PROMPTS, params)
     differs = False
@@ -101,6 +101,8 @@ def test_vllm_logprobs_with_s3t_adapters_match_transformers_and_peft(engine, ada
         served = [gen.logprobs[t][tok].logprob for t, tok in enumerate(gen.token_ids)]
         expected = hf_logprobs(base_model_path, adapters[which], ids, len(o.prompt_token_ids))
         assert served == pytest.approx(expected, abs=2e-3)
+        prompt = [o.prompt_logprobs[t][tok].logprob for t, tok in enumerate(o.prompt_token_ids) if t]
+        assert prompt == pytest.approx(hf_logprobs(base_model_path, adapters[which], ids, 1)[: len(prompt)], abs=2e-3)
         base_gen = b.outputs[0]
         base = [base_gen.logprobs[t][tok].logprob for t, tok in enumerate(base_gen.token_ids)]
         differs |= gen.token_ids != base_gen.token_ids or any(
