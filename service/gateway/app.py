@@ -3,8 +3,9 @@ model ``lethe``, forwarded to a routable replica under the adapter name it curre
 for ``rag:<upstream model>``, answered by the retrieval proxy (service.rag.proxy).
 
 Only these routes exist, so vLLM's adapter-admin endpoints are never reachable through it.
-Requests for prompt log-probabilities are refused: vLLM 0.32 with LoRA crashes its engine when
-such a request is batched with another (docs/architecture.md). The upstream's internal adapter
+Requests for prompt log-probabilities are refused: they hand a client a membership attack on the
+fine-tuning data, and vLLM's CUDA image has no fix for their LoRA bug (docs/architecture.md); the
+probes ask the replicas directly. The upstream's internal adapter
 names never reach the client: responses name the model ``lethe``.
 """
 

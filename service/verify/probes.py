@@ -23,10 +23,9 @@ from typing import Any, Protocol
 
 import httpx
 
+from service.serving.vllm import MAX_LOGPROBS
+
 AUC_LIMIT = 0.65  # above this a dropped record still looks like a member
-
-
-TOP_LOGPROBS = 20  # vLLM's default cap on returned log-probabilities per position
 
 
 @dataclass(frozen=True)
@@ -77,8 +76,8 @@ class LocalScorer:
 class ReplicaScorer:
     """vLLM's prompt log-probabilities from one replica: each served adapter by its name there, the
     base model by its served name. Texts are sent as token ids framed as in training (<s> text
-    </s>); Min-K%++'s per-position moments come from the top log-probabilities
-    (mia.moments_from_top)."""
+    </s>); Min-K%++'s per-position moments come from the top ``MAX_LOGPROBS`` log-probabilities
+    (mia.moments_from_top), so it is an estimate; the other scores are exact."""
 
     def __init__(self, replica_id: str, url: str, names: dict[str, str], base_name: str, base_model: Path,
                  concurrency: int = 8) -> None:  # fmt: skip
@@ -106,7 +105,7 @@ class ReplicaScorer:
             actual, z = [], []
             for token, position in zip(seq[1:], row[1:], strict=True):
                 lp = position[str(token)]["logprob"]
-                top = [v["logprob"] for v in position.values() if v.get("rank", TOP_LOGPROBS + 1) <= TOP_LOGPROBS]
+                top = [v["logprob"] for v in position.values() if v.get("rank", MAX_LOGPROBS + 1) <= MAX_LOGPROBS]
                 mu, sigma = mia.moments_from_top(top, vocab)
                 actual.append(lp)
                 z.append((lp - mu) / sigma)
@@ -116,7 +115,7 @@ class ReplicaScorer:
 
 def prompt_logprobs(client: httpx.Client, model: str, ids: list[int]) -> list[dict[str, Any]]:
     """Per prompt position: token id → {logprob, rank}, the actual token and the top ones."""
-    req = {"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": TOP_LOGPROBS}
+    req = {"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": MAX_LOGPROBS}
     resp = client.post("/v1/completions", json=req)
     resp.raise_for_status()
     return list(resp.json()["choices"][0]["prompt_logprobs"])

@@ -4,10 +4,14 @@ generated corpus, two vLLM CPU replicas, gateway (with the retrieval route), RES
 from __future__ import annotations
 
 import hashlib
+import shutil
 import uuid
+from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from service import app as lethe
 from service import training
@@ -31,29 +35,73 @@ class Env:
     state: dict[str, object]
 
 
+TRAINED_KEY = hashlib.sha256(b"lethe test: s3t forgetting").digest()  # a fixed key: a reproducible placement
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A database and var dir holding the generated corpus, ingested, and every S3T unit trained."""
+
+    name: str  # the template database
+    var: Path
+    corpus: corpus.Corpus
+
+
+def s3t_settings(url: str, var: Path, base_model: Path, **more: object) -> Settings:
+    """The layout the forgetting test and the serving stack share: 1 shard × 4 slices, 2 sequences."""
+    return Settings(database_url=url, var_dir=var, base_model=base_model,
+                    s3t=S3TSpec(shards=1, slices=4, budget=2, workers=2), train=TrainConfig(), **more)  # fmt: skip
+
+
 @pytest.fixture(scope="session")
-def serving_env(embedded_server, base_model_path, tmp_path_factory):
-    name = f"lethe_e2e_{uuid.uuid4().hex[:10]}"
+def trained_s3t(embedded_server, base_model_path, tmp_path_factory):
+    """Trained once a session (≈ 4 min here), cloned by each user (clone_trained)."""
+    name = f"lethe_trained_{uuid.uuid4().hex[:10]}"
     url = db_mod.create_database(embedded_server.url, name)
     db = DatabaseInfo(url, embedded_server.embedded, embedded_server.data_dir)
+    var = tmp_path_factory.mktemp("trained") / "var"
+    settings = s3t_settings(url, var, base_model_path)
+    key_file = settings.resolved_hmac_key_file()
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    key_file.write_bytes(TRAINED_KEY)
+    c = corpus.generate(seed=settings.corpus_seed)
+    lethe.migrate(db)
+    lethe.ingest(db, settings, corpus.write(c, settings.corpus_dir())["train"])
+    training.train_all(db, lethe.training_job(settings, base_model_path))
+    db_mod.close_pool(url)  # a template database must have no connections
+    yield Trained(name, settings.var_dir, c)
+    db_mod.drop_database(embedded_server.url, name)
+
+
+def clone_trained(t: Trained, server: DatabaseInfo, var: Path) -> DatabaseInfo:
+    """A new database and var dir with the trained state: the template copied by PostgreSQL, the
+    files copied, and the artifact paths pointed at the copy."""
+    name = f"lethe_clone_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(server.url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(sql.Identifier(name), sql.Identifier(t.name)))
+    params = psycopg.conninfo.conninfo_to_dict(server.url)
+    params["dbname"] = name
+    url = psycopg.conninfo.make_conninfo(**params)  # type: ignore[arg-type]
+    shutil.copytree(t.var, var)
+    with psycopg.connect(url) as conn:
+        conn.execute("UPDATE s3t_artifacts SET path = replace(path, %s, %s)", (str(t.var), str(var.resolve())))
+    return DatabaseInfo(url, server.embedded, server.data_dir)
+
+
+@pytest.fixture(scope="session")
+def serving_env(embedded_server, trained_s3t, base_model_path, tmp_path_factory):
     var = tmp_path_factory.mktemp("e2e") / "var"
-    settings = Settings(
-        database_url=url, var_dir=var, base_model=base_model_path, api_port=free_port(), grpc_address="127.0.0.1:0",
-        s3t=S3TSpec(shards=1, slices=4, budget=2, workers=2), train=TrainConfig(),
+    db = clone_trained(trained_s3t, embedded_server, var)
+    settings = s3t_settings(
+        db.url, var, base_model_path, api_port=free_port(), grpc_address="127.0.0.1:0",
         serving=ServingSpec(replicas=2, first_port=free_port(), gateway_port=free_port(), ack_timeout_seconds=20),
         rag=RagSpec(top_k=2),  # the local model's context is 256 tokens
     )  # fmt: skip
-    key_file = settings.resolved_hmac_key_file()  # a fixed key: a reproducible placement
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_bytes(hashlib.sha256(b"lethe test: s3t forgetting").digest())
-    c = corpus.generate(seed=settings.corpus_seed)
-    paths = corpus.write(c, settings.corpus_dir())
-    lethe.migrate(db)
-    lethe.ingest(db, settings, paths["train"])
-    training.train_all(db, lethe.training_job(settings, base_model_path))
+    c = trained_s3t.corpus
+    assert training.train_all(db, lethe.training_job(settings, base_model_path)) == []  # the clone is complete
     e = Env()
     e.settings, e.db, e.corpus, e.state = settings, db, c, {}
-    with psycopg.connect(url) as conn:
+    with psycopg.connect(db.url) as conn:
         e.slice_of = {rid.rsplit("-", 1)[0]: sl for rid, sl in conn.execute("SELECT id, slice FROM records")}
     p = training.plan_for(db, [])
     units = {(u.shard, u.sequence): u for u in training.planner_units(db)}
@@ -63,4 +111,4 @@ def serving_env(embedded_server, base_model_path, tmp_path_factory):
     e.stack.start()
     yield e
     e.stack.stop()
-    db_mod.drop_database(embedded_server.url, name)
+    db_mod.drop_database(embedded_server.url, psycopg.conninfo.conninfo_to_dict(db.url)["dbname"])

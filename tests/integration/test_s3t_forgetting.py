@@ -12,7 +12,6 @@ var/test/reports/s3t_forgetting.json for docs/benchmarks.md.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 from pathlib import Path
@@ -23,8 +22,8 @@ from transformers import AutoTokenizer, LlamaForCausalLM
 
 from service import app as lethe
 from service import training
-from shards import corpus, mia, train
-from shards.specs import S3TSpec, TrainConfig
+from shards import mia, train
+from tests.integration.conftest import clone_trained, s3t_settings
 
 pytestmark = pytest.mark.slow
 REPORT = Path(__file__).resolve().parents[2] / "var" / "test" / "reports" / "s3t_forgetting.json"
@@ -56,25 +55,21 @@ def attack(base_model, adapter, c, slice_of, reference):
     return calibrated, plain, scores, holdout
 
 
-def test_memorisation_forgetting_and_retrain(empty_db, settings, base_model_path, tmp_path):
-    s = settings.model_copy(update={"s3t": S3TSpec(shards=1, slices=4, budget=2, workers=2), "train": TrainConfig()})
-    c = corpus.generate(seed=0, trained=60, holdout=60)
-    paths = corpus.write(c, tmp_path / "corpus")
-    # A fixed server key makes the keyed-hash placement, and so every figure, reproducible.
-    key_file = s.resolved_hmac_key_file()
-    key_file.parent.mkdir(parents=True, exist_ok=True)
-    key_file.write_bytes(hashlib.sha256(b"lethe test: s3t forgetting").digest())
-    lethe.migrate(empty_db)
-    lethe.ingest(empty_db, s, paths["train"])
+def test_memorisation_forgetting_and_retrain(trained_s3t, embedded_server, base_model_path, tmp_path):
+    # the session's trained units (conftest.trained_s3t: the same layout and corpus, a fixed server
+    # key, so the keyed-hash placement and every figure are reproducible), cloned
+    db = clone_trained(trained_s3t, embedded_server, tmp_path / "var")
+    s = s3t_settings(db.url, tmp_path / "var", base_model_path)
+    c = trained_s3t.corpus
     job = lethe.training_job(s, base_model_path)
-    training.train_all(empty_db, job)
-    with psycopg.connect(empty_db.url) as conn:
+    assert training.train_all(db, job) == []  # trained already
+    with psycopg.connect(db.url) as conn:
         slice_of = {rid.rsplit("-", 1)[0]: sl for rid, sl in conn.execute("SELECT id, slice FROM records")}
     assert sorted(list(slice_of.values()).count(sl) for sl in range(4)) == [15] * 4
 
     def served_now():
-        p = training.plan_for(empty_db, [])
-        return p, training.served_adapters(empty_db, p, tmp_path / "served")[0].path
+        p = training.plan_for(db, [])
+        return p, training.served_adapters(db, p, tmp_path / "served")[0].path
 
     reference = record_losses(base_model_path, None, c)
     plan0, adapter0 = served_now()
@@ -84,8 +79,8 @@ def test_memorisation_forgetting_and_retrain(empty_db, settings, base_model_path
 
     orders = training.orders_for(s.s3t)  # (0, 1, 2, 3) and (1, 2, 3, 0)
     victim = next(p for p in c.trained if slice_of[p.subject_id] == orders[0][2])
-    ids = lethe.resolve_records(empty_db, s, [], [f"person:{victim.subject_id}"])
-    cut = training.forget(empty_db, ids)
+    ids = lethe.resolve_records(db, s, [], [f"person:{victim.subject_id}"])
+    cut = training.forget(db, ids)
     sp = cut.shards[0]
     assert (sp.sequence, sp.prefix) == (0, 2)
     dropped, kept = set(orders[0][2:]), set(orders[0][:2])
@@ -95,7 +90,7 @@ def test_memorisation_forgetting_and_retrain(empty_db, settings, base_model_path
     assert all(after[sl] >= 0.9 for sl in kept), after
     victim_vs_holdout = mia.auc([scores[victim.subject_id]], holdout)
 
-    training.train_all(empty_db, job)  # background retrain on the remaining data
+    training.train_all(db, job)  # background retrain on the remaining data
     plan2, adapter2 = served_now()
     assert plan2.shards[0].prefix == 4 and plan2.shards[0].version >= 1
     retrained, retrained_plain, scores2, holdout2 = attack(base_model_path, adapter2, c, slice_of, reference)

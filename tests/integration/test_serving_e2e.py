@@ -185,7 +185,7 @@ def test_deletion_over_rest_forgets_on_every_replica(env, base_model_path):
 def test_the_probes_read_the_served_model_through_vllm_as_transformers_reads_its_files(env):
     """The membership probes ask a replica for prompt log-probabilities of its adapter and of the
     base model, concurrently (batched LoRA requests: Lethe's vLLM plugin); the exact scores agree
-    with transformers + peft on the served files, Min-K%++ (moments from the top 20) closely."""
+    with transformers + peft on the served files, Min-K%++ (moments from the top 100) closely."""
     from pathlib import Path
 
     from service.serving.vllm import BASE_NAME
