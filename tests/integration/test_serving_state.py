@@ -106,14 +106,21 @@ class RecordingVllm:
         pass
 
 
-def test_reconciler_loads_routes_unloads_then_acknowledges(db, tmp_path):
-    a, ha = adapter(tmp_path / "src", "a", 1)
-    b, hb = adapter(tmp_path / "src", "b", 2)
+def recording_reconciler(db, tmp_path) -> tuple[Reconciler, RecordingVllm]:
+    """Replica r0's reconciler, registered, talking to a recording stand-in of vLLM's admin API."""
     rec = Reconciler(db, "r0", "http://replica", tmp_path / "local")
     fake = RecordingVllm()
     rec.admin = fake  # type: ignore[assignment]
     with db.connect() as conn:
         store.register(conn, "r0", "http://replica")
+    return rec, fake
+
+
+def test_reconciler_loads_routes_unloads_then_acknowledges(db, tmp_path):
+    a, ha = adapter(tmp_path / "src", "a", 1)
+    b, hb = adapter(tmp_path / "src", "b", 2)
+    rec, fake = recording_reconciler(db, tmp_path)
+    with db.connect() as conn:
         g1 = store.publish(conn, str(a), ha, "single", None)
     assert rec.reconcile_once()
     g2_seen: list[object] = []
@@ -143,14 +150,13 @@ def test_reconciler_loads_routes_unloads_then_acknowledges(db, tmp_path):
 
 def test_a_corrupted_copy_is_refused(db, tmp_path):
     a, _ = adapter(tmp_path / "src", "a", 1)
-    rec = Reconciler(db, "r0", "http://replica", tmp_path / "local")
-    rec.admin = RecordingVllm()  # type: ignore[assignment]
+    rec, fake = recording_reconciler(db, tmp_path)
     with db.connect() as conn:
-        store.register(conn, "r0", "http://replica")
         store.publish(conn, str(a), "0" * 64, "single", None)  # the published hash is not the files'
     with pytest.raises(OSError, match="content hash"):
         rec.reconcile_once()
     assert not (tmp_path / "local").exists() or not any((tmp_path / "local").iterdir())
+    assert fake.calls == []  # nothing loaded
 
 
 def routing_table(root: Path, shards: dict[int, int]) -> tuple[Path, str]:
@@ -183,11 +189,8 @@ def test_a_routing_table_is_hashed_as_a_whole_and_its_parts_are_checked(tmp_path
 def test_the_reconciler_serves_every_part_of_a_routing_table_and_swaps_them_all(db, tmp_path):
     table, ht = routing_table(tmp_path / "t", {0: 1, 1: 2})
     single, hs = adapter(tmp_path / "src", "single", 1)
-    rec = Reconciler(db, "r0", "http://replica", tmp_path / "local")
-    fake = RecordingVllm()
-    rec.admin = fake  # type: ignore[assignment]
+    rec, fake = recording_reconciler(db, tmp_path)
     with db.connect() as conn:
-        store.register(conn, "r0", "http://replica")
         g1 = store.publish(conn, str(table), ht, "routing", None)
     assert rec.reconcile_once()
     names = [f"{g1.name}-s0", f"{g1.name}-s1"]
@@ -207,11 +210,9 @@ def test_the_reconciler_serves_every_part_of_a_routing_table_and_swaps_them_all(
 def test_a_routing_table_with_a_tampered_part_is_refused(db, tmp_path):
     table, ht = routing_table(tmp_path / "t", {0: 1, 1: 2})
     (table / "shard-01" / "adapter_config.json").write_text('{"r": 2, "lora_alpha": 8, "target_modules": ["q_proj"]}')
-    rec = Reconciler(db, "r0", "http://replica", tmp_path / "local")
-    rec.admin = RecordingVllm()  # type: ignore[assignment]
+    rec, fake = recording_reconciler(db, tmp_path)
     with db.connect() as conn:
-        store.register(conn, "r0", "http://replica")
         store.publish(conn, str(table), ht, "routing", None)
     with pytest.raises(OSError, match="content hash"):
         rec.reconcile_once()
-    assert rec.admin.calls == []  # type: ignore[attr-defined]
+    assert fake.calls == []
