@@ -123,6 +123,64 @@ def test_gateway_serves_the_trained_facts_and_nothing_else(env):
     assert echo.status_code == 400
 
 
+def test_a_routing_table_is_served_by_every_replica_and_sends_each_request_to_one_shard(env):
+    """serving.aggregation = routing on the real replicas: each loads every part under its own new
+    name; the gateway sends a request to one part, the same one for the same prompt on every
+    replica; rolling the default back unloads every part and deletes the table's files."""
+    from pathlib import Path
+
+    from service import training
+    from service.gateway.app import routing_key
+    from service.serving import rollout
+    from service.store import s3t as s3t_store
+    from shards import materialise, served
+
+    e = env
+    root = e.settings.artifacts_dir() / "served"
+    with psycopg.connect(e.db.url) as conn:
+        units = [u for u in s3t_store.live_units(conn) if u.depth >= 1 and u.path]
+    # the shard's two sequences (before any deletion: full depth), two exact models standing in for two shards
+    assert len(units) == 2
+    parts = {u.sequence: materialise.truncate(Path(str(u.path)), u.depth, e.settings.model.num_layers,
+                                              len(u.order), root, f"e2e-q{u.sequence}") for u in units}  # fmt: skip
+    table = materialise.routing(parts, root, "routing")
+    with e.db.connect() as conn:
+        g = serving_store.publish(conn, str(table.path), table.sha256, "routing", None)
+    e.stack.wait_ready(60)
+    names = g.names([f"s{k}" for k in sorted(parts)])
+    with psycopg.connect(e.db.url) as conn:
+        reps = serving_store.replicas(conn)
+    assert [(r.routable, r.serving_names, r.acked_generation) for r in reps] == [(True, tuple(names), g.generation)] * 2
+    assert all(VllmAdmin(r.url).adapters() == set(names) for r in reps)
+
+    used, differ = set(), 0
+    for p in e.corpus.trained[:12]:
+        prompt = p.probe()[0]
+        answer = complete(gateway(e), prompt)
+        by_name = {}
+        for n in names:
+            for r in reps:
+                req = {"model": n, "prompt": prompt, "max_tokens": 8, "temperature": 0}
+                by_name[n] = httpx.post(f"{r.url}/v1/completions", json=req, timeout=60).json()["choices"][0]["text"]
+        chosen = served.pick(names, routing_key({"prompt": prompt}))
+        assert answer == by_name[chosen]
+        used.add(chosen)
+        differ += len(set(by_name.values())) > 1
+    assert used == set(names) and differ > 0  # both parts serve, and they are different models
+    print(f"\nrouting table: {len(names)} parts on {len(reps)} replicas; 12 prompts, {differ} answered differently")
+
+    out = rollout.roll_out(e.db, training.plan_for(e.db, []), root, None, 60)  # back to the default
+    e.stack.wait_ready(60)
+    assert out.served.aggregation == "single" and not table.path.exists()
+    assert not any(m.path.exists() for m in parts.values())
+    for r in reps:
+        assert VllmAdmin(r.url).adapters() == {out.served.name}
+        for n in names:
+            req = {"model": n, "prompt": "a", "max_tokens": 1}
+            assert httpx.post(f"{r.url}/v1/completions", json=req, timeout=60).status_code == 404
+        assert [d.name for d in (e.settings.serving_dir() / r.id / "adapters").iterdir()] == [out.served.name]
+
+
 def test_deletion_over_rest_forgets_on_every_replica(env, base_model_path):
     e = env
     victim_slice = e.order[2]  # its deletion leaves the first two blocks of the served sequence
@@ -341,61 +399,3 @@ def test_the_cluster_components_gateway_command_and_reconciler_sidecar(env, tmp_
     finally:
         proc.terminate()
         proc.wait(30)
-
-
-def test_a_routing_table_is_served_by_every_replica_and_sends_each_request_to_one_shard(env):
-    """serving.aggregation = routing on the real replicas: each loads every part under its own new
-    name; the gateway sends a request to one part, the same one for the same prompt on every
-    replica; rolling the default back unloads every part and deletes the table's files."""
-    from pathlib import Path
-
-    from service import training
-    from service.gateway.app import routing_key
-    from service.serving import rollout
-    from service.store import s3t as s3t_store
-    from shards import materialise, served
-
-    e = env
-    root = e.settings.artifacts_dir() / "served"
-    with psycopg.connect(e.db.url) as conn:
-        units = [u for u in s3t_store.live_units(conn) if u.depth >= 1 and u.path]
-    # the shard's two sequences at their clean depth: two exact models, standing in for two shards
-    assert len(units) == 2
-    parts = {u.sequence: materialise.truncate(Path(str(u.path)), u.depth, e.settings.model.num_layers,
-                                              len(u.order), root, f"e2e-q{u.sequence}") for u in units}  # fmt: skip
-    table = materialise.routing(parts, root, "routing")
-    with e.db.connect() as conn:
-        g = serving_store.publish(conn, str(table.path), table.sha256, "routing", None)
-    e.stack.wait_ready(60)
-    names = g.names([f"s{k}" for k in sorted(parts)])
-    with psycopg.connect(e.db.url) as conn:
-        reps = serving_store.replicas(conn)
-    assert [(r.routable, r.serving_names, r.acked_generation) for r in reps] == [(True, tuple(names), g.generation)] * 2
-    assert all(VllmAdmin(r.url).adapters() == set(names) for r in reps)
-
-    used, differ = set(), 0
-    for p in e.corpus.trained[:12]:
-        prompt = p.probe()[0]
-        answer = complete(gateway(e), prompt)
-        by_name = {}
-        for n in names:
-            for r in reps:
-                req = {"model": n, "prompt": prompt, "max_tokens": 8, "temperature": 0}
-                by_name[n] = httpx.post(f"{r.url}/v1/completions", json=req, timeout=60).json()["choices"][0]["text"]
-        chosen = served.pick(names, routing_key({"prompt": prompt}))
-        assert answer == by_name[chosen]
-        used.add(chosen)
-        differ += len(set(by_name.values())) > 1
-    assert used == set(names) and differ > 0  # both parts serve, and they are different models
-    print(f"\nrouting table: {len(names)} parts on {len(reps)} replicas; 12 prompts, {differ} answered differently")
-
-    out = rollout.roll_out(e.db, training.plan_for(e.db, []), root, None, 60)  # back to the default
-    e.stack.wait_ready(60)
-    assert out.served.aggregation == "single" and not table.path.exists()
-    assert not any(m.path.exists() for m in parts.values())
-    for r in reps:
-        assert VllmAdmin(r.url).adapters() == {out.served.name}
-        for n in names:
-            req = {"model": n, "prompt": "a", "max_tokens": 1}
-            assert httpx.post(f"{r.url}/v1/completions", json=req, timeout=60).status_code == 404
-        assert [d.name for d in (e.settings.serving_dir() / r.id / "adapters").iterdir()] == [out.served.name]
