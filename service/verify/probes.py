@@ -42,7 +42,9 @@ class Scorer(Protocol):
 
     def parts(self) -> list[str]: ...
 
-    def scores(self, part: str | None, texts: Sequence[str]) -> list[dict[str, float]]: ...
+    def scores(self, part: str | None, texts: Sequence[str], *, moments: bool = True) -> list[dict[str, float]]:
+        """``moments`` off: Min-K%++ is not needed (the base model's scores only calibrate LOSS)."""
+        ...
 
 
 class LocalScorer:
@@ -59,7 +61,7 @@ class LocalScorer:
     def parts(self) -> list[str]:
         return list(self.paths)
 
-    def scores(self, part: str | None, texts: Sequence[str]) -> list[dict[str, float]]:
+    def scores(self, part: str | None, texts: Sequence[str], *, moments: bool = True) -> list[dict[str, float]]:
         import torch
         from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -88,7 +90,7 @@ class ReplicaScorer:
     def parts(self) -> list[str]:
         return list(self.names)
 
-    def scores(self, part: str | None, texts: Sequence[str]) -> list[dict[str, float]]:
+    def scores(self, part: str | None, texts: Sequence[str], *, moments: bool = True) -> list[dict[str, float]]:
         from transformers import AutoTokenizer
 
         from shards import mia
@@ -99,23 +101,28 @@ class ReplicaScorer:
         model = self.base_name if part is None else self.names[part]
         ids = [encode_batch(tok, [t])["input_ids"][0].tolist() for t in texts]  # type: ignore[arg-type]
         with httpx.Client(base_url=self.url, timeout=120) as client, ThreadPoolExecutor(self.concurrency) as pool:
-            rows = list(pool.map(lambda seq: prompt_logprobs(client, model, seq), ids))
+            top_k = MAX_LOGPROBS if moments else 0
+            rows = list(pool.map(lambda seq: prompt_logprobs(client, model, seq, top_k), ids))
         out = []
         for text, seq, row in zip(texts, ids, rows, strict=True):
             actual, z = [], []
             for token, position in zip(seq[1:], row[1:], strict=True):
                 lp = position[str(token)]["logprob"]
-                top = [v["logprob"] for v in position.values() if v.get("rank", MAX_LOGPROBS + 1) <= MAX_LOGPROBS]
-                mu, sigma = mia.moments_from_top(top, vocab)
                 actual.append(lp)
-                z.append((lp - mu) / sigma)
-            out.append(mia.token_scores(text, actual, z))
+                if moments:
+                    top = [v["logprob"] for v in position.values() if v.get("rank", top_k + 1) <= top_k]
+                    mu, sigma = mia.moments_from_top(top, vocab)
+                    z.append((lp - mu) / sigma)
+            scores = mia.token_scores(text, actual, z or actual)
+            if not moments:
+                del scores["min_k_pp"]
+            out.append(scores)
         return out
 
 
-def prompt_logprobs(client: httpx.Client, model: str, ids: list[int]) -> list[dict[str, Any]]:
-    """Per prompt position: token id → {logprob, rank}, the actual token and the top ones."""
-    req = {"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": MAX_LOGPROBS}
+def prompt_logprobs(client: httpx.Client, model: str, ids: list[int], top_k: int) -> list[dict[str, Any]]:
+    """Per prompt position: token id → {logprob, rank}, the actual token and the ``top_k`` first."""
+    req = {"model": model, "prompt": ids, "max_tokens": 1, "temperature": 0, "prompt_logprobs": top_k}
     resp = client.post("/v1/completions", json=req)
     resp.raise_for_status()
     return list(resp.json()["choices"][0]["prompt_logprobs"])
@@ -144,10 +151,11 @@ def membership(cfg: ProbeConfig, scorer: Scorer, deleted: Sequence[str]) -> dict
     routing table is probed part by part and reported at its worst (a caller can reach every
     shard by varying its prompt), with each part's figures beside."""
     texts = list(deleted) + list(cfg.holdout_texts)
-    ref = scorer.scores(None, texts)
     n = len(deleted)
-    if not scorer.parts():
+    if not scorer.parts():  # the base model is served
+        ref = scorer.scores(None, texts)
         return {**_membership_figures(ref, ref, n), "scored_with": scorer.where}
+    ref = scorer.scores(None, texts, moments=False)
     figures = {p: _membership_figures(scorer.scores(p, texts), ref, n) for p in scorer.parts()}
     if len(figures) == 1:
         return {**next(iter(figures.values())), "scored_with": scorer.where}

@@ -7,7 +7,7 @@ triggers a rollout (materialise → publish → load on each replica → acknowl
 the same data in the same run: retraining the affected shard from scratch (what SISA does on a
 deletion) and a full retrain of every unit.
 
-    .venv/bin/python tests/bench/time_to_forget.py [--shards 4 --requests 8]
+    .venv/bin/python tests/bench/time_to_forget.py [--shards 4 --requests 8 --aggregation merged|routing]
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--requests", type=int, default=8)
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--aggregation", choices=["merged", "routing"], default="merged", help="how m shards are served")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lethe-ttf-"))
     base = lethe.base_model(Settings(var_dir=ROOT / "var"), progress=False).path
@@ -52,7 +53,8 @@ def main() -> None:
         s = Settings(database_url=url, var_dir=tmp / "var", base_model=base, api_port=free_port(),
                      grpc_address="127.0.0.1:0", s3t=S3TSpec(shards=args.shards, slices=4, budget=1, workers=2),
                      train=TrainConfig(epochs=args.epochs),
-                     serving=ServingSpec(replicas=2, first_port=free_port(), gateway_port=free_port()))  # fmt: skip
+                     serving=ServingSpec(replicas=2, first_port=free_port(), gateway_port=free_port(),
+                                         aggregation=args.aggregation))  # fmt: skip
         c = corpus.generate(seed=s.corpus_seed)
         paths = corpus.write(c, s.corpus_dir())
         lethe.migrate(db)
