@@ -187,23 +187,24 @@ def _membership_figures(got: list[dict[str, float]], ref: list[dict[str, float]]
 
 
 def verbmem(replicas: Sequence[tuple[str, str, Sequence[str]]], deleted: Sequence[str], holdout: Sequence[str],
-            max_tokens: int = 24) -> dict[str, Any]:  # fmt: skip
+            max_tokens: int = 24, concurrency: int = 8) -> dict[str, Any]:  # fmt: skip
     """Mean ROUGE-L of greedy continuations per replica ((id, url, adapter names) each), for the
     deleted records and, as the baseline, for never-trained ones: templated text is partly
     predictable without any memory of the person, so only the gap to the baseline means
     memorisation. A replica serving a routing table reports its worst adapter."""
 
+    def rouge(client: httpx.Client, url: str, model: str, text: str) -> float:
+        words = text.split()
+        half = max(1, len(words) // 2)
+        prefix, truth = " ".join(words[:half]), " ".join(words[half:])
+        req = {"model": model, "prompt": prefix, "max_tokens": max_tokens, "temperature": 0}
+        resp = client.post(f"{url}/v1/completions", json=req)
+        resp.raise_for_status()
+        return rouge_l(" ".join(resp.json()["choices"][0]["text"].split()[: len(truth.split())]), truth)
+
     def mean_rouge(client: httpx.Client, url: str, model: str, texts: Sequence[str]) -> float:
-        scores = []
-        for text in texts:
-            words = text.split()
-            half = max(1, len(words) // 2)
-            prefix, truth = " ".join(words[:half]), " ".join(words[half:])
-            req = {"model": model, "prompt": prefix, "max_tokens": max_tokens, "temperature": 0}
-            resp = client.post(f"{url}/v1/completions", json=req)
-            resp.raise_for_status()
-            gen = " ".join(resp.json()["choices"][0]["text"].split()[: len(truth.split())])
-            scores.append(rouge_l(gen, truth))
+        with ThreadPoolExecutor(concurrency) as pool:  # vLLM batches them
+            scores = list(pool.map(lambda t: rouge(client, url, model, t), texts))
         return round(statistics.fmean(scores), 4) if scores else 0.0
 
     out: dict[str, dict[str, float]] = {}

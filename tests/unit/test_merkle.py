@@ -55,5 +55,5 @@ def test_every_consistency_proof_verifies_and_a_rewritten_history_does_not(data_
     old, new = merkle.root(hashed[:m]), merkle.root(hashed)
     assert merkle.verify_consistency(m, len(hashed), old, new, proof)
     if m < len(hashed):
-        rewritten = [merkle.leaf_hash(b"x"), *hashed[1:m]]
+        rewritten = [merkle.leaf_hash(data_leaves[0] + b"!"), *hashed[1:m]]  # the first entry changed
         assert not merkle.verify_consistency(m, len(hashed), merkle.root(rewritten), new, proof)
