@@ -18,12 +18,13 @@ import statistics
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
-from service.serving.vllm import MAX_LOGPROBS
+from service.serving.vllm import BASE_NAME, MAX_LOGPROBS
 
 AUC_LIMIT = 0.65  # above this a dropped record still looks like a member
 
@@ -58,21 +59,26 @@ class LocalScorer:
         self.base_model = base_model
         self.paths = {p.key: p.path for p in served.parts(served_dir, check=False)} if served_dir else {}
 
+    @cached_property
+    def tokenizer(self) -> Any:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.base_model)
+
     def parts(self) -> list[str]:
         return list(self.paths)
 
     def scores(self, part: str | None, texts: Sequence[str], *, moments: bool = True) -> list[dict[str, float]]:
         import torch
-        from transformers import AutoTokenizer, LlamaForCausalLM
+        from transformers import LlamaForCausalLM
 
         from shards import mia, train
 
-        tok = AutoTokenizer.from_pretrained(self.base_model)
         if part is None:
             model = LlamaForCausalLM.from_pretrained(self.base_model, dtype=torch.float32).eval()
         else:
             model = train.load_peft(self.base_model, self.paths[part])
-        return mia.text_scores(model, tok, texts)
+        return mia.text_scores(model, self.tokenizer, texts)
 
 
 class ReplicaScorer:
@@ -81,25 +87,24 @@ class ReplicaScorer:
     </s>); Min-K%++'s per-position moments come from the top ``MAX_LOGPROBS`` log-probabilities
     (mia.moments_from_top), so it is an estimate; the other scores are exact."""
 
-    def __init__(self, replica_id: str, url: str, names: dict[str, str], base_name: str, base_model: Path,
+    def __init__(self, replica_id: str, url: str, names: dict[str, str], base_model: Path,
                  concurrency: int = 8) -> None:  # fmt: skip
-        self.url, self.names, self.base_name, self.base_model = url, names, base_name, base_model
-        self.concurrency = concurrency
+        from transformers import AutoTokenizer
+
+        self.url, self.names, self.concurrency = url, names, concurrency
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.vocab_size = int(json.loads((base_model / "config.json").read_text())["vocab_size"])
         self.where = f"vLLM prompt log-probabilities on {replica_id}"
 
     def parts(self) -> list[str]:
         return list(self.names)
 
     def scores(self, part: str | None, texts: Sequence[str], *, moments: bool = True) -> list[dict[str, float]]:
-        from transformers import AutoTokenizer
-
         from shards import mia
         from shards.basemodel import encode_batch
 
-        tok = AutoTokenizer.from_pretrained(self.base_model)
-        vocab = int(json.loads((self.base_model / "config.json").read_text())["vocab_size"])
-        model = self.base_name if part is None else self.names[part]
-        ids = [encode_batch(tok, [t])["input_ids"][0].tolist() for t in texts]  # type: ignore[arg-type]
+        model = BASE_NAME if part is None else self.names[part]
+        ids = [encode_batch(self.tokenizer, [t])["input_ids"][0].tolist() for t in texts]  # type: ignore[arg-type]
         with httpx.Client(base_url=self.url, timeout=120) as client, ThreadPoolExecutor(self.concurrency) as pool:
             top_k = MAX_LOGPROBS if moments else 0
             rows = list(pool.map(lambda seq: prompt_logprobs(client, model, seq, top_k), ids))
@@ -111,7 +116,7 @@ class ReplicaScorer:
                 actual.append(lp)
                 if moments:
                     top = [v["logprob"] for v in position.values() if v.get("rank", top_k + 1) <= top_k]
-                    mu, sigma = mia.moments_from_top(top, vocab)
+                    mu, sigma = mia.moments_from_top(top, self.vocab_size)
                     z.append((lp - mu) / sigma)
             scores = mia.token_scores(text, actual, z or actual)
             if not moments:

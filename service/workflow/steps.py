@@ -173,7 +173,6 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str], shards: list[int]) -> d
 
 def _scorer(cfg: Any, want: Any, reps: list[Any]) -> Any:
     """Through the first routable replica on the published generation (its vLLM), else on the files."""
-    from service.serving.vllm import BASE_NAME
     from service.verify import probes
     from shards import served
 
@@ -183,7 +182,7 @@ def _scorer(cfg: Any, want: Any, reps: list[Any]) -> Any:
         return probes.LocalScorer(cfg.base_model, path)
     keys = [p.key for p in served.parts(path, check=False)] if path is not None else []
     names = dict(zip(keys, want.names(keys), strict=True)) if keys else {}
-    return probes.ReplicaScorer(current[0].id, current[0].url, names, BASE_NAME, cfg.base_model)
+    return probes.ReplicaScorer(current[0].id, current[0].url, names, cfg.base_model)
 
 
 def _suppress(db: DatabaseInfo, deletion_id: uuid.UUID, documents: list[str]) -> dict[str, Any]:

@@ -246,7 +246,6 @@ def test_the_probes_read_the_served_model_through_vllm_as_transformers_reads_its
     with transformers + peft on the served files, Min-K%++ (moments from the top 100) closely."""
     from pathlib import Path
 
-    from service.serving.vllm import BASE_NAME
     from service.verify.probes import LocalScorer, ReplicaScorer
 
     e = env
@@ -255,7 +254,7 @@ def test_the_probes_read_the_served_model_through_vllm_as_transformers_reads_its
         rep = serving_store.replicas(conn)[0]
     texts = [str(r["text"]) for r in e.corpus.records(e.corpus.trained[:4] + e.corpus.holdout[:4])]
     path = Path(served.adapter_path)
-    replica = ReplicaScorer(rep.id, rep.url, {"": rep.serving_names[0]}, BASE_NAME, e.settings.base_model)
+    replica = ReplicaScorer(rep.id, rep.url, {"": rep.serving_names[0]}, e.settings.base_model)
     local = LocalScorer(e.settings.base_model, path)
     worst = 0.0
     for part in (None, ""):
