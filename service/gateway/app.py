@@ -72,8 +72,9 @@ def create_gateway(
                            _P + "not-found")  # fmt: skip
         if body.get("prompt_logprobs") is not None or (body.get("echo") and body.get("logprobs") is not None):
             return problem(400, "Invalid input", "prompt log-probabilities are not served", _P + "invalid-input")
-        key = routing_key(body)
-        for attempt, target in enumerate(routes.targets() * 2):  # each replica at most twice
+        targets = routes.targets()
+        key = routing_key(body) if any(len(t.models) > 1 for t in targets) else ""  # only a routing table needs it
+        for attempt, target in enumerate(targets * 2):  # each replica at most twice
             model = target.model(key)
             upstream = {**body, "model": model}
             try:
