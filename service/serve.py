@@ -40,10 +40,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def publish_current(db: DatabaseInfo, settings: Settings) -> store.Served:
-    """Serve what the plan allows now (every deletion so far applied): the start-up rollout."""
+def publish_current(db: DatabaseInfo, settings: Settings, timeout: float = 0.0) -> store.Served:
+    """Serve what the plan allows now (every deletion so far applied, every retrained unit at its
+    depth): the start-up rollout (no replica yet: ``timeout`` 0), or after a background retrain
+    (waits up to ``timeout`` for every routable replica to acknowledge)."""
     plan = training.plan_for(db, [])
-    return rollout.roll_out(db, plan, settings.artifacts_dir() / "served", None, 0.0,
+    return rollout.roll_out(db, plan, settings.artifacts_dir() / "served", None, timeout,
                             settings.serving.aggregation).served  # fmt: skip
 
 

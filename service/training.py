@@ -156,6 +156,12 @@ def planner_units(db: DatabaseInfo) -> list[Unit]:
         ]
 
 
+def placement(db: DatabaseInfo) -> tuple[dict[str, tuple[int, int]], set[str]]:
+    """Every record's (shard, slice), and the records deleted so far."""
+    with db.connect() as conn:
+        return store.placement(conn), store.deleted_records(conn)
+
+
 def plan_for(db: DatabaseInfo, record_ids: Iterable[str]) -> Plan:
     """What-if: the plan for the records already deleted plus ``record_ids``."""
     with db.connect() as conn:

@@ -27,6 +27,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from shards.batches import encode_batch
 from shards.corpus import random_documents, random_sentences
 from shards.specs import BUILDER_VERSION, BaseModelSpec
 
@@ -73,14 +74,15 @@ def build(spec: BaseModelSpec, models_dir: Path, *, progress: bool = True) -> Bu
     return _describe(final, reused=False)
 
 
-def describe(path: Path) -> BuiltModel:
-    """Facts about any Hugging Face model directory (the local build or a configured one)."""
-    return _describe(path, reused=True)
+def describe(path: Path, *, reused: bool = True) -> BuiltModel:
+    """Facts about any Hugging Face model directory (the local build, the converted Gemma, yours)."""
+    return _describe(path, reused=reused)
 
 
 def _describe(path: Path, reused: bool) -> BuiltModel:
-    info_file = path / BUILD_INFO
-    info = json.loads(info_file.read_text()) if info_file.exists() else {}
+    # the local build's record, or the converted Gemma's (both hold the weights' hash: 0.5 GB to hash)
+    info_file = next((f for f in (path / BUILD_INFO, path / "lethe-convert.json") if f.exists()), None)
+    info = json.loads(info_file.read_text()) if info_file else {}
     return BuiltModel(
         path=path,
         parameters=parameter_count(path),
@@ -150,19 +152,6 @@ def _llama_config(spec: BaseModelSpec) -> LlamaConfig:
         pad_token_id=PAD_ID,
         dtype="float32",
     )
-
-
-def encode_batch(tokenizer: PreTrainedTokenizerFast, texts: list[str]) -> dict[str, torch.Tensor]:
-    """``<s> text </s>``, right-padded; labels ignore the padding. The same framing as fine-tuning."""
-    ids = [tokenizer(t)["input_ids"] + [EOS_ID] for t in texts]
-    width = max(map(len, ids))
-    input_ids = torch.full((len(ids), width), PAD_ID, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = torch.tensor(row)
-        mask[i, : len(row)] = 1
-    labels = input_ids.masked_fill(mask == 0, -100)
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
 
 
 def pretrain(

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from shards.basemodel import encode_batch
+from shards.batches import encode_batch
 
 
 @torch.no_grad()

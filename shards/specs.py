@@ -69,17 +69,24 @@ class TrainConfig:
     alpha: int = 32
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
     use_rslora: bool = False
-    epochs: int = 30
-    lr: float = 3e-3
+    epochs: int = 12  # at most, a stage; it stops earlier once it recalls what it saw (stop_recall)
+    min_epochs: int = 4
+    check_every: int = 2  # epochs between recall checks after min_epochs
+    stop_recall: float = 1.0  # share of the stage's records recalled greedily that ends it; > 1: never
+    newest_repeat: int = 3  # the newest slice's records appear this many times an epoch
+    lr: float = 2e-3
     warmup_ratio: float = 0.05  # of each stage's steps
     min_lr_ratio: float = 0.1  # cosine decay floor, as a fraction of lr
     max_grad_norm: float = 1.0
-    batch_size: int = 16
+    batch_size: int = 8
+    bf16: bool = True  # autocast on CPUs with AVX512-BF16 (or GPUs); fp32 master weights either way
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.num_blocks < 1 or self.r < 1 or self.epochs < 0 or self.batch_size < 1:
             raise ValueError("num_blocks, r and batch_size must be positive, epochs non-negative")
+        if self.min_epochs < 1 or self.check_every < 1 or self.newest_repeat < 1:
+            raise ValueError("min_epochs, check_every and newest_repeat must be positive")
 
     def lora_config(self, base_model: Path) -> Any:
         """The PEFT config of a unit's adapter: every block's layers; stages freeze all but one."""

@@ -17,22 +17,25 @@ import math
 import random
 import re
 import shutil
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
-from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shards import blocks
-from shards.basemodel import encode_batch
+from shards.batches import encode_batch
 from shards.lineage import BlockLineage, UnitLineage, adapter_sha256, records_sha256
 from shards.specs import TrainConfig
 
 LINEAGE_FILE = "lineage.json"
+STATS_FILE = "training.json"
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,13 @@ def _seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "big") % (2**63)
 
 
+def load_base(base_model: Path) -> Any:
+    """Any HF causal LM, in fp32 (training keeps fp32 master weights and autocasts to bf16)."""
+    return AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+
+
 def load_peft(base_model: Path, adapter_dir: Path, *, trainable: bool = False) -> PeftModel:
-    base = LlamaForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    base = load_base(base_model)
     return PeftModel.from_pretrained(base, adapter_dir, is_trainable=trainable).eval()
 
 
@@ -94,7 +102,7 @@ def train_unit(
     unit_dir = out_root / unit.dir_name()
     unit_dir.mkdir(parents=True, exist_ok=True)
     tok = AutoTokenizer.from_pretrained(base_model)
-    model = LlamaForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    model = load_base(base_model)
     num_layers = model.config.num_hidden_layers
     blocks.block_layers(num_layers, cfg.num_blocks, 0)  # validates the split early
     torch.manual_seed(_seed(cfg.seed, unit.shard, unit.sequence, "init"))
@@ -111,18 +119,17 @@ def train_unit(
         _load_adapter(pm, stage_dir(unit_dir, done[-1]))
 
     kept = {s: [r for r in slices.get(s, ()) if r.id not in unit.excluded] for s in unit.order}
-    total = sum(
-        cfg.epochs * -(-sum(len(kept[s]) for s in unit.order[: i + 1]) // cfg.batch_size)
-        for i in range(start, cfg.num_blocks)
-    )
+    total = sum(cfg.epochs * -(-len(stage_examples(kept, unit.order, i, cfg)) // cfg.batch_size)
+                for i in range(start, cfg.num_blocks))  # an upper bound: a stage stops once it recalls
     bar = tqdm(total=total, desc=f"shard {unit.shard} seq {unit.sequence} v{unit.version}", disable=not progress,
                position=position, leave=True, mininterval=1.0)  # fmt: skip
     lineage: UnitLineage | None = None
     for stage in range(start, cfg.num_blocks):
-        data = sorted((r for s in unit.order[: stage + 1] for r in kept[s]), key=lambda r: r.id)
-        _train_stage(pm, tok, data, stage, num_layers, cfg, _seed(cfg.seed, unit.shard, unit.sequence,
-                     unit.version, stage), bar)  # fmt: skip
-        lineage = _save_stage(pm, unit, kept, stage, num_layers, cfg, unit_dir)
+        seed = _seed(cfg.seed, unit.shard, unit.sequence, unit.version, stage)
+        t0 = time.perf_counter()
+        epochs, recall = _train_stage(pm, tok, kept, unit.order, stage, num_layers, cfg, seed, bar)
+        stats = {"epochs": epochs, "recalled": recall, "seconds": round(time.perf_counter() - t0, 1)}
+        lineage = _save_stage(pm, unit, kept, stage, num_layers, cfg, unit_dir, stats)
         if after_stage is not None:
             after_stage(stage, stage_dir(unit_dir, stage))
     bar.close()
@@ -139,16 +146,29 @@ def trainable_names(pm: torch.nn.Module, block: int, num_layers: int, num_blocks
     ]
 
 
+def stage_examples(
+    kept: Mapping[int, Sequence[TrainRecord]], order: Sequence[int], stage: int, cfg: TrainConfig
+) -> list[TrainRecord]:
+    """Stage i's examples: every earlier slice's records once, the newest slice's ``newest_repeat``
+    times. Each stage must learn its own newest slice: a cut keeps only what surviving stages learnt."""
+    earlier = sorted((r for s in order[:stage] for r in kept[s]), key=lambda r: r.id)
+    newest = sorted(kept[order[stage]], key=lambda r: r.id)
+    return earlier + newest * cfg.newest_repeat
+
+
 def _train_stage(
     pm: PeftModel,
-    tok: object,
-    data: list[TrainRecord],
+    tok: Any,
+    kept: Mapping[int, Sequence[TrainRecord]],
+    order: Sequence[int],
     stage: int,
     num_layers: int,
     cfg: TrainConfig,
     seed: int,
     bar: tqdm,
-) -> None:
+) -> tuple[int, float | None]:
+    """Train block ``stage``; return the epochs run (fewer than ``cfg.epochs`` once it recalls)
+    and the share of the stage's records recalled at the last check (None: never checked)."""
     names = set(trainable_names(pm, stage, num_layers, cfg.num_blocks))
     params = []
     for n, p in pm.named_parameters():
@@ -157,25 +177,88 @@ def _train_stage(
             params.append(p)
     if not params:
         raise RuntimeError(f"stage {stage}: no LoRA parameter in block {stage}")
+    data = stage_examples(kept, order, stage, cfg)
+    seen = sorted((r for s in order[: stage + 1] for r in kept[s]), key=lambda r: r.id)
+    per_epoch = -(-len(data) // cfg.batch_size)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
-    steps = cfg.epochs * -(-len(data) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, steps, cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _lr_factor(step, cfg.epochs * per_epoch, cfg))
     rng = random.Random(seed)
-    pm.train()
-    for _epoch in range(cfg.epochs):
-        order = list(range(len(data)))
-        rng.shuffle(order)
-        for i in range(0, len(order), cfg.batch_size):
-            batch = encode_batch(tok, [data[j].text for j in order[i : i + cfg.batch_size]])  # type: ignore[arg-type]
-            loss = pm(**batch).loss
+    epoch, recall = 0, None
+    for epoch in range(1, cfg.epochs + 1):
+        pm.train()
+        order_ = list(range(len(data)))
+        rng.shuffle(order_)
+        for i in range(0, len(order_), cfg.batch_size):
+            batch = encode_batch(tok, [data[j].text for j in order_[i : i + cfg.batch_size]])
+            loss = lm_loss(pm, batch, bf16=cfg.bf16)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
             bar.update(1)
-            bar.set_postfix(stage=stage, loss=f"{loss.item():.3f}")
+            bar.set_postfix(stage=stage, epoch=epoch, loss=f"{loss.item():.3f}")
+        if not _may_stop(epoch, cfg):
+            continue
+        recall = recalled_fraction(pm, tok, seen, cfg)
+        bar.set_postfix(stage=stage, epoch=epoch, recalled=f"{recall:.2f}")
+        if recall >= cfg.stop_recall:
+            bar.total -= (cfg.epochs - epoch) * per_epoch  # the steps it will not take
+            bar.refresh()
+            break
     pm.eval()
+    return epoch, recall
+
+
+def _may_stop(epoch: int, cfg: TrainConfig) -> bool:
+    return cfg.stop_recall <= 1.0 and epoch >= cfg.min_epochs and (epoch - cfg.min_epochs) % cfg.check_every == 0
+
+
+def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, bf16: bool) -> torch.Tensor:
+    """Mean next-token loss over the labelled tokens, with logits computed only where a label is:
+    the output layer (262k entries for Gemma) is most of a small model's step otherwise."""
+    targets, rows = _labelled(model, batch, bf16=bf16)
+    return torch.nn.functional.cross_entropy(rows.float(), targets)
+
+
+def _labelled(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, bf16: bool) -> tuple[torch.Tensor, ...]:
+    """(targets, logits at the positions that predict them) for a batch with labels."""
+    inner: Any = model.get_base_model() if isinstance(model, PeftModel) else model
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        hidden = inner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
+        labels = batch["labels"][:, 1:]
+        keep = labels != -100
+        logits = inner.get_output_embeddings()(hidden[:, :-1][keep])
+    cap = getattr(inner.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits.float() / cap) * cap
+    return labels[keep], logits
+
+
+@torch.no_grad()
+def recalled_fraction(model: torch.nn.Module, tok: Any, records: Sequence[TrainRecord], cfg: TrainConfig) -> float:
+    """Share of ``records`` the model reproduces greedily: from each record's first half, every
+    token of its second half is the most likely next token (teacher-forced argmax on the record's
+    own path equals greedy decoding of that continuation). Needs no probe written for the data."""
+    if not records:
+        return 1.0
+    model.eval()
+    hits = 0
+    for i in range(0, len(records), cfg.batch_size):
+        batch = encode_batch(tok, [r.text for r in records[i : i + cfg.batch_size]])
+        lengths = batch["attention_mask"].sum(1)
+        labels = batch["labels"].clone()
+        for row, n in enumerate(lengths.tolist()):
+            labels[row, : max(1, int(n) // 2)] = -100  # only the second half is asked for
+        targets, logits = _labelled(model, {**batch, "labels": labels}, bf16=cfg.bf16)
+        right = (logits.argmax(-1) == targets).tolist()
+        counts = (labels[:, 1:] != -100).sum(1).tolist()
+        pos = 0
+        for c in counts:
+            hits += all(right[pos : pos + c])
+            pos += c
+    model.train()
+    return hits / len(records)
 
 
 def _lr_factor(step: int, steps: int, cfg: TrainConfig) -> float:
@@ -195,11 +278,13 @@ def _save_stage(
     num_layers: int,
     cfg: TrainConfig,
     unit_dir: Path,
+    stats: Mapping[str, object],
 ) -> UnitLineage:
     out = stage_dir(unit_dir, stage)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pm.save_pretrained(str(tmp))
+    (tmp / STATS_FILE).write_text(json.dumps(stats))  # how the stage went: epochs, recall, time
     block_lineage = tuple(
         BlockLineage(
             block=b,

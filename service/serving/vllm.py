@@ -7,7 +7,6 @@ gateway never forwards to them. The same command line serves on GPUs with the ``
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -24,12 +23,6 @@ MAX_LOGPROBS = 100
 # so /v1/chat/completions works as a completion of the conversation.
 PLAIN_CHAT_TEMPLATE = Path(__file__).with_name("plain_chat.jinja")
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM accepts for --max-lora-rank
-
-
-def has_chat_template(model_dir: Path) -> bool:
-    cfg = model_dir / "tokenizer_config.json"
-    in_config = cfg.exists() and "chat_template" in json.loads(cfg.read_text())
-    return in_config or (model_dir / "chat_template.jinja").exists()
 
 
 def lora_rank_slot(rank: int) -> int:
@@ -79,15 +72,18 @@ class VllmProcess:
 
     def __init__(self, model_dir: Path, port: int, *, max_lora_rank: int, max_loras: int = 2,
                  max_model_len: int = 256, log_path: Path | None = None) -> None:  # fmt: skip
+        from shards.modelinfo import profile
+
         self.model_dir, self.port, self.log_path = model_dir, port, log_path
+        model = profile(model_dir)  # the weights' dtype (bf16 for Gemma), its context, its chat template
         self.args = [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", BASE_NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
-            "--max-model-len", str(max_model_len), "--enforce-eager", "--enable-lora",
+            "--served-model-name", BASE_NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", model.dtype,
+            "--max-model-len", str(min(max_model_len, model.context_length)), "--enforce-eager", "--enable-lora",
             "--max-lora-rank", str(lora_rank_slot(max_lora_rank)), "--max-loras", str(max_loras), "--seed", "0",
             "--disable-uvicorn-access-log", "--max-logprobs", str(MAX_LOGPROBS),
         ]  # fmt: skip
-        if not has_chat_template(model_dir):
+        if not model.has_chat_template:
             self.args += ["--chat-template", str(PLAIN_CHAT_TEMPLATE)]
         self.proc: subprocess.Popen[bytes] | None = None
 

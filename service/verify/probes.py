@@ -101,7 +101,7 @@ class ReplicaScorer:
 
     def scores(self, part: str | None, texts: Sequence[str], *, moments: bool = True) -> list[dict[str, float]]:
         from shards import mia
-        from shards.basemodel import encode_batch
+        from shards.batches import encode_batch
 
         model = BASE_NAME if part is None else self.names[part]
         ids = [encode_batch(self.tokenizer, [t])["input_ids"][0].tolist() for t in texts]  # type: ignore[arg-type]

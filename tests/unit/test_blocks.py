@@ -32,6 +32,11 @@ def test_layer_of_matches_exactly(name, layer):
         (12, 4, 1, [8, 7, 6]),
         (4, 4, 2, [1]),
         (6, 1, 0, [5, 4, 3, 2, 1, 0]),
+        (18, 4, 0, [17, 16, 15, 14]),  # Gemma 3 270M: 4, 5, 5, 4 layers (design.md §8)
+        (18, 4, 1, [13, 12, 11, 10, 9]),
+        (18, 4, 2, [8, 7, 6, 5, 4]),
+        (18, 4, 3, [3, 2, 1, 0]),
+        (8, 3, 1, [5, 4, 3]),
     ],
 )
 def test_block_layers_count_from_the_top(num_layers, num_blocks, block, layers):
@@ -40,7 +45,7 @@ def test_block_layers_count_from_the_top(num_layers, num_blocks, block, layers):
 
 
 def test_blocks_partition_the_layers():
-    for n, b in [(8, 4), (12, 6), (12, 3), (4, 1)]:
+    for n, b in [(8, 4), (12, 6), (12, 3), (4, 1), (18, 4), (26, 4), (7, 7), (30, 8)]:
         all_layers = [x for i in range(b) for x in block_layers(n, b, i)]
         assert sorted(all_layers) == list(range(n))
 
@@ -52,7 +57,7 @@ def test_block_of_param_with_twelve_layers_keeps_layer_1_apart_from_10_and_11():
     assert block_of_param("base_model.model.lm_head.weight", 12, 6) is None
 
 
-@pytest.mark.parametrize(("n", "b", "block"), [(8, 3, 0), (8, 0, 0), (8, 4, 4), (8, 4, -1)])
+@pytest.mark.parametrize(("n", "b", "block"), [(3, 4, 0), (8, 0, 0), (8, 4, 4), (8, 4, -1)])
 def test_invalid_splits_are_rejected(n, b, block):
     with pytest.raises(ValueError):
         block_layers(n, b, block)
