@@ -420,5 +420,16 @@ def demo(ctx: typer.Context) -> None:
     sys.exit(run(_settings(ctx), console))
 
 
+def main() -> None:
+    """The ``lethe`` command: a base model that cannot be used is one line saying why, exit 2."""
+    from shards.modelinfo import BaseModelError
+
+    try:
+        app()
+    except BaseModelError as e:
+        console.print(f"lethe: base model: {e}", markup=False, highlight=False)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
-    app()
+    main()

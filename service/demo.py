@@ -131,8 +131,8 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
     predicted = [p for p in people if p not in (a, b) and not _kept(db, planned, cells[p.subject_id])]
     for p in (a, b):
         console.print(f"      {p.probe()[0]!r} → {ask.via_gateway(p)!r}   (fact: {p.code})")
-    console.print(f"      planner: {training.describe(planned)}; {len(predicted)} other people's slices will be "
-                  "cut and await the background retrain")  # fmt: skip
+    console.print(f"      planner: {_plan_line(planned)}; {len(predicted)} other people's slices will be cut and "
+                  "await the background retrain")  # fmt: skip
 
     console.print(f"[7/{STEPS}] deletion requests: {a.name} over REST, {b.name} over gRPC")
     t0 = time.perf_counter()
@@ -192,6 +192,14 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
         "receipts": "; ".join(receipts.values()),
         "ledger verify": f"{'OK' if report.ok else 'FAILED'} ({report.entries} entries)",
     }
+
+
+def _plan_line(plan: Any) -> str:
+    return "; ".join(
+        f"shard {k}: serve sequence {sp.sequence} with its first {sp.prefix} of {sp.num_blocks} blocks, cut "
+        + ", ".join(f"sequence {q} from block {b}" for q, b in sorted(sp.tainted.items()))
+        for k, sp in sorted(plan.shards.items())
+    )
 
 
 def _per_replica(counts: dict[str, int], n: int) -> str:

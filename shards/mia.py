@@ -14,21 +14,21 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from shards.batches import encode_batch
+from shards.batches import encode_batch, labelled_logits
 
 
 @torch.no_grad()
 def text_losses(model: torch.nn.Module, tokenizer: object, texts: Sequence[str], batch_size: int = 64) -> list[float]:
-    """Mean token NLL of each text, framed as in training (<s> text </s>)."""
+    """Mean token NLL of each text, framed as in training (<bos> text <eos>), in fp32; logits only
+    at the labelled positions (a 262k-entry vocabulary makes full logits gigabytes a batch)."""
     model.eval()
     out: list[float] = []
     for i in range(0, len(texts), batch_size):
-        batch = encode_batch(tokenizer, list(texts[i : i + batch_size]))  # type: ignore[arg-type]
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
-        mask = (labels != -100).float()
-        out += (nll.sum(1) / mask.sum(1)).tolist()
+        batch = encode_batch(tokenizer, list(texts[i : i + batch_size]))
+        targets, logits = labelled_logits(model, batch, bf16=False)
+        nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
+        counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+        out += [float(part.mean()) for part in torch.split(nll, counts)]
     return out
 
 
@@ -36,7 +36,7 @@ MIN_K = 0.4  # Min-K%: the lowest 40 % of token log-probabilities (design.md §7
 
 
 @torch.no_grad()
-def text_scores(model: torch.nn.Module, tokenizer: object, texts: Sequence[str], batch_size: int = 64
+def text_scores(model: torch.nn.Module, tokenizer: object, texts: Sequence[str], batch_size: int = 8
                 ) -> list[dict[str, float]]:  # fmt: skip
     """LOSS, zlib, Min-K% and Min-K%++ of each text, all oriented "lower = more member-like".
 

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shards import blocks
-from shards.batches import encode_batch
+from shards.batches import encode_batch, labelled_logits
 from shards.lineage import BlockLineage, UnitLineage, adapter_sha256, records_sha256
 from shards.specs import TrainConfig
 
@@ -217,22 +217,8 @@ def _may_stop(epoch: int, cfg: TrainConfig) -> bool:
 def lm_loss(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, bf16: bool) -> torch.Tensor:
     """Mean next-token loss over the labelled tokens, with logits computed only where a label is:
     the output layer (262k entries for Gemma) is most of a small model's step otherwise."""
-    targets, rows = _labelled(model, batch, bf16=bf16)
+    targets, rows = labelled_logits(model, batch, bf16=bf16)
     return torch.nn.functional.cross_entropy(rows.float(), targets)
-
-
-def _labelled(model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, bf16: bool) -> tuple[torch.Tensor, ...]:
-    """(targets, logits at the positions that predict them) for a batch with labels."""
-    inner: Any = model.get_base_model() if isinstance(model, PeftModel) else model
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        hidden = inner.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])[0]
-        labels = batch["labels"][:, 1:]
-        keep = labels != -100
-        logits = inner.get_output_embeddings()(hidden[:, :-1][keep])
-    cap = getattr(inner.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits.float() / cap) * cap
-    return labels[keep], logits
 
 
 @torch.no_grad()
@@ -250,7 +236,7 @@ def recalled_fraction(model: torch.nn.Module, tok: Any, records: Sequence[TrainR
         labels = batch["labels"].clone()
         for row, n in enumerate(lengths.tolist()):
             labels[row, : max(1, int(n) // 2)] = -100  # only the second half is asked for
-        targets, logits = _labelled(model, {**batch, "labels": labels}, bf16=cfg.bf16)
+        targets, logits = labelled_logits(model, {**batch, "labels": labels}, bf16=cfg.bf16)
         right = (logits.argmax(-1) == targets).tolist()
         counts = (labels[:, 1:] != -100).sum(1).tolist()
         pos = 0

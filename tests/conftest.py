@@ -53,11 +53,21 @@ def settings(tmp_path: Path, empty_db: DatabaseInfo) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def base_model_path() -> Path:
-    """The default local base model, built once and cached under var/models (shared with the demo)."""
+def gemma_path() -> Path:
+    """The default base model, Gemma 3 270M, converted once and cached under var/models (shared
+    with the demo): every test of an outcome a user would look for (recall, forgetting, reading)."""
     from service import app as lethe
 
     return lethe.base_model(Settings(var_dir=ROOT / "var"), progress=True).path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path() -> Path:
+    """The tiny local Llama (7 M parameters), built once: tests of mechanics only (it cannot recall
+    a fact or read its context)."""
+    from service import app as lethe
+
+    return lethe.base_model(Settings(var_dir=ROOT / "var", builtin_model="tiny-llama"), progress=True).path
 
 
 @pytest.fixture(scope="session")

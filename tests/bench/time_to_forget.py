@@ -7,7 +7,10 @@ triggers a rollout (materialise → publish → load on each replica → acknowl
 the same data in the same run: retraining the affected shard from scratch (what SISA does on a
 deletion) and a full retrain of every unit.
 
-    .venv/bin/python tests/bench/time_to_forget.py [--shards 4 --requests 8 --aggregation merged|routing]
+    .venv/bin/python tests/bench/time_to_forget.py [--shards 4 --people 24 --requests 8 --aggregation merged|routing]
+
+On the default base model (Gemma 3 270M) with the default training recipe; ``--tiny`` for the
+tiny local Llama.
 """
 
 from __future__ import annotations
@@ -42,20 +45,22 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--requests", type=int, default=8)
-    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--people", type=int, default=24, help="trained people (spread over shards × 4 slices)")
+    ap.add_argument("--tiny", action="store_true", help="the tiny local Llama instead of Gemma 3 270M")
     ap.add_argument("--aggregation", choices=["merged", "routing"], default="merged", help="how m shards are served")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lethe-ttf-"))
-    base = lethe.base_model(Settings(var_dir=ROOT / "var"), progress=False).path
+    builtin = "tiny-llama" if args.tiny else "gemma-3-270m"
+    base = lethe.base_model(Settings(var_dir=ROOT / "var", builtin_model=builtin), progress=False).path
     with dbm.database(None, tmp / "pg") as server:
         url = dbm.create_database(server.url, "ttf")
         db = dbm.DatabaseInfo(url, True)
         s = Settings(database_url=url, var_dir=tmp / "var", base_model=base, api_port=free_port(),
                      grpc_address="127.0.0.1:0", s3t=S3TSpec(shards=args.shards, slices=4, budget=1, workers=2),
-                     train=TrainConfig(epochs=args.epochs),
+                     train=TrainConfig(), corpus_people=args.people,
                      serving=ServingSpec(replicas=2, first_port=free_port(), gateway_port=free_port(),
                                          aggregation=args.aggregation))  # fmt: skip
-        c = corpus.generate(seed=s.corpus_seed)
+        c = s.generated_corpus()
         paths = corpus.write(c, s.corpus_dir())
         lethe.migrate(db)
         lethe.ingest(db, s, paths["train"])
@@ -102,7 +107,8 @@ def main() -> None:
         dbm.drop_database(server.url, "ttf")
 
     print(
-        f"\n{len(victims)} requests, {args.shards} shards × 4 slices, 2 vLLM CPU replicas, {args.epochs} epochs/stage"
+        f"\n{len(victims)} requests, {args.shards} shards × 4 slices, {args.people} people, 2 vLLM CPU replicas, "
+        f"base model {base.name}"
     )
     print("\n| path | p50 s | p99 s | × time to forget (p50) |")
     print("|---|---:|---:|---:|")
@@ -125,7 +131,7 @@ def main() -> None:
 def _aggregation(db: dbm.DatabaseInfo, s: Settings, c: corpus.Corpus, base: Path, out: Path) -> dict[str, dict]:
     """Merged adapter (rank m·r, the default) against the routing table (a request goes to one live
     shard's adapter; averaged over the shards, which is its expectation under uniform routing)."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
     from service.serving import rollout
     from shards import mia
@@ -136,7 +142,7 @@ def _aggregation(db: dbm.DatabaseInfo, s: Settings, c: corpus.Corpus, base: Path
     tok = AutoTokenizer.from_pretrained(base)
     rows = list(c.records(c.trained)) + list(c.records(c.holdout))
     texts = [str(r["text"]) for r in rows]
-    ref = mia.text_losses(LlamaForCausalLM.from_pretrained(base).eval(), tok, texts)
+    ref = mia.text_losses(train.load_base(base).eval(), tok, texts)
     people = {p.subject_id: [r["id"] for r in c.records([p])] for p in c.trained + c.holdout}
 
     def score(losses: list[float]) -> dict[str, float]:

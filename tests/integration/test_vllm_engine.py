@@ -20,22 +20,22 @@ PROMPTS = ["The personal code of Kalo Viremu is", "Bravo Tresi was born in", "As
 
 
 @pytest.fixture(scope="module")
-def engine(base_model_path):
+def engine(tiny_model_path):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM
 
-    llm = LLM(model=str(base_model_path), dtype="float32", max_model_len=128, seed=0, enforce_eager=True,
+    llm = LLM(model=str(tiny_model_path), dtype="float32", max_model_len=128, seed=0, enforce_eager=True,
               enable_lora=True, max_lora_rank=16, max_loras=2)  # fmt: skip
     yield llm
     llm.llm_engine.engine_core.shutdown()
 
 
-def test_vllm_cpu_engine_generates_with_the_built_model(engine, base_model_path):
+def test_vllm_cpu_engine_generates_with_the_built_model(engine, tiny_model_path):
     from vllm import SamplingParams
 
     outs = engine.generate(PROMPTS, SamplingParams(max_tokens=6, temperature=0, logprobs=1))
-    tok = AutoTokenizer.from_pretrained(base_model_path)
-    model = LlamaForCausalLM.from_pretrained(base_model_path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_path)
+    model = LlamaForCausalLM.from_pretrained(tiny_model_path, dtype=torch.float32).eval()
     for prompt, out in zip(PROMPTS, outs, strict=True):
         gen = out.outputs[0]
         assert out.prompt_token_ids == tok(prompt)["input_ids"]  # same tokenizer, BOS included
@@ -50,7 +50,7 @@ def test_vllm_cpu_engine_generates_with_the_built_model(engine, base_model_path)
 
 
 @pytest.fixture(scope="module")
-def adapters(base_model_path, tmp_path_factory):
+def adapters(tiny_model_path, tmp_path_factory):
     """A truncated S3T adapter (prefix 2 of 4), a full rsLoRA one, and their merge (rank 16)."""
     root = tmp_path_factory.mktemp("adapters")
     c = corpus.generate(seed=9, trained=16, holdout=1)
@@ -63,16 +63,16 @@ def adapters(base_model_path, tmp_path_factory):
     for k, cfg in enumerate(
         [TrainConfig(r=8, alpha=16, epochs=2), TrainConfig(r=8, alpha=16, epochs=2, use_rslora=True)]
     ):
-        train.train_unit(base_model_path, train.UnitSpec(k, 0, (0, 1, 2, 3)), slices, cfg, root, progress=False)
+        train.train_unit(tiny_model_path, train.UnitSpec(k, 0, (0, 1, 2, 3)), slices, cfg, root, progress=False)
         final = train.stage_dir(root / train.UnitSpec(k, 0, (0, 1, 2, 3)).dir_name(), 3)
         out[k] = materialise.truncate(final, 2 if k == 0 else 4, 8, 4, root / "served", f"s{k}").path
     out["merged"] = materialise.merge([out[0], out[1]], root / "served", "merged").path
     return out
 
 
-def hf_logprobs(base_model_path, adapter, ids, start):
+def hf_logprobs(tiny_model_path, adapter, ids, start):
     """log p(ids[t] | ids[:t]) for t ≥ start, computed by transformers + peft."""
-    model = train.load_peft(base_model_path, adapter)
+    model = train.load_peft(tiny_model_path, adapter)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0, :-1]
     logprobs = torch.log_softmax(logits, -1).gather(1, torch.tensor(ids[1:])[:, None])[:, 0]
@@ -80,7 +80,7 @@ def hf_logprobs(base_model_path, adapter, ids, start):
 
 
 @pytest.mark.parametrize("which", [0, 1, "merged"])
-def test_vllm_logprobs_with_s3t_adapters_match_transformers_and_peft(engine, adapters, base_model_path, which):
+def test_vllm_logprobs_with_s3t_adapters_match_transformers_and_peft(engine, adapters, tiny_model_path, which):
     """Scaling (alpha, rsLoRA), module names, truncated layers and merged ranks survive the trip:
     the prompt's log-probabilities (what the probes read) and the greedy continuation's, for a
     batch of three LoRA requests. Unpatched, vLLM CPU 0.32.0 kills its engine on prompt
@@ -99,10 +99,10 @@ def test_vllm_logprobs_with_s3t_adapters_match_transformers_and_peft(engine, ada
         gen = o.outputs[0]
         ids = list(o.prompt_token_ids) + list(gen.token_ids)
         served = [gen.logprobs[t][tok].logprob for t, tok in enumerate(gen.token_ids)]
-        expected = hf_logprobs(base_model_path, adapters[which], ids, len(o.prompt_token_ids))
+        expected = hf_logprobs(tiny_model_path, adapters[which], ids, len(o.prompt_token_ids))
         assert served == pytest.approx(expected, abs=2e-3)
         prompt = [o.prompt_logprobs[t][tok].logprob for t, tok in enumerate(o.prompt_token_ids) if t]
-        assert prompt == pytest.approx(hf_logprobs(base_model_path, adapters[which], ids, 1)[: len(prompt)], abs=2e-3)
+        assert prompt == pytest.approx(hf_logprobs(tiny_model_path, adapters[which], ids, 1)[: len(prompt)], abs=2e-3)
         base_gen = b.outputs[0]
         base = [base_gen.logprobs[t][tok].logprob for t, tok in enumerate(base_gen.token_ids)]
         differs |= gen.token_ids != base_gen.token_ids or any(
