@@ -62,8 +62,7 @@ def test_a_stage_changes_no_tensor_outside_its_block(models, slices, stage):
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.02)
     before = {n: t.clone() for n, t in pm.state_dict().items()}
-    data = [r for s in range(4) for r in slices[s]]
-    train._train_stage(pm, tok, data, stage, 4, CFG, seed=1, bar=_NullBar())
+    train._train_stage(pm, tok, slices, (0, 1, 2, 3), stage, 4, CFG, seed=1, bar=_NullBar())
     changed = changed_layers(before, pm.state_dict())
     allowed = set(train.trainable_names(pm, stage, 4, 4))
     assert changed, "the stage trained nothing"
@@ -79,7 +78,8 @@ def test_with_twelve_layers_training_the_block_of_layer_1_leaves_layers_10_and_1
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.02)
     before = {n: t.clone() for n, t in pm.state_dict().items()}
-    train._train_stage(pm, tok, slices[0], 5, 12, cfg, seed=1, bar=_NullBar())  # block 5 = layers 1, 0
+    kept = {**{i: [] for i in range(5)}, 5: slices[0]}  # stage 5 trains block 5 = layers 1, 0
+    train._train_stage(pm, tok, kept, (0, 1, 2, 3, 4, 5), 5, 12, cfg, seed=1, bar=_NullBar())
     changed = changed_layers(before, pm.state_dict())
     assert any(".layers.1." in n for n in changed) and any(".layers.0." in n for n in changed)
     assert not [n for n in changed if ".layers.10." in n or ".layers.11." in n]
@@ -193,7 +193,12 @@ def test_background_retrain_carries_the_clean_prefix_and_excludes_deleted_record
 
 
 class _NullBar:
+    total = 0
+
     def update(self, *_):
+        pass
+
+    def refresh(self):
         pass
 
     def set_postfix(self, *_, **__):

@@ -137,6 +137,27 @@ def test_gateway_serves_the_trained_facts_and_nothing_else(env):
     assert echo.status_code == 400
 
 
+def test_the_replicas_score_prompts_from_bos_with_the_trained_adapter_loaded(env):
+    """The converted Gemma's tokenizer adds <bos> (id 2) for vLLM too (without it Gemma
+    degenerates), and the S3T adapter trained with transformers + peft loads on it at runtime."""
+    e = env
+    tok = AutoTokenizer.from_pretrained(e.settings.base_model)
+    assert tok.bos_token_id == 2 and tok("The personal code of")["input_ids"][0] == 2
+    with psycopg.connect(e.db.url) as conn:
+        reps = serving_store.replicas(conn)
+    assert len(reps) == 2
+    for rep in reps:
+        admin = VllmAdmin(rep.url)
+        assert rep.serving_names[0] in admin.adapters()  # loaded at runtime by the reconciler
+        admin.close()
+        req = {"model": rep.serving_names[0], "prompt": "The personal code of", "max_tokens": 1, "echo": True,
+               "logprobs": 1, "temperature": 0, "return_tokens_as_token_ids": True}  # fmt: skip
+        got = httpx.post(f"{rep.url}/v1/completions", json=req, timeout=60).json()
+        scored = got["choices"][0]["logprobs"]["tokens"]
+        want = [f"token_id:{i}" for i in tok("The personal code of")["input_ids"]]
+        assert scored[: len(want)] == want and scored[0] == "token_id:2", scored
+
+
 def test_a_routing_table_is_served_by_every_replica_and_sends_each_request_to_one_shard(env):
     """serving.aggregation = routing on the real replicas: each loads every part under its own new
     name; the gateway sends a request to one part, the same one for the same prompt on every
