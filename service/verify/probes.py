@@ -69,13 +69,10 @@ class LocalScorer:
         return list(self.paths)
 
     def scores(self, part: str | None, texts: Sequence[str], *, moments: bool = True) -> list[dict[str, float]]:
-        import torch
-        from transformers import LlamaForCausalLM
-
         from shards import mia, train
 
-        if part is None:
-            model = LlamaForCausalLM.from_pretrained(self.base_model, dtype=torch.float32).eval()
+        if part is None:  # any causal LM (a Llama class on Gemma's weights scored garbage)
+            model = train.load_base(self.base_model).eval()
         else:
             model = train.load_peft(self.base_model, self.paths[part])
         return mia.text_scores(model, self.tokenizer, texts)

@@ -226,7 +226,8 @@ def test_deletion_over_rest_forgets_on_every_replica(env, gemma_path):
     victim_slice = e.order[2]  # its deletion leaves the first two blocks of the served sequence
     victim = in_slices(e, {victim_slice})[0]
     with psycopg.connect(e.db.url) as conn:
-        before = calibrated_person_aucs(e, gemma_path, serving_store.served(conn).adapter_path, range(4))
+        before = calibrated_person_aucs(e, gemma_path, serving_store.served(conn).adapter_path, range(4), [victim])
+    before_victim = before.pop("people")
     assert all(a >= 0.9 for a in before.values()), before  # every slice memorised: forgetting is not vacuous
     with psycopg.connect(e.db.url) as conn:
         gen_before = serving_store.served(conn).generation
@@ -258,11 +259,13 @@ def test_deletion_over_rest_forgets_on_every_replica(env, gemma_path):
         out = httpx.post(f"{rep.url}/v1/completions", json=req, timeout=60).json()
         assert fact not in out["choices"][0]["text"]
     assert fact not in complete(gateway(e), prompt)
-    # the deleted person is no more member-like than never-trained people to a per-person LOSS attack
-    # (one person against 30: the calibrated variant is reported, a draw of a wide null distribution)
+    # the deleted person went from memorised (above every holdout person) back among never-trained
+    # people: one person against 30 holdout people, so once forgotten the AUC is a draw from
+    # U(0, 1) (a bound of 0.65 would fail 35 % of exact deletions); asserted: no longer above 90 %
+    # of them, reported: both AUCs
     victim_auc = calibrated_person_aucs(e, gemma_path, served.adapter_path, [], [victim], calibrate=False)["people"]
     victim_cal = calibrated_person_aucs(e, gemma_path, served.adapter_path, [], [victim])["people"]
-    assert victim_auc <= 0.65, (victim_auc, victim_cal)
+    assert before_victim >= 0.95 and victim_cal <= 0.9, (before_victim, victim_cal, victim_auc)
     # the people of the slices the served prefix kept are still recalled; the dropped slices' people
     # wait for the background retrain (reported: S3T's price for no training on the request path)
     dropped, kept = list(e.order[2:]), set(e.order[:2])
@@ -272,7 +275,8 @@ def test_deletion_over_rest_forgets_on_every_replica(env, gemma_path):
     survivors = recalled(e, in_slices(e, kept))
     assert statistics.fmean(survivors) >= 0.8, survivors
     waiting = recalled(e, [p for p in in_slices(e, set(dropped)) if p != victim])
-    print(f"\nAUCs before {before}; after: deleted person LOSS {victim_auc:.2f} (calibrated {victim_cal:.2f}), "
+    print(f"\nAUCs before {before} (deleted person {before_victim:.2f}); after: deleted person calibrated "
+          f"{victim_cal:.2f} (plain LOSS {victim_auc:.2f}), "
           f"dropped slices {aucs}, "
           f"kept {kept_aucs}; verbatim recall before {e.state['recall_before']:.2f}, kept slices after "
           f"{statistics.fmean(survivors):.2f}, "
@@ -308,14 +312,18 @@ def test_the_probes_read_the_served_model_through_vllm_as_transformers_reads_its
     replica = ReplicaScorer(rep.id, rep.url, {"": rep.serving_names[0]}, e.settings.base_model)
     local = LocalScorer(e.settings.base_model, path)
     worst = 0.0
+    exact = 0.0
     for part in (None, ""):
         got, want = replica.scores(part, texts), local.scores(part, texts)
         for g, w in zip(got, want, strict=True):
+            # vLLM computes in bf16 (the converted Gemma's dtype), transformers in fp32 on the same weights
             assert {k: g[k] for k in ("loss", "zlib", "min_k")} == pytest.approx(
-                {k: w[k] for k in ("loss", "zlib", "min_k")}, abs=1e-3)  # fmt: skip
+                {k: w[k] for k in ("loss", "zlib", "min_k")}, rel=0.02, abs=0.05)  # fmt: skip
+            exact = max(exact, *(abs(g[k] - w[k]) for k in ("loss", "zlib", "min_k")))
             worst = max(worst, abs(g["min_k_pp"] - w["min_k_pp"]))
     assert worst < 0.5, worst
-    print(f"\nprobes through vLLM vs transformers: exact scores agree; Min-K%++ within {worst:.3f}")
+    print(f"\nprobes through vLLM (bf16) vs transformers (fp32): LOSS, zlib, Min-K% within {exact:.4f}; "
+          f"Min-K%++ within {worst:.3f}")
 
 
 def test_deletion_over_grpc_and_the_ledger(env):
