@@ -78,6 +78,9 @@ class LocalScorer:
         return mia.text_scores(model, self.tokenizer, texts)
 
 
+MAX_MOMENTS_VOCAB = 65_536  # vocabularies whose Min-K%++ moments the top MAX_LOGPROBS estimate
+
+
 class ReplicaScorer:
     """vLLM's prompt log-probabilities from one replica: each served adapter by its name there, the
     base model by its served name. Texts are sent as token ids framed as in training (<s> text
@@ -101,6 +104,9 @@ class ReplicaScorer:
         from shards.batches import encode_batch
 
         model = BASE_NAME if part is None else self.names[part]
+        # Min-K%++'s moments from the top 100 of a 262k vocabulary (Gemma) were off by 143 against
+        # the full-vocabulary figure (0.34 on a 2k one): beyond MAX_MOMENTS_VOCAB it is not reported
+        moments = moments and self.vocab_size <= MAX_MOMENTS_VOCAB
         ids = [encode_batch(self.tokenizer, [t])["input_ids"][0].tolist() for t in texts]  # type: ignore[arg-type]
         with httpx.Client(base_url=self.url, timeout=120) as client, ThreadPoolExecutor(self.concurrency) as pool:
             top_k = MAX_LOGPROBS if moments else 0
@@ -175,6 +181,8 @@ def _membership_figures(got: list[dict[str, float]], ref: list[dict[str, float]]
 
     out: dict[str, Any] = {"records": n, "holdout_records": len(got) - n}
     for attack in ("loss", "zlib", "min_k", "min_k_pp"):
+        if not all(attack in g for g in got):  # Min-K%++ is left out where it cannot be estimated
+            continue
         scores = [g[attack] for g in got]
         out[f"auc_{attack}"] = round(mia.auc(scores[:n], scores[n:]), 4)
     calibrated = [g["loss"] - r["loss"] for g, r in zip(got, ref, strict=True)]

@@ -320,7 +320,10 @@ def test_the_probes_read_the_served_model_through_vllm_as_transformers_reads_its
             assert {k: g[k] for k in ("loss", "zlib", "min_k")} == pytest.approx(
                 {k: w[k] for k in ("loss", "zlib", "min_k")}, rel=0.02, abs=0.05)  # fmt: skip
             exact = max(exact, *(abs(g[k] - w[k]) for k in ("loss", "zlib", "min_k")))
-            worst = max(worst, abs(g["min_k_pp"] - w["min_k_pp"]))
+            if "min_k_pp" in g:  # estimated from the top 100 only for vocabularies up to 65k
+                worst = max(worst, abs(g["min_k_pp"] - w["min_k_pp"]))
+            else:
+                assert replica.vocab_size > 65_536  # Gemma's 262k: the estimate was 143 off, left out
     assert worst < 0.5, worst
     print(f"\nprobes through vLLM (bf16) vs transformers (fp32): LOSS, zlib, Min-K% within {exact:.4f}; "
           f"Min-K%++ within {worst:.3f}")
