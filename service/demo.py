@@ -128,7 +128,8 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
     console.print(f"      {len(remembered)}/{len(people)} people's personal codes recalled verbatim")
     a, b = _victims(db, people, cells)
     planned = training.plan_for(db, _records(db, (a, b)))
-    predicted = [p for p in people if p not in (a, b) and not _kept(db, planned, cells[p.subject_id])]
+    kept_planned = _kept_cells(db, planned)
+    predicted = [p for p in people if p not in (a, b) and cells[p.subject_id] not in kept_planned]
     for p in (a, b):
         console.print(f"      {p.probe()[0]!r} → {ask.via_gateway(p)!r}   (fact: {p.code})")
     console.print(f"      planner: {_plan_line(planned)}; {len(predicted)} other people's slices will be cut and "
@@ -145,11 +146,11 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
     gone = ask.on_every_replica([a, b])
     for p in (a, b):
         console.print(f"      {p.probe()[0]!r} → {ask.via_gateway(p)!r}   (fact {p.code})")
-    served_now = training.plan_for(db, [])
+    kept_now = _kept_cells(db, training.plan_for(db, []))
     others = [p for p in remembered if p not in (a, b)]
-    kept = [p for p in others if _kept(db, served_now, cells[p.subject_id])]
+    kept = [p for p in others if cells[p.subject_id] in kept_now]
     kept_recalled = ask.recalls(kept)
-    waiting = [p for p in people if p not in (a, b) and not _kept(db, served_now, cells[p.subject_id])]
+    waiting = [p for p in people if p not in (a, b) and cells[p.subject_id] not in kept_now]
     console.print(f"      deleted people recalled: {gone}; others in kept slices {len(kept_recalled)}/{len(kept)}; "
                   f"awaiting the background retrain: {len(waiting)} (planner predicted {len(predicted)})")  # fmt: skip
 
@@ -220,12 +221,10 @@ def _records(db: Any, people: tuple[corpus.Person, ...]) -> list[str]:
     return [rid for rid in placement if rid.rsplit("-", 1)[0] in ids]
 
 
-def _kept(db: Any, plan: Any, cell: tuple[int, int]) -> bool:
-    """Whether the served model of ``plan`` still holds the blocks trained on ``cell``'s slice."""
-    shard, slice_ = cell
-    sp = plan.shards[shard]
-    order = next(u.order for u in training.planner_units(db) if (u.shard, u.sequence) == (shard, sp.sequence))
-    return slice_ in order[: sp.prefix]
+def _kept_cells(db: Any, plan: Any) -> set[tuple[int, int]]:
+    """The (shard, slice) cells whose blocks the served model of ``plan`` still holds."""
+    orders = {(u.shard, u.sequence): u.order for u in training.planner_units(db)}
+    return {(k, s) for k, sp in plan.shards.items() for s in orders[(k, sp.sequence)][: sp.prefix]}
 
 
 def _victims(db: Any, people: list[corpus.Person], cells: dict[str, tuple[int, int]]) -> tuple[Any, Any]:
