@@ -69,9 +69,24 @@ def trained_s3t(embedded_server, gemma_path, tmp_path_factory):
     lethe.migrate(db)
     lethe.ingest(db, settings, corpus.write(c, settings.corpus_dir())["train"])
     training.train_all(db, lethe.training_job(settings, gemma_path))
-    db_mod.close_pool(url)  # a template database must have no connections
+    db_mod.close_pool(url)
+    seal_template(embedded_server.url, name)
     yield Trained(name, settings.var_dir, c)
     db_mod.drop_database(embedded_server.url, name)
+
+
+def seal_template(admin_url: str, name: str) -> None:
+    """Refuse new connections to the template and end any left (CREATE DATABASE … TEMPLATE fails
+    while another session is in it: a CI run once met one right after training), naming them."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(sql.Identifier(name)))
+        left = conn.execute(
+            "SELECT pid, application_name, state, left(query, 120) FROM pg_stat_activity WHERE datname = %s",
+            (name,),
+        ).fetchall()
+        for pid, app, state, query in left:
+            print(f"template {name}: ending a leftover session pid={pid} app={app!r} state={state} last={query!r}")
+            conn.execute("SELECT pg_terminate_backend(%s, 5000)", (pid,))
 
 
 def clone_trained(t: Trained, server: DatabaseInfo, var: Path) -> DatabaseInfo:
