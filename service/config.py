@@ -87,8 +87,9 @@ class Settings(BaseSettings):
         description="Server key for subject-identity HMACs (default var/keys/subject-hmac.key, made on first use).",
     )
     base_model: Path | None = Field(
-        None, description="Any Hugging Face causal-LM directory (e.g. a GPU deployment's larger model); unset: "
-        "builtin_model."
+        None,
+        description="Any Hugging Face causal-LM directory (e.g. a GPU deployment's larger model); unset: "
+        "builtin_model.",
     )
     builtin_model: Literal["gemma-3-270m", "tiny-llama"] = Field(
         "gemma-3-270m",

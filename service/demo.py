@@ -167,9 +167,14 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
     gone_after_retrain = ask.on_every_replica([a, b])
 
     console.print(f"[10/{STEPS}] membership, receipts, ledger")
-    m = done[next(iter(done))]["result"].get("verification", {}).get("membership", {})
+    v = done[next(iter(done))]["result"].get("verification", {})
+    m = v.get("membership", {})
     console.print(f"      membership AUCs of {a.name}'s records vs holdout: "
                   + ", ".join(f"{k[4:]} {v}" for k, v in m.items() if k.startswith("auc_")))  # fmt: skip
+    verdicts = {rid: d["result"].get("verification", {}) for rid, d in done.items()}
+    for rid, ver in verdicts.items():
+        console.print(f"      verification of {rid}: {ver.get('verdict')}"
+                      + (f" ({ver['reason']})" if ver.get("reason") else ""))  # fmt: skip
     receipts = {}
     for rid, d in done.items():
         seq = d["result"]["ledger_seqs"][d["request_status"]]
@@ -189,7 +194,10 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
         f"people {_per_replica(gone_after_retrain, 2)}",
         "accepted → both completed": f"{elapsed:.1f} s",
         "background retrain": f"{len(retrained)} unit(s), {retrain_s:.0f} s including the roll-out",
-        "membership (REST subject)": json.dumps(m),
+        "verification": "; ".join(
+            f"{ver.get('verdict')}" + (f": {ver['reason']}" if ver.get("reason") else "") for ver in verdicts.values()
+        ),
+        "membership (REST subject)": json.dumps({k: x for k, x in m.items() if k.startswith("auc_")}),
         "receipts": "; ".join(receipts.values()),
         "ledger verify": f"{'OK' if report.ok else 'FAILED'} ({report.entries} entries)",
     }

@@ -119,8 +119,10 @@ def train_unit(
         _load_adapter(pm, stage_dir(unit_dir, done[-1]))
 
     kept = {s: [r for r in slices.get(s, ()) if r.id not in unit.excluded] for s in unit.order}
-    total = sum(cfg.epochs * -(-len(stage_examples(kept, unit.order, i, cfg)) // cfg.batch_size)
-                for i in range(start, cfg.num_blocks))  # an upper bound: a stage stops once it recalls
+    total = sum(
+        cfg.epochs * -(-len(stage_examples(kept, unit.order, i, cfg)) // cfg.batch_size)
+        for i in range(start, cfg.num_blocks)
+    )  # an upper bound: a stage stops once it recalls
     bar = tqdm(total=total, desc=f"shard {unit.shard} seq {unit.sequence} v{unit.version}", disable=not progress,
                position=position, leave=True, mininterval=1.0)  # fmt: skip
     lineage: UnitLineage | None = None

@@ -18,13 +18,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from service.core import errors
-from service.core.identity import canonical_identity, subject_hash
+from service.core import errors, validation
+from service.core.identity import IDENTITY_TYPES, subject_hash
 from service.tracing import tracer
 
 MAX_IDENTITIES = 32
 MAX_CALLBACKS = 4
 MAX_RECORD_IDS = 1000
+MAX_PAGE = 500
 
 
 class Status(enum.StrEnum):
@@ -70,18 +71,6 @@ class SubmitDeletion:
     status_callback_urls: Sequence[str] = ()
     record_ids: Sequence[str] = ()
 
-    def fingerprint(self) -> str:
-        """A hash of the request's meaning, for Idempotency-Key comparisons (no identity in clear)."""
-        doc = {
-            "id": str(self.subject_request_id),
-            "type": self.subject_request_type,
-            "identities": sorted(f"{t}:{v}" for t, v in self.subject_identities),
-            "submitted": self.submitted_time.isoformat() if self.submitted_time else None,
-            "callbacks": list(self.status_callback_urls),
-            "records": sorted(self.record_ids),
-        }
-        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
 
 @dataclass(frozen=True)
 class Deletion:
@@ -101,6 +90,19 @@ class Deletion:
 
     def evolve(self, **changes: object) -> Deletion:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+    def fingerprint(self) -> str:
+        """A hash of the request's meaning, for idempotency comparisons: identities as their keyed
+        hashes (normalised first, so one email spelled two ways is the same request)."""
+        doc = {
+            "id": str(self.id),
+            "type": self.request_type,
+            "subjects": [h.hex() for h in self.subject_hashes],
+            "submitted": self.submitted_time.isoformat() if self.submitted_time else None,
+            "callbacks": sorted(self.callback_urls),
+            "records": list(self.record_ids),
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -154,28 +156,32 @@ class Deletions:
             raise errors.InvalidInput(f"at most {MAX_IDENTITIES} identities and {MAX_CALLBACKS} callback URLs")
         if len(cmd.record_ids) > MAX_RECORD_IDS:
             raise errors.InvalidInput(f"at most {MAX_RECORD_IDS} record ids")
-        for url in cmd.status_callback_urls:
-            if not url.startswith(("https://", "http://")) or len(url) > 2048:
-                raise errors.InvalidInput("status_callback_urls must be http(s) URLs of at most 2048 characters")
+        record_ids = [validation.RECORD_ID.check(r) for r in cmd.record_ids]
+        callbacks = [validation.callback_url(u) for u in cmd.status_callback_urls]
+        if idempotency_key is not None:
+            validation.IDEMPOTENCY_KEY.check(idempotency_key)
+        for kind, _ in cmd.subject_identities:
+            if kind not in IDENTITY_TYPES:
+                raise errors.InvalidIdentity(f"unknown identity_type {kind!r}; one of {sorted(IDENTITY_TYPES)}")
         raws = [f"{t}:{v}" for t, v in cmd.subject_identities]
         hashes = tuple(sorted({subject_hash(self.key, r) for r in raws}))
-        types = tuple(sorted({canonical_identity(r).split(":", 1)[0] for r in raws}))
+        types = tuple(sorted({t for t, _ in cmd.subject_identities}))
         now = self.clock.now()
         deletion = Deletion(
             id=cmd.subject_request_id,
             request_type=cmd.subject_request_type,
             subject_hashes=hashes,
             identity_types=types,
-            record_ids=tuple(sorted(set(cmd.record_ids))),
+            record_ids=tuple(sorted(set(record_ids))),
             submitted_time=cmd.submitted_time,
             received_time=now,
             deadline=now + self.deadline,
             status=Status.PENDING,
-            callback_urls=tuple(cmd.status_callback_urls),
+            callback_urls=tuple(callbacks),
             updated_time=now,
         )
         with tracer.start_as_current_span("deletions.submit", attributes={"lethe.request_id": str(deletion.id)}):
-            return self.store.create(deletion, principal, idempotency_key, cmd.fingerprint())
+            return self.store.create(deletion, principal, idempotency_key, deletion.fingerprint())
 
     def get(self, deletion_id: uuid.UUID, principal: Principal) -> Deletion:
         principal.require(Scope.DELETIONS_READ)
@@ -192,8 +198,7 @@ class Deletions:
         self, principal: Principal, status: Status | None = None, cursor: str | None = None, limit: int = 50
     ) -> Page:
         principal.require(Scope.DELETIONS_READ)
-        if not 1 <= limit <= 500:
-            raise errors.InvalidInput("limit must be within 1..500")
+        validation.page_size(limit, MAX_PAGE)
         after = decode_cursor(cursor) if cursor else None
         items = self.store.list(status, after, limit + 1)
         more = len(items) > limit
@@ -207,6 +212,6 @@ def encode_cursor(last: uuid.UUID) -> str:
 
 def decode_cursor(cursor: str) -> uuid.UUID:
     try:
-        return uuid.UUID(hex=cursor)
+        return uuid.UUID(hex=validation.CURSOR.check(cursor))
     except ValueError as e:
         raise errors.InvalidInput("invalid cursor") from e

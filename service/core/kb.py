@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.core import errors
+from service.core import errors, validation
 from service.core.deletions import Principal, Scope
 from service.core.identity import content_hash, subject_hash
 from service.core.records import MAX_SUBJECTS_PER_RECORD, parse_line
@@ -25,8 +25,8 @@ from service.tracing import tracer
 
 MAX_DOCUMENTS_PER_CALL = 500
 MAX_METADATA_BYTES = 4096
-DOCUMENT_ID = r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$"
-MAX_ID_LENGTH = 256
+DOCUMENT_ID = f"^{validation.IDENTIFIER}$"
+MAX_ID_LENGTH = validation.DOCUMENT_ID.max_chars
 CHUNK_CHARS = 600  # all-MiniLM-L6-v2 reads 256 word pieces; ~600 characters stay inside that
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -111,13 +111,16 @@ def parse_documents(items: Iterable[tuple[int, object]], key: bytes, max_text_by
         if len(line.text.encode()) > max_text_bytes:
             problems.append((n, f"text: longer than {max_text_bytes} bytes"))
             continue
-        try:  # what PostgreSQL refuses: NUL in text, NaN/Infinity in jsonb
-            meta = json.dumps(line.metadata, allow_nan=False)
+        try:  # what PostgreSQL refuses: NUL and lone surrogates in text, NaN/Infinity in jsonb
+            meta = json.dumps(line.metadata, allow_nan=False, ensure_ascii=False)
         except ValueError:
             problems.append((n, "metadata: NaN and Infinity are not JSON"))
             continue
-        if "\x00" in line.text + line.source + meta or "\\u0000" in meta:
-            problems.append((n, "NUL characters are not allowed"))
+        meta_bad = validation.storable_json(meta)
+        bad = (validation.problem(validation.TEXT, line.text) or validation.problem(validation.SOURCE, line.source)
+               or (meta_bad and f"metadata: {meta_bad}"))  # fmt: skip
+        if bad:
+            problems.append((n, bad))
             continue
         if len(meta.encode()) > MAX_METADATA_BYTES:
             problems.append((n, f"metadata: longer than {MAX_METADATA_BYTES} bytes as JSON"))
@@ -199,8 +202,7 @@ class KnowledgeBase:
 
     def list(self, principal: Principal, cursor: str | None = None, limit: int = 50) -> DocumentPage:
         principal.require(Scope.KB_READ)
-        if not 1 <= limit <= 500:
-            raise errors.InvalidInput("limit must be within 1..500")
+        validation.page_size(limit, 500)
         items = self.store.list(_document_id(cursor) if cursor else None, limit + 1)
         more = len(items) > limit
         items = items[:limit]
@@ -220,9 +222,7 @@ class KnowledgeBase:
 
 
 def _document_id(text: str) -> str:
-    if len(text) > MAX_ID_LENGTH or not re.match(DOCUMENT_ID, text):
-        raise errors.InvalidInput(f"a document id matches {DOCUMENT_ID} and has at most {MAX_ID_LENGTH} characters")
-    return text
+    return validation.DOCUMENT_ID.check(text)
 
 
 def _embed_batched(embedder: Embedder, texts: list[str], progress: bool, batch: int = 256) -> list[list[float]]:

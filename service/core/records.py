@@ -9,6 +9,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.core import validation
 from service.core.errors import InvalidCorpus, InvalidIdentity
 from service.core.identity import content_hash, subject_hash
 
@@ -30,7 +31,7 @@ class Record:
 class _RecordLine(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    id: str = Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
+    id: str = Field(min_length=1, max_length=validation.RECORD_ID.max_chars, pattern=f"^{validation.IDENTIFIER}$")
     subject_ids: list[str] = Field(min_length=1, max_length=MAX_SUBJECTS_PER_RECORD)
     text: str = Field(min_length=1)
 
@@ -57,8 +58,11 @@ def parse_records(lines: Iterable[str], key: bytes, max_text_bytes: int) -> list
         if isinstance(line, str):
             errors.append((n, line))
             continue
-        if len(line.text.encode()) > max_text_bytes:
-            errors.append((n, f"text: longer than {max_text_bytes} bytes"))
+        bad = validation.problem(validation.TEXT, line.text)
+        if bad is None and len(line.text.encode()) > max_text_bytes:
+            bad = f"text: longer than {max_text_bytes} bytes"
+        if bad:
+            errors.append((n, bad))
             continue
         if line.id in seen:
             errors.append((n, f"id: {line.id!r} already used on line {seen[line.id]}"))

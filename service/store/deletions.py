@@ -121,6 +121,10 @@ class PgDeletionStore:
                 if new:
                     self._insert(conn, new, at)  # the second; COMMIT the third
         except BaseException as e:  # the transaction rolled back: nobody's request was accepted
+            if isinstance(e, Exception) and len(batch) > 1:  # one bad row must not sink the others
+                for p in batch:
+                    self._write_batch([p])
+                return
             outcomes = [e] * len(batch)
         for p, result in zip(batch, outcomes, strict=True):
             # each request's wait, in its own trace (the batch's span is a trace of its own)
@@ -265,6 +269,13 @@ def transition(conn: psycopg.Connection, d: Deletion, status: Status, result: di
     ).fetchone()
     assert row is not None
     return d.evolve(status=status, result=merged, updated_time=row[0], completed_time=row[1])
+
+
+def add_result(conn: psycopg.Connection, d: Deletion, extra: dict[str, Any]) -> Deletion:
+    """Merge ``extra`` into the request's result without a status change (no ledger entry)."""
+    merged = {**d.result, **extra}
+    conn.execute("UPDATE deletion_requests SET result = %s WHERE id = %s", (Jsonb(merged), d.id))
+    return d.evolve(result=merged)
 
 
 def record(conn: psycopg.Connection, d: Deletion, kind: str, extra: dict[str, Any]) -> None:

@@ -62,6 +62,12 @@ def deleted_records(conn: psycopg.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT id FROM records WHERE purged_at IS NOT NULL")}
 
 
+def known_record_ids(conn: psycopg.Connection, ids: Iterable[str]) -> list[str]:
+    """Those of ``ids`` that are (or were: text purged) training records."""
+    rows = conn.execute("SELECT id FROM records WHERE id = ANY(%s) ORDER BY id", (list(ids),)).fetchall()
+    return [r[0] for r in rows]
+
+
 def record_ids_of_subjects(conn: psycopg.Connection, subject_hashes: Iterable[bytes]) -> list[str]:
     rows = conn.execute(
         "SELECT DISTINCT record_id FROM record_subjects WHERE subject_hash = ANY(%s) ORDER BY record_id",

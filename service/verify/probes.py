@@ -27,6 +27,8 @@ import httpx
 from service.serving.vllm import BASE_NAME, MAX_LOGPROBS
 
 AUC_LIMIT = 0.65  # above this a dropped record still looks like a member
+Z_POWER = 1.645  # one-sided 5 %: the smallest AUC the test tells apart from chance
+Z_FAIL = 2.576  # one-sided 0.5 %: an AUC this far above chance is a membership signal (several attacks: strict)
 
 
 @dataclass(frozen=True)
@@ -170,7 +172,12 @@ def membership(cfg: ProbeConfig, scorer: Scorer, deleted: Sequence[str]) -> dict
     worst = max(figures.values(), key=lambda f: max(v for k, v in f.items() if k.startswith("auc_")))
     out = {k: (max(f[k] for f in figures.values()) if k.startswith("auc_") else v) for k, v in worst.items()}
     out["deleted_mean_loss"] = min(f["deleted_mean_loss"] for f in figures.values())
-    out["passed"] = all(f["passed"] for f in figures.values())
+    verdicts = {f["verdict"] for f in figures.values()}
+    out["verdict"] = "failed" if "failed" in verdicts else "passed" if verdicts == {"passed"} else "inconclusive"
+    out.pop("reason", None)
+    reasons = [f["reason"] for f in figures.values() if f["verdict"] == out["verdict"] and "reason" in f]
+    if reasons:
+        out["reason"] = reasons[0]
     out["by_shard"] = figures
     out["scored_with"] = scorer.where
     return out
@@ -190,10 +197,30 @@ def _membership_figures(got: list[dict[str, float]], ref: list[dict[str, float]]
     holdout_losses = sorted(g["loss"] for g in got[n:])
     out["deleted_mean_loss"] = round(statistics.fmean(g["loss"] for g in got[:n]), 4)
     out["holdout_loss_p5"] = round(holdout_losses[max(0, int(0.05 * len(holdout_losses)) - 1)], 4)
-    out["passed"] = all(out[k] <= AUC_LIMIT for k in out if k.startswith("auc_")) and (
-        out["deleted_mean_loss"] >= out["holdout_loss_p5"]
-    )
+    out.update(verdict(max(v for k, v in out.items() if k.startswith("auc_")), n, len(got) - n))
     return out
+
+
+def verdict(auc: float, n: int, m: int) -> dict[str, Any]:
+    """Passed, failed or inconclusive, for the highest AUC of ``n`` deleted records against ``m``
+    holdout ones. Under no membership the AUC is 0.5 ± se (Mann-Whitney, normal approximation):
+    with few records se is wide, so an AUC under the limit proves little (inconclusive, with the
+    smallest AUC the test could have detected) and one over it may be chance (inconclusive unless
+    far beyond it: failed)."""
+    se = ((n + m + 1) / (12 * n * m)) ** 0.5
+    detectable = round(0.5 + Z_POWER * se, 4)
+    out: dict[str, Any] = {"min_detectable_auc": detectable}
+    if auc > AUC_LIMIT and (auc - 0.5) / se > Z_FAIL:
+        return {**out, "verdict": "failed", "reason": f"AUC {auc:.2f} is above {AUC_LIMIT} and beyond chance "
+                f"for {n} records (z = {(auc - 0.5) / se:.1f})"}  # fmt: skip
+    if auc <= AUC_LIMIT and detectable <= AUC_LIMIT:
+        return {**out, "verdict": "passed"}
+    if detectable > AUC_LIMIT:
+        reason = (f"too few records for the test to have power: {n} deleted against {m} holdout records "
+                  f"detect only AUC >= {detectable:.2f} (limit {AUC_LIMIT})")  # fmt: skip
+    else:
+        reason = f"AUC {auc:.2f} is above {AUC_LIMIT} but within chance for {n} records"
+    return {**out, "verdict": "inconclusive", "reason": reason}
 
 
 def verbmem(replicas: Sequence[tuple[str, str, Sequence[str]]], deleted: Sequence[str], holdout: Sequence[str],

@@ -229,6 +229,54 @@ def _kb_clean(report: dict[str, Any]) -> bool:
     return bool(report.get("documents_deleted")) and probes_ok
 
 
+def _resolve(db: DatabaseInfo, d: Any) -> dict[str, list[str]]:
+    """What the request names: training records, knowledge-base documents, and the record ids it
+    gave that are neither. Stored with the request on its first run: a re-run after the purge
+    must not find the deleted documents "unknown"."""
+    if "resolved" in d.result:
+        return dict(d.result["resolved"])
+    with db.connect() as conn, conn.transaction():
+        known = set(s3t.known_record_ids(conn, d.record_ids))
+        documents = kb.documents_of_subjects(conn, d.subject_hashes, d.record_ids)
+        ids = sorted(known | set(s3t.record_ids_of_subjects(conn, d.subject_hashes)))
+        unknown = sorted(set(d.record_ids) - known - set(documents))
+        resolved = {"records": ids, "documents": documents, "unknown_record_ids": unknown}
+        locked = store.lock(conn, d.id)
+        assert locked is not None
+        store.add_result(conn, locked, {"resolved": resolved})
+    return resolved
+
+
+def _nothing_found(db: DatabaseInfo, deletion_id: uuid.UUID, unknown: list[str], timings: dict[str, float]) -> Status:
+    """No record or document of the subjects (and none of the ids given): completed, with an entry
+    of its own in the ledger, so "we held nothing" is as provable as a deletion."""
+    with db.connect() as conn, conn.transaction():
+        d = store.lock(conn, deletion_id)
+        assert d is not None
+        if d.status.final:
+            return d.status
+        store.record(conn, d, "deletion.nothing_found", {"unknown_record_ids": len(unknown)})
+        d = store.add_result(conn, d, {"unknown_record_ids": unknown})  # the ids stay out of the ledger
+        d = store.transition(conn, d, Status.COMPLETED, {
+            "outcome": "nothing_found", "unknown_records": len(unknown), "methods": [],
+            "stage_seconds": {k: round(v, 6) for k, v in timings.items()},
+        })  # fmt: skip
+        enqueue_callbacks(conn, d)
+    return d.status
+
+
+def _verdict(proven: bool, membership: dict[str, Any] | None) -> dict[str, Any]:
+    """The verification's one word: failed when the structural proof or equivalence failed or a
+    probe saw a membership signal; inconclusive when a probe had too little power to say; else
+    passed. The proof decides the request's status; the probes are evidence beside it."""
+    if not proven:
+        return {"verdict": "failed", "reason": "a live block's lineage holds a deleted record, or a replica "
+                "serves other weights than the clean adapter"}  # fmt: skip
+    if membership is None or membership.get("verdict", "passed") == "passed":
+        return {"verdict": "passed"}
+    return {"verdict": membership["verdict"], "reason": f"membership probe: {membership.get('reason', '')}"}
+
+
 def _crash_point(step: str) -> None:
     """Fault injection for the crash tests: LETHE_CRASH_AT=<step> kills the worker right after it."""
     if os.environ.get("LETHE_CRASH_AT") == step:
@@ -247,9 +295,11 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             d = store.transition(conn, d, Status.IN_PROGRESS)
             enqueue_callbacks(conn, d)
 
-    with _step("resolve", timings), db.connect() as conn:  # explicit record ids + every record of the subjects
-        ids = sorted(set(d.record_ids) | set(s3t.record_ids_of_subjects(conn, d.subject_hashes)))
-        documents = kb.documents_of_subjects(conn, d.subject_hashes, d.record_ids)
+    with _step("resolve", timings):  # explicit record ids + every record of the subjects, once
+        resolved = _resolve(db, d)
+        ids, documents, unknown = resolved["records"], resolved["documents"], resolved["unknown_record_ids"]
+    if not ids and not documents:
+        return _nothing_found(db, deletion_id, unknown, timings)
 
     with _step("cut", timings):  # plan and cut (idempotent: a re-run finds the cuts applied)
         plan = training.forget(db, ids, purge=False)
@@ -291,12 +341,14 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
     clean = verification["lineage_excludes_deleted"] and all(
         verification.get("equivalence", {}).get("replicas", {}).values()
     )
+    verification.update(_verdict(clean, verification.get("membership")))
 
     with tracing.tracer.start_as_current_span("workflow.complete"), db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         assert d is not None
         if d.status.final:
             return d.status
+        d = store.add_result(conn, d, {"unknown_record_ids": unknown})  # the ids stay out of the ledger
         ok = clean and purged == len(ids) and (not documents or _kb_clean(verification["kb"]))
         methods = ([EXACT] if ids or not documents else []) + ([SUPPRESSION] if documents else [])
         # the background retrain that restores the cut units' depth (training workers take it);
@@ -307,7 +359,8 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             training_jobs.enqueue(conn, cut)
             summary["retrain_queued"] = [f"{k}/{seq}" for k, seq in cut]
         d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
-                             {"methods": methods, "plan": summary, "apply": applied, "verification": verification,
+                             {"outcome": "deleted" if ok else "failed", "unknown_records": len(unknown),
+                              "methods": methods, "plan": summary, "apply": applied, "verification": verification,
                               "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip
         enqueue_callbacks(conn, d)
     _crash_point("complete")

@@ -233,8 +233,9 @@ def test_other_subjects_are_still_answered(serving_env, kb):
             r = c.completions.create(model=ROUTE, prompt=q, max_tokens=MAX_TOKENS, temperature=0)
             answered += r.choices[0].finish_reason != "content_filter"
             right += carries(r.choices[0].text, fact)
-    print(f"\nothers: own document retrieved {retrieved}/{total}, not withheld {answered}/{total}, "
-          f"right {right}/{total}")
+    print(
+        f"\nothers: own document retrieved {retrieved}/{total}, not withheld {answered}/{total}, right {right}/{total}"
+    )
     assert answered == total and retrieved >= 0.9 * total
     assert right >= 0.7 * total
 

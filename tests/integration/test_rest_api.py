@@ -189,7 +189,8 @@ def test_cancel_only_while_pending_and_the_worker_completes_the_rest(api):
     assert proc.returncode == 0, proc.stderr[-3000:]
     done = client.get(f"/v1/deletions/{b['subject_request_id']}", headers=auth(keys["reader"])).json()
     assert done["request_status"] == "completed", done
-    assert done["result"]["verification"]["method"] == "exact (S3T)"
+    # nobody held anything of bob: completed as "nothing found", provable by a ledger entry of its own
+    assert done["result"]["outcome"] == "nothing_found" and done["result"]["methods"] == []
     still = client.get(f"/v1/deletions/{a['subject_request_id']}", headers=auth(keys["reader"])).json()
     assert still["request_status"] == "cancelled"
     late = client.post(f"/v1/deletions/{b['subject_request_id']}/cancel", headers=auth(keys["writer"]))
@@ -197,14 +198,14 @@ def test_cancel_only_while_pending_and_the_worker_completes_the_rest(api):
     with psycopg.connect(db.url) as conn:
         kinds = [r[0] for r in conn.execute("SELECT kind FROM ledger_entries ORDER BY seq")]
     assert kinds == ["deletion.submitted", "deletion.submitted", "deletion.cancelled", "deletion.in_progress",
-                     "deletion.completed"]  # fmt: skip
+                     "deletion.nothing_found", "deletion.completed"]  # fmt: skip
     verify = subprocess.run([sys.executable, "-m", "service", "ledger", "verify"], env=env, capture_output=True,
                             text=True, timeout=120)  # fmt: skip
     assert verify.returncode == 0 and "ledger OK" in verify.stderr, verify.stderr
     metrics = client.get("/metrics").text
     assert 'lethe_deletion_requests_total{status="completed"} 1.0' in metrics
     assert 'lethe_deletion_requests_total{status="cancelled"} 1.0' in metrics
-    assert "lethe_time_to_forget_seconds_count 1.0" in metrics and "lethe_ledger_entries_total 5.0" in metrics
-    assert 'lethe_deletion_stage_seconds_count{stage="cut"} 1.0' in metrics
+    assert "lethe_time_to_forget_seconds_count 1.0" in metrics and "lethe_ledger_entries_total 6.0" in metrics
+    assert 'lethe_deletion_stage_seconds_count{stage="resolve"} 1.0' in metrics
     assert 'lethe_jobs_pending{queue="deletions"} 0.0' in metrics
     assert EMAIL not in metrics and b["subject_request_id"] not in metrics

@@ -107,8 +107,14 @@ def test_memorisation_forgetting_and_retrain(trained_s3t, embedded_server, gemma
     assert min(retrained.values()) >= 0.9, retrained  # dropped slices are back (minus the deleted subject)
 
     report = {
-        "layout": {"shards": 1, "slices": 4, "budget": 2, "people_per_slice": per_slice,
-                   "holdout_people": len(c.holdout), "base_model": "gemma-3-270m"},
+        "layout": {
+            "shards": 1,
+            "slices": 4,
+            "budget": 2,
+            "people_per_slice": per_slice,
+            "holdout_people": len(c.holdout),
+            "base_model": "gemma-3-270m",
+        },
         "attack": "LOSS, calibrated against the base model, mean over a person's records",
         "auc_before": before,
         "plain_loss_auc_before": before_plain,

@@ -325,8 +325,10 @@ def test_the_probes_read_the_served_model_through_vllm_as_transformers_reads_its
             else:
                 assert replica.vocab_size > 65_536  # Gemma's 262k: the estimate was 143 off, left out
     assert worst < 0.5, worst
-    print(f"\nprobes through vLLM (bf16) vs transformers (fp32): LOSS, zlib, Min-K% within {exact:.4f}; "
-          f"Min-K%++ within {worst:.3f}")
+    print(
+        f"\nprobes through vLLM (bf16) vs transformers (fp32): LOSS, zlib, Min-K% within {exact:.4f}; "
+        f"Min-K%++ within {worst:.3f}"
+    )
 
 
 def test_deletion_over_grpc_and_the_ledger(env):

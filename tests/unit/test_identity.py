@@ -10,7 +10,12 @@ from service.core.identity import canonical_identity, subject_hash
         ("email:Ada.Lovelace@Example.ORG", "email:ada.lovelace@example.org"),
         ("  EMAIL : ada@example.org ", "email:ada@example.org"),
         ("phone:+44 (20) 7946-0018", "phone:+442079460018"),
-        ("person:P0001", "person:p0001"),
+        ("phone:0044 20 7946.0018", "phone:+442079460018"),
+        ("email:  Ada@Example.org ", "email:ada@example.org"),
+        # opaque ids are the controller's keys: byte-exact, or two different people would collide
+        ("person:P0001", "person:P0001"),
+        ("person:p0001", "person:p0001"),
+        ("person: p0001", "person: p0001"),
         ("controller_customer_id:AbC-9", "controller_customer_id:AbC-9"),
     ],
 )
@@ -18,7 +23,11 @@ def test_canonical_identity(raw, canonical):
     assert canonical_identity(raw) == canonical
 
 
-@pytest.mark.parametrize("raw", ["ada@example.org", "email:", "passport:X1", ":x", "email:" + "a" * 400])
+@pytest.mark.parametrize(
+    "raw",
+    ["ada@example.org", "email:", "passport:X1", ":x", "email:" + "a" * 400, "email:no-at-sign", "phone:call me",
+     "person:a\x00b", "email:a\udfff@x.org", "controller_customer_id:line\nbreak"],
+)  # fmt: skip
 def test_invalid_identities_are_rejected(raw):
     with pytest.raises(InvalidIdentity):
         canonical_identity(raw)

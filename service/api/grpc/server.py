@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -37,6 +38,7 @@ from service.core.deletions import Deletion, Deletions, Principal, Scope, Status
 from service.core.kb import DocumentInfo, KnowledgeBase, NewDocument
 from service.ledger.log import Ledger
 
+log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 STATUS_TO_PB = {s: getattr(deletion_pb2, f"DELETION_STATUS_{s.name}") for s in Status}
 PB_TO_STATUS = {v: k for k, v in STATUS_TO_PB.items()}
@@ -44,6 +46,9 @@ MAX_MESSAGE = 1 << 20
 
 
 def _translated(method: F) -> F:
+    """Domain errors → their status code; anything else is a server fault: INTERNAL, logged,
+    with no detail sent (it could hold a request's data)."""
+
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         with tracing.tracer.start_as_current_span(f"grpc {method.__name__}", kind=SpanKind.SERVER):
@@ -51,8 +56,54 @@ def _translated(method: F) -> F:
                 return method(self, request, context)
             except errors.LetheError as e:
                 context.abort(getattr(grpc.StatusCode, error_table.lookup(e).grpc), str(e))
+            except Exception:
+                if context.code() is not None:  # context.abort's own exception: already answered
+                    raise
+                log.exception("gRPC %s failed", method.__name__)
+                context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
     return wrapper  # type: ignore[return-value]
+
+
+class _Undecodable:
+    """Stands for a request message that did not parse (e.g. a string field that is not UTF-8)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class RejectUndecodable(grpc.ServerInterceptor):
+    """A message that does not parse is the client's fault: INVALID_ARGUMENT, not grpcio's
+    INTERNAL ("Exception deserializing request")."""
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+
+        def deserialize(data: bytes) -> Any:
+            try:
+                return parse(data)
+            except Exception as e:  # protobuf's DecodeError, or anything a parser raises on bad bytes
+                return _Undecodable(e)
+
+        def guard(behavior: Callable[..., Any]) -> Callable[..., Any]:
+            def run(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request message does not parse "
+                                  "(every string field must be valid UTF-8)")  # fmt: skip
+                return behavior(request, context)
+
+            return run
+
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary), deserialize,
+                                                       handler.response_serializer)  # fmt: skip
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream), deserialize,
+                                                        handler.response_serializer)  # fmt: skip
+        return handler  # streaming requests: none in Lethe's services
 
 
 def _ts(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -61,6 +112,22 @@ def _ts(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
     ts = timestamp_pb2.Timestamp()
     ts.FromDatetime(dt)
     return ts
+
+
+def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
+    try:
+        return ts.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as e:
+        raise errors.InvalidInput("submitted_time is out of range") from e
+
+
+def _status(value: int) -> Status | None:
+    """The list filter: unspecified (0) is none; an unknown enum number is refused, not ignored."""
+    if value == 0:
+        return None
+    if value not in PB_TO_STATUS:
+        raise errors.InvalidInput(f"unknown status {value}")
+    return PB_TO_STATUS[value]
 
 
 def _uuid(text: str) -> uuid.UUID:
@@ -101,13 +168,11 @@ class DeletionServicer(_Edge, deletion_pb2_grpc.DeletionServiceServicer):
     def SubmitDeletion(self, request: Any, context: grpc.ServicerContext) -> deletion_pb2.SubmitDeletionResponse:
         who = self.principal(context)
         key = dict(context.invocation_metadata()).get("idempotency-key")
-        if isinstance(key, str) and not 1 <= len(key) <= 255:
-            raise errors.InvalidInput("idempotency-key must be 1..255 characters")
         cmd = SubmitDeletion(
             subject_request_id=_uuid(request.subject_request_id),
             subject_identities=[(i.identity_type, i.identity_value) for i in request.subject_identities],
             subject_request_type=request.subject_request_type,
-            submitted_time=request.submitted_time.ToDatetime() if request.HasField("submitted_time") else None,
+            submitted_time=_datetime(request.submitted_time) if request.HasField("submitted_time") else None,
             status_callback_urls=list(request.status_callback_urls),
             record_ids=list(request.record_ids),
         )
@@ -124,8 +189,8 @@ class DeletionServicer(_Edge, deletion_pb2_grpc.DeletionServiceServicer):
 
     @_translated
     def ListDeletions(self, request: Any, context: grpc.ServicerContext) -> deletion_pb2.ListDeletionsResponse:
-        status = PB_TO_STATUS.get(request.status)
-        page = self.core.list(self.principal(context), status, request.cursor or None, request.limit or 50)
+        who = self.principal(context)
+        page = self.core.list(who, _status(request.status), request.cursor or None, request.limit or 50)
         return deletion_pb2.ListDeletionsResponse(items=[to_pb(d) for d in page.items],
                                                   next_cursor=page.next_cursor or "")  # fmt: skip
 
@@ -257,7 +322,8 @@ def build_server(
     """A started-ready (not started) server bound to ``address``; returns it and the bound port.
     ``kb``: the knowledge-base core; without it KnowledgeBaseService is not served."""
     opts = [("grpc.max_receive_message_length", MAX_MESSAGE)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=opts)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=opts,
+                         interceptors=[RejectUndecodable()])  # fmt: skip
     deletion_pb2_grpc.add_DeletionServiceServicer_to_server(DeletionServicer(core, authenticate), server)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(ledger, authenticate), server)
     names = [deletion_pb2.DESCRIPTOR.services_by_name["DeletionService"].full_name,
