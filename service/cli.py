@@ -393,7 +393,8 @@ def worker(
         run_worker(db, lethe.ledger(db, settings), settings.artifacts_dir(), once=once,
                    ack_timeout=settings.serving.ack_timeout_seconds, probes=lethe.probe_config(settings),
                    hmac_key=keyfile.load_or_create(settings.resolved_hmac_key_file()),
-                   rag=lethe.rag_proxy(db, settings), aggregation=settings.serving.aggregation)  # fmt: skip
+                   rag=lethe.rag_proxy(db, settings), aggregation=settings.serving.aggregation,
+                   fail_closed=settings.serving.fail_closed)  # fmt: skip
 
 
 @simulate_app.command("capacity")

@@ -20,7 +20,14 @@ class ServingSpec(BaseModel):
     first_port: int = Field(8100, ge=1024, le=65000, description="Port of the first local replica (then +1...).")
     gateway_host: str = Field("127.0.0.1", description="OpenAI-compatible gateway bind address.")
     gateway_port: int = Field(8000, ge=0, le=65535, description="Gateway port.")
-    ack_timeout_seconds: float = Field(60.0, gt=0, description="A replica not acknowledging in time leaves routing.")
+    ack_timeout_seconds: float = Field(
+        60.0, gt=0, description="A replica not acknowledging a new model in time leaves routing (never the last ones)."
+    )
+    fail_closed: bool = Field(
+        False, description="When no replica acknowledges in time: off, routing stays and the deletion waits "
+        "(visible in its status and lethe_rollouts_waiting); on, every lagging replica leaves routing and the "
+        "endpoint serves nothing until one catches up.",
+    )  # fmt: skip
     aggregation: Literal["merged", "routing"] = Field(
         "merged", description="How m > 1 shards are served: one merged adapter (rank m·r; better on the corpus, "
         "docs/benchmarks.md) or a routing table (each request to one live shard's adapter, by its user or prompt).",

@@ -87,6 +87,12 @@ class LetheCollector(Collector):
                 "SELECT result->'verification' FROM deletion_requests"
                 " WHERE status = 'failed' AND result ? 'verification'"
             ).fetchall()
+            waiting = conn.execute("SELECT count(*) FROM deletion_requests WHERE status = 'in_progress'"
+                                   " AND result ? 'rollout_waiting'").fetchone()  # fmt: skip
+            verdicts: dict[str, int] = dict(conn.execute(
+                "SELECT result->'verification'->>'verdict', count(*) FROM deletion_requests"
+                " WHERE status = 'completed' AND result->'verification' ? 'verdict' GROUP BY 1"
+            ).fetchall())  # fmt: skip
             served = conn.execute("SELECT generation FROM served_model").fetchone()
             replicas = conn.execute(
                 "SELECT id, routable, coalesce(acked_generation, 0), heartbeat_at FROM replicas ORDER BY id"
@@ -95,6 +101,14 @@ class LetheCollector(Collector):
             units = s3t.live_units(conn) if layout else []
 
         yield from self._deletions(now, by_status, open_rows, done, failed)
+        yield GaugeMetricFamily("lethe_rollouts_waiting", "In-progress deletions whose rollout waits: no replica "
+                                "acknowledged the clean model in time and routing is never emptied.",
+                                value=float(waiting[0] if waiting else 0))  # fmt: skip
+        vc = CounterMetricFamily("lethe_deletion_verdicts", "Completed deletions by verification verdict.",
+                                 labels=["verdict"])  # fmt: skip
+        for verdict in ("passed", "inconclusive", "failed"):
+            vc.add_metric([verdict], float(verdicts.get(verdict, 0)))
+        yield vc
         jobs = GaugeMetricFamily("lethe_jobs_pending", "Jobs waiting in each queue (deletions, training).",
                                 labels=["queue"])  # fmt: skip
         for queue in sorted({"deletions", "training", *pending_jobs}):

@@ -43,10 +43,13 @@ def free_port() -> int:
 def publish_current(db: DatabaseInfo, settings: Settings, timeout: float = 0.0) -> store.Served:
     """Serve what the plan allows now (every deletion so far applied, every retrained unit at its
     depth): the start-up rollout (no replica yet: ``timeout`` 0), or after a background retrain
-    (waits up to ``timeout`` for every routable replica to acknowledge)."""
+    (waits up to ``timeout`` for every routable replica to acknowledge). At start-up the replicas
+    left routable by an earlier run leave routing at once: none serves yet, each comes back as its
+    reconciler loads the current generation."""
     plan = training.plan_for(db, [])
+    fail_closed = timeout == 0 or settings.serving.fail_closed
     return rollout.roll_out(db, plan, settings.artifacts_dir() / "served", None, timeout,
-                            settings.serving.aggregation).served  # fmt: skip
+                            settings.serving.aggregation, fail_closed=fail_closed).served  # fmt: skip
 
 
 @dataclass

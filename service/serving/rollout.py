@@ -3,14 +3,19 @@ wait until every routable replica has acknowledged it, and delete the superseded
 
 A replica that does not acknowledge within the timeout is taken out of routing, atomically with
 the check, so no completed deletion ever coexists with a routable replica on older weights. Its
-reconciler brings it back (routable again) once it serves the current generation. Rollouts are
+reconciler brings it back (routable again) once it serves the current generation. The last
+routable replicas are never all removed: when none has acknowledged, the rollout keeps waiting
+(``on_wait`` reports it) unless the operator chose to fail closed (``fail_closed``: every lagging
+replica leaves routing and the endpoint serves nothing until one catches up). Rollouts are
 serialised by a PostgreSQL advisory lock: one served model, one rollout at a time.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +29,7 @@ from service.tracing import tracer
 if TYPE_CHECKING:
     from shards.materialise import Materialised
 
+log = logging.getLogger(__name__)
 ROLLOUT_LOCK = 0x1E7E_5E27
 
 
@@ -85,7 +91,8 @@ def materialise(db: DatabaseInfo, plan: Any, served_root: Path, aggregation: str
 
 
 def roll_out(db: DatabaseInfo, plan: Any, served_root: Path, request_id: object, timeout: float,
-             aggregation: str = "merged") -> Rollout:  # fmt: skip
+             aggregation: str = "merged", *, fail_closed: bool = False,
+             on_wait: Callable[[int, list[str], float], None] | None = None) -> Rollout:  # fmt: skip
     """Materialise (under the rollout lock, so a concurrent rollout's purge cannot take the files
     away before they are published), publish, wait, purge."""
     with tracer.start_as_current_span("serving.rollout"), psycopg.connect(db.url, autocommit=True) as lock:
@@ -94,30 +101,43 @@ def roll_out(db: DatabaseInfo, plan: Any, served_root: Path, request_id: object,
             m = materialise(db, plan, served_root, aggregation)
             with db.connect() as conn:
                 served = store.publish(conn, str(m.path) if m.path else None, m.sha256, m.aggregation, request_id)
-            acks = wait_acknowledged(db, served, timeout)
+            acks = wait_acknowledged(db, served, timeout, fail_closed=fail_closed, on_wait=on_wait)
             purge_superseded(served_root, keep=m.files())
             return Rollout(served, m.shards, acks)
         finally:
             lock.execute("SELECT pg_advisory_unlock(%s)", (ROLLOUT_LOCK,))
 
 
-def wait_acknowledged(db: DatabaseInfo, served: store.Served, timeout: float) -> Acks:
-    """Wait (woken by routing notifications) until no routable replica is behind ``served``."""
+def wait_acknowledged(db: DatabaseInfo, served: store.Served, timeout: float, *, fail_closed: bool = False,
+                      on_wait: Callable[[int, list[str], float], None] | None = None) -> Acks:  # fmt: skip
+    """Wait (woken by routing notifications) until no routable replica is behind ``served``. After
+    ``timeout`` the laggards leave routing if a replica serves ``served``; if none does, keep
+    waiting, calling ``on_wait(generation, laggards, seconds waited)`` once per ``timeout``
+    (``fail_closed``: remove them all instead)."""
     t0 = time.monotonic()
+    deadline = t0 + timeout
+    removed: list[str] = []
     with psycopg.connect(db.url, autocommit=True) as listen:
         listen.execute(f"LISTEN {store.ROUTING_CHANNEL}")
         while True:
             with db.connect() as conn:
                 behind = store.lagging(conn, served.generation)
             if not behind:
-                removed: list[str] = []
                 break
-            left = timeout - (time.monotonic() - t0)
+            left = deadline - time.monotonic()
             if left <= 0:
                 with db.connect() as conn:
                     removed = store.remove_lagging(conn, served.generation,
-                                                   f"no acknowledgement of generation {served.generation}")  # fmt: skip
-                break
+                                                   f"no acknowledgement of generation {served.generation}",
+                                                   keep_one=not fail_closed)  # fmt: skip
+                if removed:
+                    break
+                log.warning("no replica acknowledged generation %s in %.0f s; waiting (never all out of routing)",
+                            served.generation, time.monotonic() - t0)  # fmt: skip
+                if on_wait is not None:
+                    on_wait(served.generation, behind, time.monotonic() - t0)
+                deadline = time.monotonic() + max(timeout, 1.0)
+                continue
             for _ in listen.notifies(timeout=min(left, 0.5), stop_after=1):
                 pass
     with db.connect() as conn:

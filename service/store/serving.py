@@ -117,11 +117,18 @@ def lagging(conn: psycopg.Connection, generation: int) -> list[str]:
     return [r[0] for r in rows]
 
 
-def remove_lagging(conn: psycopg.Connection, generation: int, note: str) -> list[str]:
-    """Take every replica still behind ``generation`` out of routing (atomically with the check)."""
-    rows = conn.execute(
-        "UPDATE replicas SET routable = false, note = %s WHERE routable AND coalesce(acked_generation, 0) < %s"
-        " RETURNING id",
-        (note, generation),
-    )
-    return sorted(r[0] for r in rows)
+def remove_lagging(conn: psycopg.Connection, generation: int, note: str, *, keep_one: bool = True) -> list[str]:
+    """Take every replica still behind ``generation`` out of routing (atomically with the check).
+    ``keep_one``: only if a routable replica serves ``generation``, so routing never goes empty (a
+    slow rollout must not become an outage); otherwise nothing is removed."""
+    with conn.transaction():
+        rows = conn.execute("SELECT routable, coalesce(acked_generation, 0) >= %s FROM replicas ORDER BY id FOR UPDATE",
+                            (generation,)).fetchall()  # fmt: skip
+        if keep_one and not any(routable and current for routable, current in rows):
+            return []
+        gone = conn.execute(
+            "UPDATE replicas SET routable = false, note = %s WHERE routable AND coalesce(acked_generation, 0) < %s"
+            " RETURNING id",
+            (note, generation),
+        )
+        return sorted(r[0] for r in gone)

@@ -114,8 +114,17 @@ def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID, shards: list[int
 
     if not shards:
         return {}
+
+    def waiting(generation: int, behind: list[str], seconds: float) -> None:
+        with db.connect() as conn, conn.transaction():
+            d = store.lock(conn, deletion_id)
+            if d is not None:
+                store.add_result(conn, d, {"rollout_waiting": {"generation": generation, "replicas_behind": behind,
+                                                               "seconds": round(seconds, 1)}})  # fmt: skip
+
     out = rollout.roll_out(db, plan, CONTEXT["artifacts"] / "served", deletion_id, CONTEXT.get("ack_timeout", 60.0),
-                           CONTEXT.get("aggregation", "merged"))  # fmt: skip
+                           CONTEXT.get("aggregation", "merged"), fail_closed=CONTEXT.get("fail_closed", False),
+                           on_wait=waiting)  # fmt: skip
     changes: dict[str, Any] = {}
     with db.connect() as conn, conn.transaction():
         first = store.recorded(conn, deletion_id, "deletion.applied")

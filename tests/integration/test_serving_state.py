@@ -77,6 +77,47 @@ def test_the_wait_removes_laggards_atomically(db, tmp_path):
         assert [r.id for r in store.replicas(conn) if r.routable] == ["r0"]
 
 
+def test_a_slow_rollout_never_empties_routing_and_waits_until_a_replica_acknowledges(db, tmp_path):
+    """No replica acknowledges in time: both stay routable (on the old weights) and the rollout
+    waits, reporting it, instead of completing with nothing served; once one acknowledges, the
+    other leaves routing and the rollout completes. Failing closed removes them all at once."""
+    import threading
+
+    a, ha = adapter(tmp_path, "a", 1)
+    with db.connect() as conn:
+        for rid in ("r0", "r1"):
+            store.register(conn, rid, "http://x")
+        g = store.publish(conn, str(a), ha, "single", None)
+        for rid in ("r0", "r1"):
+            store.acknowledge(conn, rid, g.generation)
+        g2 = store.publish(conn, None, None, "base", None)
+    waits: list[tuple[int, list[str]]] = []
+    waited = threading.Event()
+
+    def on_wait(generation: int, behind: list[str], seconds: float) -> None:
+        waits.append((generation, behind))
+        waited.set()
+
+    result: list[rollout.Acks] = []
+    t = threading.Thread(target=lambda: result.append(rollout.wait_acknowledged(db, g2, 0.2, on_wait=on_wait)))
+    t.start()
+    assert waited.wait(30)
+    assert t.is_alive() and waits[0] == (g2.generation, ["r0", "r1"])
+    with db.connect() as conn:
+        assert [r.id for r in store.replicas(conn) if r.routable] == ["r0", "r1"]
+        store.acknowledge(conn, "r1", g2.generation)
+    t.join(30)
+    assert not t.is_alive() and (result[0].acked, result[0].removed) == (["r1"], ["r0"])
+    # fail closed: after the timeout every laggard leaves routing, even the last ones
+    g3 = None
+    with db.connect() as conn:
+        g3 = store.publish(conn, str(a), ha, "single", None)
+    out = rollout.wait_acknowledged(db, g3, 0.2, fail_closed=True)
+    assert (out.acked, out.removed) == ([], ["r1"])
+    with db.connect() as conn:
+        assert not any(r.routable for r in store.replicas(conn))
+
+
 class RecordingVllm:
     """Stands in for one replica's admin API; records the calls in order."""
 
