@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +32,10 @@ console = Console(stderr=True, soft_wrap=True)
 
 @app.callback()
 def _main(ctx: typer.Context) -> None:
+    from service import logs
+
     ctx.obj = Settings()
+    logs.configure(ctx.obj.log_format, ctx.obj.log_level)
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -421,10 +425,17 @@ def demo(ctx: typer.Context) -> None:
     sys.exit(run(_settings(ctx), console))
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C: every ``finally`` runs, so child processes (training workers,
+    vLLM replicas, the embedded PostgreSQL) are stopped instead of orphaned."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """The ``lethe`` command: a base model that cannot be used is one line saying why, exit 2."""
     from shards.modelinfo import BaseModelError
 
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         app()
     except BaseModelError as e:

@@ -114,6 +114,8 @@ class Settings(BaseSettings):
     corpus_records: int = Field(3, ge=1, le=8, description="Records a person of the generated corpus has.")
     max_record_bytes: int = Field(16_384, gt=0, description="Largest record text accepted at ingest.")
     deletion_deadline_days: int = Field(30, gt=0, le=90, description="Deadline of a request after receipt.")
+    log_format: Literal["text", "json"] = Field("text", description="Log lines on stderr: text or JSON.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lethe's log level.")
     api_host: str = Field("127.0.0.1", description="REST bind address.")
     api_port: int = Field(8080, ge=0, le=65535, description="REST port.")
     grpc_address: str = Field("127.0.0.1:50051", description="gRPC bind address (host:port).")

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from service.store import s3t as store
 from service.store.database import DatabaseInfo
@@ -110,16 +110,32 @@ def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> li
     threads = max(1, (os.cpu_count() or 1) // workers)
     procs = [ctx.Process(target=training_jobs.drain, args=(db.url, job, threads, i), daemon=True)
              for i in range(workers)]  # fmt: skip
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    except BaseException:  # SIGTERM/SIGINT (SystemExit, KeyboardInterrupt): no worker outlives us
+        _stop(procs)
+        raise
     left = pending_units(db, job, retrain=retrain)
     if left:
         raise RuntimeError(f"training workers exited with units left: {[(u.shard, u.sequence) for u in left]}")
     with db.connect() as conn:
         live = {(u.shard, u.sequence): u.version for u in store.live_units(conn)}
     return sorted((u.shard, u.sequence, live[(u.shard, u.sequence)] or 0) for u in todo)
+
+
+def _stop(procs: list[Any], grace: float = 10.0) -> None:
+    """Terminate the worker processes (their jobs are taken over by the next run), then kill."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(grace)
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 def _publish(db: DatabaseInfo, unit_dir: Path, shard: int, sequence: int, version: int) -> None:

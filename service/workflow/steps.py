@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -36,6 +37,7 @@ from service.store.database import DatabaseInfo
 from service.workflow import training_jobs
 from service.workflow.queue import QUEUE, REGISTRY, enqueue_callbacks
 
+log = logging.getLogger(__name__)
 # Set by the worker's entry point (service.workflow.worker): the database the jobs act on.
 CONTEXT: dict[str, Any] = {}
 
@@ -93,11 +95,20 @@ EXACT, SUPPRESSION = "exact (S3T)", "suppression (closed model)"
 
 
 @contextlib.contextmanager
-def _step(name: str, timings: dict[str, float]) -> Iterator[None]:
+def _step(name: str, timings: dict[str, float], deletion_id: uuid.UUID) -> Iterator[None]:
+    """A step: a span, its duration, a log line as it starts and as it ends (ids only)."""
+    fields = {"request_id": str(deletion_id), "step": name}
+    log.info("step started", extra={"lethe": fields})
     t = time.perf_counter()
-    with tracing.tracer.start_as_current_span(f"workflow.{name}"):
-        yield
+    try:
+        with tracing.tracer.start_as_current_span(f"workflow.{name}"):
+            yield
+    except BaseException as e:
+        log.warning("step failed", extra={"lethe": {**fields, "seconds": round(time.perf_counter() - t, 4),
+                                                     "error": type(e).__name__}})  # fmt: skip
+        raise
     timings[name] = time.perf_counter() - t
+    log.info("step ended", extra={"lethe": {**fields, "seconds": round(timings[name], 4)}})
     _crash_point(name)
 
 
@@ -296,7 +307,7 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
     from service import training
 
     timings: dict[str, float] = {}
-    with _step("claim", timings), db.connect() as conn, conn.transaction():
+    with _step("claim", timings, deletion_id), db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         if d is None or d.status.final:
             return d.status if d else Status.FAILED
@@ -304,13 +315,13 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             d = store.transition(conn, d, Status.IN_PROGRESS)
             enqueue_callbacks(conn, d)
 
-    with _step("resolve", timings):  # explicit record ids + every record of the subjects, once
+    with _step("resolve", timings, deletion_id):  # explicit record ids + every record of the subjects, once
         resolved = _resolve(db, d)
         ids, documents, unknown = resolved["records"], resolved["documents"], resolved["unknown_record_ids"]
     if not ids and not documents:
         return _nothing_found(db, deletion_id, unknown, timings)
 
-    with _step("cut", timings):  # plan and cut (idempotent: a re-run finds the cuts applied)
+    with _step("cut", timings, deletion_id):  # plan and cut (idempotent: a re-run finds the cuts applied)
         plan = training.forget(db, ids, purge=False)
         with db.connect() as conn:
             shards = s3t.shards_of(conn, ids)
@@ -322,20 +333,20 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
                        for k, p in sorted(plan.shards.items())},
         }  # fmt: skip
 
-    with _step("suppress", timings):  # closed-model path: out of retrieval, forget entry added
+    with _step("suppress", timings, deletion_id):  # closed-model path: out of retrieval, forget entry added
         suppressed = _suppress(db, deletion_id, documents)
         if suppressed:
             summary["documents"] = suppressed["documents"]
 
-    with _step("apply", timings):  # the clean adapter served by every routable replica
+    with _step("apply", timings, deletion_id):  # the clean adapter served by every routable replica
         applied = _apply(db, plan, deletion_id, shards)
 
-    with _step("verify", timings):
+    with _step("verify", timings, deletion_id):
         verification = _verify(db, plan, ids, shards)
         if documents:
             verification["kb"] = _verify_kb(db, deletion_id, suppressed)
 
-    with _step("purge", timings), db.connect() as conn, conn.transaction():
+    with _step("purge", timings, deletion_id), db.connect() as conn, conn.transaction():
         s3t.purge_records(conn, ids)
         row = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()
         purged = row[0] if row else 0

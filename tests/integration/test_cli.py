@@ -77,3 +77,59 @@ def test_a_revoked_api_key_is_refused(empty_db, settings):
         pass
     again = lethe("keys", "revoke", token.split("_")[1], env=env)
     assert again.returncode == 1 and "no live API key" in again.stderr
+
+
+def _descendants(pid: int) -> set[int]:
+    kids: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            kids.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.add(k)
+            todo.append(k)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_sigterm_to_train_stops_its_whole_process_tree(empty_db, settings, tiny_model_path, tmp_path):
+    """`lethe train` with two training worker processes, terminated mid-training: it exits, and no
+    process it started outlives it."""
+    import time
+
+    env = {**os.environ, "DATABASE_URL": empty_db.url, "LETHE_VAR_DIR": str(settings.var_dir),
+           "LETHE_BASE_MODEL": str(tiny_model_path), "LETHE_S3T__SHARDS": "2", "LETHE_S3T__SLICES": "2",
+           "LETHE_S3T__BUDGET": "1", "LETHE_S3T__WORKERS": "2", "LETHE_TRAIN__EPOCHS": "50",
+           "LETHE_TRAIN__MIN_EPOCHS": "50"}  # fmt: skip
+    paths = corpus.write(corpus.generate(seed=3, trained=16, holdout=2), tmp_path / "corpus")
+    assert lethe("corpus", "ingest", str(paths["train"]), env=env).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "service", "train"], env=env, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    assert proc.stderr is not None
+    for line in proc.stderr:  # both workers report the unit they took before training it
+        if "training unit" in line:
+            seen.add(int(line.rsplit(" ", 1)[1]))
+        if len(seen) == 2:
+            break
+    tree = _descendants(proc.pid)
+    assert seen <= tree, (seen, tree)
+    proc.terminate()
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in tree if _alive(p)]

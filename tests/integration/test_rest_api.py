@@ -183,10 +183,18 @@ def test_cancel_only_while_pending_and_the_worker_completes_the_rest(api):
         assert client.post("/v1/deletions", json=x, headers=auth(keys["writer"])).status_code == 201
     r = client.post(f"/v1/deletions/{a['subject_request_id']}/cancel", headers=auth(keys["writer"]))
     assert r.status_code == 200 and r.json()["request_status"] == "cancelled"
-    env = {**os.environ, "DATABASE_URL": db.url, "LETHE_VAR_DIR": str(settings.var_dir)}
+    env = {**os.environ, "DATABASE_URL": db.url, "LETHE_VAR_DIR": str(settings.var_dir), "LETHE_LOG_FORMAT": "json"}
     proc = subprocess.run([sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # the worker logs each step it starts and ends, as JSON: ids, step, duration; never an identity
+    events = [json.loads(ln) for ln in proc.stderr.splitlines() if ln.startswith("{")]
+    mine = [e for e in events if e.get("request_id") == b["subject_request_id"]]
+    assert [(e["message"], e["step"]) for e in mine if e["message"] == "step ended"][:2] == [
+        ("step ended", "claim"), ("step ended", "resolve")]  # fmt: skip
+    assert all(isinstance(e["seconds"], float) for e in mine if e["message"] == "step ended")
+    assert {e["message"] for e in mine} == {"step started", "step ended"}
+    assert EMAIL not in proc.stderr and "bob@example.org" not in proc.stderr
     done = client.get(f"/v1/deletions/{b['subject_request_id']}", headers=auth(keys["reader"])).json()
     assert done["request_status"] == "completed", done
     # nobody held anything of bob: completed as "nothing found", provable by a ledger entry of its own
