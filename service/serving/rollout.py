@@ -61,9 +61,12 @@ class Rollout:
     served: store.Served
     shards: dict[int, Materialised | None]
     acks: Acks
+    before: store.Served | None = None  # what was served when this rollout began
 
     def to_dict(self) -> dict[str, Any]:
-        return {"generation": self.served.generation, "adapter_sha256": self.served.adapter_sha256,
+        b = self.before
+        return {"before": {"generation": b.generation, "adapter": b.name, "adapter_sha256": b.adapter_sha256}
+                if b else None, "generation": self.served.generation, "adapter_sha256": self.served.adapter_sha256,
                 "aggregation": self.served.aggregation, "replicas_acked": self.acks.acked,
                 "replicas_removed": self.acks.removed, "ack_seconds": round(self.acks.seconds, 4)}  # fmt: skip
 
@@ -100,10 +103,11 @@ def roll_out(db: DatabaseInfo, plan: Any, served_root: Path, request_id: object,
         try:
             m = materialise(db, plan, served_root, aggregation)
             with db.connect() as conn:
+                before = store.served(conn)
                 served = store.publish(conn, str(m.path) if m.path else None, m.sha256, m.aggregation, request_id)
             acks = wait_acknowledged(db, served, timeout, fail_closed=fail_closed, on_wait=on_wait)
             purge_superseded(served_root, keep=m.files())
-            return Rollout(served, m.shards, acks)
+            return Rollout(served, m.shards, acks, before)
         finally:
             lock.execute("SELECT pg_advisory_unlock(%s)", (ROLLOUT_LOCK,))
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import procrastinate
@@ -146,6 +146,8 @@ def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID, shards: list[int
             name = m.path.name if m else None
             before = s3t.set_desired(conn, shard, name, str(m.path) if m else None, m.sha256 if m else None,
                                      deletion_id)  # fmt: skip
+            if before[1] is None and out.before is not None:  # no earlier deletion: the model served until now
+                before = (out.before.name, out.before.adapter_sha256)
             changes[str(shard)] = {"before": {"adapter": before[0], "sha256": before[1]},
                                    "after": {"adapter": name, "sha256": m.sha256 if m else None}}  # fmt: skip
         applied = {"adapters": changes, "rollout": out.to_dict()}
@@ -249,6 +251,26 @@ def _kb_clean(report: dict[str, Any]) -> bool:
     return bool(report.get("documents_deleted")) and probes_ok
 
 
+def _cut_summary(db: DatabaseInfo, deletion_id: uuid.UUID, plan: Any, ids: list[str]) -> dict[str, Any]:
+    """What the cut did, per shard: the sequence served and its clean prefix, and every sequence
+    cut with the first block destroyed. Kept from the first run (a re-run finds nothing left to cut)."""
+    with db.connect() as conn, conn.transaction():
+        d = store.lock(conn, deletion_id)
+        assert d is not None
+        if "plan" in d.result:
+            return cast(dict[str, Any], d.result["plan"])
+        summary = {
+            "records": len(ids),
+            "affected_shards": s3t.shards_of(conn, ids),  # holding the request's records
+            "dead_shards": sorted(plan.dead),
+            "served": {str(k): {"sequence": p.sequence, "version": p.version, "prefix": p.prefix,
+                                "cuts": {str(q): b for q, b in sorted(p.tainted.items())}}
+                       for k, p in sorted(plan.shards.items())},
+        }  # fmt: skip
+        store.add_result(conn, d, {"plan": summary})
+    return summary
+
+
 def _resolve(db: DatabaseInfo, d: Any) -> dict[str, list[str]]:
     """What the request names: training records, knowledge-base documents, and the record ids it
     gave that are neither. Stored with the request on its first run: a re-run after the purge
@@ -323,15 +345,8 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
 
     with _step("cut", timings, deletion_id):  # plan and cut (idempotent: a re-run finds the cuts applied)
         plan = training.forget(db, ids, purge=False)
-        with db.connect() as conn:
-            shards = s3t.shards_of(conn, ids)
-        summary = {
-            "records": len(ids),
-            "affected_shards": shards,  # holding the request's records (a re-run finds the cuts made)
-            "dead_shards": sorted(plan.dead),
-            "served": {str(k): {"sequence": p.sequence, "version": p.version, "prefix": p.prefix}
-                       for k, p in sorted(plan.shards.items())},
-        }  # fmt: skip
+        summary = _cut_summary(db, deletion_id, plan, ids)
+        shards = summary["affected_shards"]
 
     with _step("suppress", timings, deletion_id):  # closed-model path: out of retrieval, forget entry added
         suppressed = _suppress(db, deletion_id, documents)

@@ -172,6 +172,10 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     # the background retrain is queued with the completion; training workers restore the depth
     queued = done.result["plan"]["retrain_queued"]
     assert queued == [f"{shard}/{s}" for s in range(2)]  # both sequences saw the deleted slice
+    # the result names every sequence's cut (first block destroyed), the served one's at its prefix
+    cuts = done.result["plan"]["served"][str(shard)]["cuts"]
+    assert sorted(cuts) == ["0", "1"] and all(0 <= b < 2 for b in cuts.values())
+    assert cuts[str(done.result["plan"]["served"][str(shard)]["sequence"])] == prefix
     with psycopg.connect(empty_db.url) as conn:
         jobs = conn.execute("SELECT args FROM procrastinate_jobs WHERE queue_name = 'training' AND status = 'todo'")
         assert sorted(f"{a['shard']}/{a['sequence']}" for (a,) in jobs) == queued
