@@ -111,6 +111,9 @@ def parse_documents(items: Iterable[tuple[int, object]], key: bytes, max_text_by
         if len(line.text.encode()) > max_text_bytes:
             problems.append((n, f"text: longer than {max_text_bytes} bytes"))
             continue
+        if deep := validation.json_depth_problem(line.metadata):
+            problems.append((n, f"metadata: {deep}"))
+            continue
         try:  # what PostgreSQL refuses: NUL and lone surrogates in text, NaN/Infinity in jsonb
             meta = json.dumps(line.metadata, allow_nan=False, ensure_ascii=False)
         except ValueError:

@@ -86,6 +86,21 @@ def callback_url(value: object) -> str:
     return url
 
 
+MAX_JSON_DEPTH = 32
+
+
+def json_depth_problem(value: object, most: int = MAX_JSON_DEPTH) -> str | None:
+    """Nesting deeper than ``most`` (counted without recursion: a hostile document is deep)."""
+    todo: list[tuple[object, int]] = [(value, 1)]
+    while todo:
+        v, depth = todo.pop()
+        if isinstance(v, dict | list):
+            if depth > most:
+                return f"nested deeper than {most} levels"
+            todo.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return None
+
+
 def page_size(limit: int, most: int) -> int:
     if not 1 <= limit <= most:
         raise InvalidInput(f"limit must be within 1..{most}")

@@ -135,7 +135,7 @@ REST_HOSTILE = [
     ("not JSON", "POST", "/v1/deletions", b"subject_request_id=1", {}),
     ("unknown request type", "POST", "/v1/deletions", raw(deletion(subject_request_type="rectification")), {}),
     ("year 99999", "POST", "/v1/deletions", raw(deletion(submitted_time="99999-01-01T00:00:00Z")), {}),
-    ("idempotency key not ASCII", "POST", "/v1/deletions", raw(deletion()), {"Idempotency-Key": "k\xe9y"}),
+    ("idempotency key not ASCII", "POST", "/v1/deletions", raw(deletion()), {"Idempotency-Key": b"k\xe9y"}),
     ("idempotency key of 300 characters", "POST", "/v1/deletions", raw(deletion()), {"Idempotency-Key": "k" * 300}),
     ("negative page size", "GET", "/v1/deletions?limit=-1", None, {}),
     ("huge page size", "GET", "/v1/deletions?limit=100000000000000000000", None, {}),
@@ -195,6 +195,8 @@ def grpc_hostile(channel: grpc.Channel, key: str) -> list[tuple[str, object]]:
         for k, v in kw.items():
             if isinstance(v, list):
                 getattr(r, k).extend(v)
+            elif isinstance(v, timestamp_pb2.Timestamp):
+                getattr(r, k).CopyFrom(v)
             else:
                 setattr(r, k, v)
         return r

@@ -33,7 +33,7 @@ from service.api.grpc.gen.lethe.v1 import (
     ledger_pb2,
     ledger_pb2_grpc,
 )
-from service.core import errors
+from service.core import errors, validation
 from service.core.deletions import Deletion, Deletions, Principal, Scope, Status, SubmitDeletion
 from service.core.kb import DocumentInfo, KnowledgeBase, NewDocument
 from service.ledger.log import Ledger
@@ -264,6 +264,9 @@ def _new_documents(docs: Any) -> list[NewDocument]:
             metadata = json.loads(d.metadata_json) if d.metadata_json else {}
         except json.JSONDecodeError as e:
             problems.append((n, f"metadata_json: not valid JSON ({e.msg} at column {e.colno})"))
+            continue
+        except RecursionError:
+            problems.append((n, f"metadata_json: nested deeper than {validation.MAX_JSON_DEPTH} levels"))
             continue
         if not isinstance(metadata, dict):
             problems.append((n, "metadata_json: must be a JSON object"))

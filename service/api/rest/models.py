@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.core import kb
+from service.core import kb, validation
 from service.core.deletions import Deletion, Page, Status, SubmitDeletion
 from service.core.records import MAX_SUBJECTS_PER_RECORD
 
@@ -132,7 +132,9 @@ class DocumentIn(BaseModel):
     @field_validator("metadata")
     @classmethod
     def _storable(cls, v: dict[str, Any]) -> dict[str, Any]:
-        """What PostgreSQL's jsonb refuses: NUL characters, NaN and Infinity."""
+        """What PostgreSQL's jsonb refuses: NUL characters, NaN and Infinity; and deep nesting."""
+        if deep := validation.json_depth_problem(v):
+            raise ValueError(f"metadata: {deep}")
         try:
             text = json.dumps(v, allow_nan=False)
         except ValueError as e:
