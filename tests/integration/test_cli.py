@@ -112,8 +112,8 @@ def test_sigterm_to_train_stops_its_whole_process_tree(empty_db, settings, tiny_
 
     env = {**os.environ, "DATABASE_URL": empty_db.url, "LETHE_VAR_DIR": str(settings.var_dir),
            "LETHE_BASE_MODEL": str(tiny_model_path), "LETHE_S3T__SHARDS": "2", "LETHE_S3T__SLICES": "2",
-           "LETHE_S3T__BUDGET": "1", "LETHE_S3T__WORKERS": "2", "LETHE_TRAIN__EPOCHS": "50",
-           "LETHE_TRAIN__MIN_EPOCHS": "50"}  # fmt: skip
+           "LETHE_S3T__BUDGET": "1", "LETHE_S3T__WORKERS": "2", "LETHE_TRAIN__NUM_BLOCKS": "2",
+           "LETHE_TRAIN__EPOCHS": "50", "LETHE_TRAIN__MIN_EPOCHS": "50"}  # fmt: skip
     paths = corpus.write(corpus.generate(seed=3, trained=16, holdout=2), tmp_path / "corpus")
     assert lethe("corpus", "ingest", str(paths["train"]), env=env).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "service", "train"], env=env, stderr=subprocess.PIPE, text=True)

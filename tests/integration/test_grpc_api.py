@@ -124,14 +124,18 @@ def test_watch_streams_until_completed_and_the_ledger_serves_receipts(grpc_api):
     assert seen[-1].status == deletion_pb2.DELETION_STATUS_COMPLETED
 
     ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
-    receipt = ledger.GetReceipt(ledger_pb2.GetReceiptRequest(seq=3), metadata=md(keys["writer"]))
+    # nothing was held for the subject: a nothing_found entry (3), then the completion (4)
+    found = ledger.GetReceipt(ledger_pb2.GetReceiptRequest(seq=3), metadata=md(keys["writer"]))
+    assert found.kind == "deletion.nothing_found"
+    receipt = ledger.GetReceipt(ledger_pb2.GetReceiptRequest(seq=4), metadata=md(keys["writer"]))
     assert receipt.kind == "deletion.completed" and json.loads(receipt.body_json)["request"] == req.subject_request_id
+    assert json.loads(receipt.body_json)["outcome"] == "nothing_found"
     pem = ledger.GetPublicKey(ledger_pb2.GetPublicKeyRequest(), metadata=md(keys["writer"]))
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     cp = open_note(receipt.checkpoint, pem.key_name, load_pem_public_key(pem.pem.encode()))  # type: ignore[arg-type]
     assert merkle.verify_inclusion(
-        2, cp.size, merkle.leaf_hash(receipt.row_hash), list(receipt.inclusion_proof), cp.root
+        3, cp.size, merkle.leaf_hash(receipt.row_hash), list(receipt.inclusion_proof), cp.root
     )
     assert code_of(lambda: ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), metadata=md(keys["reader"]))) \
         == grpc.StatusCode.PERMISSION_DENIED  # fmt: skip
