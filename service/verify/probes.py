@@ -204,23 +204,24 @@ def _membership_figures(got: list[dict[str, float]], ref: list[dict[str, float]]
 def verdict(auc: float, n: int, m: int) -> dict[str, Any]:
     """Passed, failed or inconclusive, for the highest AUC of ``n`` deleted records against ``m``
     holdout ones. Under no membership the AUC is 0.5 ± se (Mann-Whitney, normal approximation):
-    with few records se is wide, so an AUC under the limit proves little (inconclusive, with the
-    smallest AUC the test could have detected) and one over it may be chance (inconclusive unless
-    far beyond it: failed)."""
+    with few records se is wide: the test has power only if the smallest AUC it tells from chance
+    is under the limit. Without power the verdict is inconclusive whatever the AUC (with a handful
+    of records, text features alone can order them all above the holdout); with power, an AUC
+    over the limit and beyond chance is a failure, one over the limit within chance inconclusive."""
     se = ((n + m + 1) / (12 * n * m)) ** 0.5
     detectable = round(0.5 + Z_POWER * se, 4)
     out: dict[str, Any] = {"min_detectable_auc": detectable}
-    if auc > AUC_LIMIT and (auc - 0.5) / se > Z_FAIL:
+    if detectable > AUC_LIMIT:
+        return {**out, "verdict": "inconclusive", "reason": f"too few records for the test to have power: {n} "
+                f"deleted against {m} holdout records detect only AUC >= {detectable:.2f} (limit {AUC_LIMIT}; "
+                f"observed {auc:.2f})"}  # fmt: skip
+    if auc <= AUC_LIMIT:
+        return {**out, "verdict": "passed"}
+    if (auc - 0.5) / se > Z_FAIL:
         return {**out, "verdict": "failed", "reason": f"AUC {auc:.2f} is above {AUC_LIMIT} and beyond chance "
                 f"for {n} records (z = {(auc - 0.5) / se:.1f})"}  # fmt: skip
-    if auc <= AUC_LIMIT and detectable <= AUC_LIMIT:
-        return {**out, "verdict": "passed"}
-    if detectable > AUC_LIMIT:
-        reason = (f"too few records for the test to have power: {n} deleted against {m} holdout records "
-                  f"detect only AUC >= {detectable:.2f} (limit {AUC_LIMIT})")  # fmt: skip
-    else:
-        reason = f"AUC {auc:.2f} is above {AUC_LIMIT} but within chance for {n} records"
-    return {**out, "verdict": "inconclusive", "reason": reason}
+    return {**out, "verdict": "inconclusive", "reason": f"AUC {auc:.2f} is above {AUC_LIMIT} but within chance "
+            f"for {n} records"}  # fmt: skip
 
 
 def verbmem(replicas: Sequence[tuple[str, str, Sequence[str]]], deleted: Sequence[str], holdout: Sequence[str],

@@ -292,7 +292,7 @@ def _resolve(db: DatabaseInfo, d: Any) -> dict[str, list[str]]:
 def _nothing_found(db: DatabaseInfo, deletion_id: uuid.UUID, unknown: list[str], timings: dict[str, float]) -> Status:
     """No record or document of the subjects (and none of the ids given): completed, with an entry
     of its own in the ledger, so "we held nothing" is as provable as a deletion."""
-    with db.connect() as conn, conn.transaction():
+    with tracing.tracer.start_as_current_span("workflow.complete"), db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         assert d is not None
         if d.status.final:

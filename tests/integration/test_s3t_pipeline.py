@@ -222,7 +222,7 @@ def test_with_a_routing_table_a_deletion_serves_every_live_shards_clean_adapter(
     assert membership["verdict"] == ("failed" if "failed" in verdicts else
                                      "passed" if verdicts == {"passed"} else "inconclusive")  # fmt: skip
     assert membership["verdict"] == "passed" or membership["reason"]
-    assert done.result["verification"]["verdict"] in ("passed", "inconclusive")
+    assert done.result["verification"]["verdict"] in ("passed", "inconclusive"), done.result["verification"]
 
 
 def _stage_files(stage_dir: Path) -> dict[str, tuple[int, str]]:
