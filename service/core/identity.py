@@ -60,3 +60,10 @@ def subject_hash(key: bytes, raw_identity: str) -> bytes:
 
 def content_hash(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def text_key(key: bytes, text: str) -> bytes:
+    """A keyed hash of the text as a person reads it (NFKC, case-folded, whitespace collapsed):
+    two records with equal keys hold the same personal data, whoever they are filed under."""
+    normal = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    return hmac.new(key, b"text:" + normal.encode("utf-8"), hashlib.sha256).digest()

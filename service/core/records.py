@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.core import validation
 from service.core.errors import InvalidCorpus, InvalidIdentity
-from service.core.identity import content_hash, subject_hash
+from service.core.identity import content_hash, subject_hash, text_key
 
 MAX_SUBJECTS_PER_RECORD = 16
 M = TypeVar("M", bound=BaseModel)
@@ -26,6 +26,7 @@ class Record:
     text: str
     content_hash: bytes
     line: int = 0  # where it came from, for error messages
+    text_key: bytes | None = None  # identity.text_key: the same text under another id
 
 
 class _RecordLine(BaseModel):
@@ -73,7 +74,7 @@ def parse_records(lines: Iterable[str], key: bytes, max_text_bytes: int) -> list
             errors.append((n, f"subject_ids: {e}"))
             continue
         seen[line.id] = n
-        records.append(Record(line.id, hashes, line.text, content_hash(line.text), n))
+        records.append(Record(line.id, hashes, line.text, content_hash(line.text), n, text_key(key, line.text)))
     if errors:
         raise InvalidCorpus(errors)
     return records

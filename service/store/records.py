@@ -49,10 +49,10 @@ def add_records(conn: psycopg.Connection, records: list[Record], layout: Layout)
                 [(h,) for h in sorted({h for r in new for h in r.subject_hashes})],
             )
             cur.executemany(
-                "INSERT INTO records (id, content_hash, text, group_hash, shard, slice)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
+                "INSERT INTO records (id, content_hash, text, group_hash, shard, slice, text_key)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 [
-                    (r.id, r.content_hash, r.text, g, *cells[g])
+                    (r.id, r.content_hash, r.text, g, *cells[g], r.text_key)
                     for r in new
                     for g in [placement.group_key(r.subject_hashes)]
                 ],

@@ -68,6 +68,18 @@ def known_record_ids(conn: psycopg.Connection, ids: Iterable[str]) -> list[str]:
     return [r[0] for r in rows]
 
 
+def same_text_records(conn: psycopg.Connection, ids: Iterable[str]) -> list[str]:
+    """Records not in ``ids``, not purged, holding the same text as one of ``ids`` (equal normalised-
+    text key, or equal content hash)."""
+    rows = conn.execute(
+        """SELECT DISTINCT o.id FROM records r JOIN records o
+               ON (o.text_key = r.text_key OR o.content_hash = r.content_hash)
+           WHERE r.id = ANY(%(ids)s) AND NOT o.id = ANY(%(ids)s) AND o.purged_at IS NULL ORDER BY o.id""",
+        {"ids": list(ids)},
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def record_ids_of_subjects(conn: psycopg.Connection, subject_hashes: Iterable[bytes]) -> list[str]:
     rows = conn.execute(
         "SELECT DISTINCT record_id FROM record_subjects WHERE subject_hash = ANY(%s) ORDER BY record_id",

@@ -280,9 +280,11 @@ def _resolve(db: DatabaseInfo, d: Any) -> dict[str, list[str]]:
     with db.connect() as conn, conn.transaction():
         known = set(s3t.known_record_ids(conn, d.record_ids))
         documents = kb.documents_of_subjects(conn, d.subject_hashes, d.record_ids)
-        ids = sorted(known | set(s3t.record_ids_of_subjects(conn, d.subject_hashes)))
+        named = known | set(s3t.record_ids_of_subjects(conn, d.subject_hashes))
+        same = s3t.same_text_records(conn, named)  # the same personal data filed under another id
+        ids = sorted(named | set(same))
         unknown = sorted(set(d.record_ids) - known - set(documents))
-        resolved = {"records": ids, "documents": documents, "unknown_record_ids": unknown}
+        resolved = {"records": ids, "documents": documents, "unknown_record_ids": unknown, "same_text_records": same}
         locked = store.lock(conn, d.id)
         assert locked is not None
         store.add_result(conn, locked, {"resolved": resolved})
@@ -340,6 +342,7 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
     with _step("resolve", timings, deletion_id):  # explicit record ids + every record of the subjects, once
         resolved = _resolve(db, d)
         ids, documents, unknown = resolved["records"], resolved["documents"], resolved["unknown_record_ids"]
+        same = resolved.get("same_text_records", [])
     if not ids and not documents:
         return _nothing_found(db, deletion_id, unknown, timings)
 
@@ -383,7 +386,8 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
         assert d is not None
         if d.status.final:
             return d.status
-        d = store.add_result(conn, d, {"unknown_record_ids": unknown})  # the ids stay out of the ledger
+        # the ids stay out of the ledger (counts only)
+        d = store.add_result(conn, d, {"unknown_record_ids": unknown, "same_text_records": same})
         ok = clean and purged == len(ids) and (not documents or _kb_clean(verification["kb"]))
         methods = ([EXACT] if ids or not documents else []) + ([SUPPRESSION] if documents else [])
         # the background retrain that restores the cut units' depth (training workers take it);
@@ -395,6 +399,7 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             summary["retrain_queued"] = [f"{k}/{seq}" for k, seq in cut]
         d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
                              {"outcome": "deleted" if ok else "failed", "unknown_records": len(unknown),
+                              "same_text_records": len(same),
                               "methods": methods, "plan": summary, "apply": applied, "verification": verification,
                               "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip
         enqueue_callbacks(conn, d)

@@ -51,7 +51,7 @@ def ingest(db, settings, tmp_path, people=8):
     return c
 
 
-def trained_with_a_request(db, settings, model, tmp_path, person, record_ids=()):
+def trained_with_a_request(db, settings, model, tmp_path, person, record_ids=(), extra=()):
     """Every unit trained, a deletion request for one trained person accepted, the workflow's
     context set: (core, admin principal, request id)."""
     import uuid
@@ -60,6 +60,10 @@ def trained_with_a_request(db, settings, model, tmp_path, person, record_ids=())
     from service.workflow import steps
 
     c = ingest(db, settings, tmp_path)
+    if extra:  # more records, e.g. built from the corpus's: (person's records) → lines
+        more = tmp_path / "extra.jsonl"
+        more.write_text("".join(json.dumps(x) + "\n" for x in extra(list(c.records([c.trained[person]])))))
+        lethe.ingest(db, settings, more)
     training.train_all(db, lethe.training_job(settings, model))
     core = lethe.deletions_core(db, settings)
     admin = Principal("t", frozenset({Scope.ADMIN}))
@@ -185,6 +189,28 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
         states = conn.execute("SELECT status, count(*) FROM procrastinate_jobs WHERE queue_name = 'training'"
                               " AND args->>'shard' = %s GROUP BY 1", (str(shard),)).fetchall()  # fmt: skip
     assert dict(states)["succeeded"] >= 2 and "todo" not in dict(states)
+
+
+def test_the_same_text_filed_under_another_subject_is_deleted_too(empty_db, s3t_settings, tiny_model, tmp_path):
+    """A record of the deleted person copied under another subject's id (case and spacing changed)
+    is the same personal data: cut from every live block, purged, listed in the result."""
+    from service.core.deletions import Status
+    from service.workflow import steps
+
+    def copy(records):
+        text = records[0]["text"]
+        return [{"id": "copy-1", "subject_ids": ["person:someone-else"], "text": "  " + text.upper() + " "}]
+
+    core, admin, rid = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=1, extra=copy)
+    assert training.plan_for(empty_db, ["copy-1"]).affected  # trained on, before the deletion
+    assert steps.run(empty_db, rid) is Status.COMPLETED
+    done = core.get(rid, admin)
+    assert done.result["same_text_records"] == ["copy-1"]
+    assert not training.plan_for(empty_db, ["copy-1"]).affected  # no live block holds it any more
+    with psycopg.connect(empty_db.url) as conn:
+        assert conn.execute("SELECT text FROM records WHERE id = 'copy-1'").fetchone() == (None,)
+        body = conn.execute("SELECT body FROM ledger_entries WHERE kind = 'deletion.completed'").fetchone()[0]
+    assert body["same_text_records"] == 1 and "copy-1" not in json.dumps(body)
 
 
 def test_with_a_routing_table_a_deletion_serves_every_live_shards_clean_adapter(

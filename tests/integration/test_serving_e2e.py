@@ -247,6 +247,10 @@ def test_deletion_over_rest_forgets_on_every_replica(env, gemma_path):
     assert m["deleted_mean_loss"] >= m["holdout_loss_p5"], m
     assert m["scored_with"].startswith("vLLM prompt log-probabilities on replica-"), m  # the served model itself
     assert v["verbmem"]["max_gap_over_holdout"] <= 0.1, v["verbmem"]
+    # one person's 3 records against 90 holdout ones: the membership test has no power, and says so
+    assert v["verdict"] == "inconclusive" and "too few records" in v["reason"], v
+    assert m["verdict"] == "inconclusive" and m["min_detectable_auc"] > 0.65, m
+    assert rollout["before"]["generation"] == gen_before and rollout["before"]["adapter_sha256"]
     # no replica's output, nor the gateway's, holds the fact any more (it did before: test 1)
     prompt, fact = victim.probe()
     assert fact in e.state["said_before"][victim.subject_id]
