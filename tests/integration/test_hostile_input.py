@@ -8,8 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,7 +15,6 @@ import grpc
 import httpx
 import psycopg
 import pytest
-import uvicorn
 from google.protobuf import timestamp_pb2
 
 from service import app as lethe
@@ -29,8 +26,8 @@ from service.api.grpc.gen.lethe.v1 import (
     ledger_pb2,
     ledger_pb2_grpc,
 )
-from service.serve import free_port
 from service.store.deletions import create_api_key
+from tests.integration.servers import serve
 
 SERVER_FAULTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
@@ -38,14 +35,7 @@ SERVER_FAULTS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 @pytest.fixture
 def edges(empty_db, settings):
     lethe.migrate(empty_db)
-    port = free_port()
-    rest = uvicorn.Server(uvicorn.Config(lethe.rest_app(empty_db, settings), host="127.0.0.1", port=port,
-                                         log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=rest.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not rest.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    rest, port = serve(lethe.rest_app(empty_db, settings))
     server, gport = lethe.grpc_server(empty_db, settings, "127.0.0.1:0")
     server.start()
     key = create_api_key(empty_db, ["admin"])
@@ -56,7 +46,6 @@ def edges(empty_db, settings):
     channel.close()
     server.stop(grace=1).wait()
     rest.should_exit = True
-    thread.join(10)
 
 
 def deletion(**kw) -> dict:

@@ -12,23 +12,15 @@ import time
 
 import httpx
 import pytest
-import uvicorn
 
 from service import app as lethe
 from service.config import RagSpec
 from service.gateway.app import create_gateway
 from service.serve import free_port
 from service.store.deletions import Authenticator, create_api_key
+from tests.integration.servers import serve
 
-
-def _serve(app) -> tuple[uvicorn.Server, int]:
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return server, port
+_serve = serve
 
 
 @pytest.fixture

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import psycopg
 import pytest
-import uvicorn
 
 from service import app as lethe
 from service.store.deletions import create_api_key
+from tests.integration.servers import serve
 
 EMAIL = "ada.lovelace@example.org"
 
@@ -26,17 +23,7 @@ EMAIL = "ada.lovelace@example.org"
 @pytest.fixture
 def api(empty_db, settings):
     lethe.migrate(empty_db)
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = uvicorn.Server(uvicorn.Config(lethe.rest_app(empty_db, settings), host="127.0.0.1", port=port,
-                                           log_level="warning"))  # fmt: skip
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
+    server, port = serve(lethe.rest_app(empty_db, settings))
     keys = {
         "writer": create_api_key(empty_db, ["deletions:write", "deletions:read"]),
         "reader": create_api_key(empty_db, ["deletions:read"]),
@@ -45,7 +32,6 @@ def api(empty_db, settings):
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         yield client, keys, empty_db, settings
     server.should_exit = True
-    thread.join(10)
 
 
 def auth(key):
@@ -123,7 +109,31 @@ def test_idempotency_key_replays_and_rejects_a_different_body(api):
     assert is_problem(other, 422)["title"] == "Idempotency-Key reused"
     same_id_other_body = client.post("/v1/deletions", json={**b, "record_ids": ["x"]}, headers=auth(keys["writer"]))
     is_problem(same_id_other_body, 409)
+    # the same request with the email spelled otherwise (case, spaces) is the same request: a replay
+    respelled = {**b, "subject_identities": [{"identity_type": "email", "identity_value": f"  {EMAIL.upper()} "}]}
+    for headers in (h, auth(keys["writer"])):
+        replay = client.post("/v1/deletions", json=respelled, headers=headers)
+        assert replay.status_code == 200 and replay.json() == first.json(), replay.text
     assert ledger_size(db) == before == 1
+
+
+def test_identities_are_normalised_per_type_and_opaque_ids_kept_exact(api):
+    client, keys, _, _ = api
+
+    def submit(kind: str, value: str) -> httpx.Response:
+        ids = [{"identity_type": kind, "identity_value": value}]
+        return client.post("/v1/deletions", json=body(subject_identities=ids), headers=auth(keys["writer"]))
+
+    def hashes(kind: str, value: str) -> list[str]:
+        r = submit(kind, value)
+        assert r.status_code == 201, r.text
+        return r.json()["subject_hashes"]
+
+    assert hashes("email", "Ada@Example.org") == hashes("email", " ada@example.org ")
+    assert hashes("phone", "+44 (20) 7946-0018") == hashes("phone", "0044 20 7946 0018")
+    assert hashes("person", "P-1") != hashes("person", "p-1")  # two customers, not one
+    assert hashes("controller_customer_id", "AbC") != hashes("controller_customer_id", "abc")
+    assert is_problem(submit("email", "x"), 400)["detail"].startswith("an email identity")
 
 
 def test_concurrent_duplicates_are_accepted_once(api):
