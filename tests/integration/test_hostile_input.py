@@ -347,3 +347,43 @@ def test_one_bad_row_does_not_sink_its_group_commit(empty_db, settings):
         futures[15].result()
     with psycopg.connect(empty_db.url) as conn:
         assert conn.execute("SELECT count(*) FROM deletion_requests").fetchone()[0] == 30
+
+
+def test_grpc_fuzz_finds_no_server_fault(edges):
+    """Hypothesis over the request messages' fields (any text, NUL and controls included; any
+    int32; lists past the limits): every answer is OK or a client-error code, never UNKNOWN or
+    INTERNAL."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _, channel, key, _, _ = edges
+    stub = deletion_pb2_grpc.DeletionServiceStub(channel)
+    kb = kb_pb2_grpc.KnowledgeBaseServiceStub(channel)
+    md = [("authorization", f"Bearer {key}")]
+    text = st.text(max_size=300)
+    ids = st.lists(st.sampled_from(["email", "phone", "person", "controller_customer_id"]) | text, max_size=3)
+
+    def call(f) -> None:
+        try:
+            f()
+        except grpc.RpcError as e:
+            assert e.code() not in SERVER_FAULTS, (e.code(), e.details())
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(rid=st.uuids().map(str) | text, kind=text, types=ids, values=st.lists(text, max_size=3),
+           records=st.lists(text, max_size=5), urls=st.lists(text, max_size=3), limit=st.integers(-(2**31), 2**31 - 1),
+           status=st.integers(-(2**31), 2**31 - 1), cursor=text, doc=st.tuples(text, text, text, text))  # fmt: skip
+    def fuzz(rid, kind, types, values, records, urls, limit, status, cursor, doc) -> None:
+        r = deletion_pb2.SubmitDeletionRequest(subject_request_id=rid, subject_request_type=kind,
+                                               record_ids=records, status_callback_urls=urls)  # fmt: skip
+        for t, v in zip(types, values, strict=False):
+            r.subject_identities.add(identity_type=t, identity_value=v)
+        call(lambda: stub.SubmitDeletion(r, metadata=md))
+        call(lambda: stub.ListDeletions(deletion_pb2.ListDeletionsRequest(status=status, cursor=cursor, limit=limit),
+                                        metadata=md))  # fmt: skip
+        call(lambda: stub.GetDeletion(deletion_pb2.GetDeletionRequest(subject_request_id=rid), metadata=md))
+        new = kb_pb2.NewDocument(id=doc[0], subject_ids=[doc[1]], text=doc[2], source="fuzz", metadata_json=doc[3])
+        call(lambda: kb.AddDocuments(kb_pb2.AddDocumentsRequest(documents=[new]), metadata=md))
+        call(lambda: kb.ListDocuments(kb_pb2.ListDocumentsRequest(cursor=cursor, limit=limit), metadata=md))
+
+    fuzz()
