@@ -399,7 +399,7 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             summary["retrain_queued"] = [f"{k}/{seq}" for k, seq in cut]
         d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
                              {"outcome": "deleted" if ok else "failed", "unknown_records": len(unknown),
-                              "same_text_records": len(same),
+                              "same_text": len(same),
                               "methods": methods, "plan": summary, "apply": applied, "verification": verification,
                               "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip
         enqueue_callbacks(conn, d)

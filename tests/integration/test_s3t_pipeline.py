@@ -210,7 +210,7 @@ def test_the_same_text_filed_under_another_subject_is_deleted_too(empty_db, s3t_
     with psycopg.connect(empty_db.url) as conn:
         assert conn.execute("SELECT text FROM records WHERE id = 'copy-1'").fetchone() == (None,)
         body = conn.execute("SELECT body FROM ledger_entries WHERE kind = 'deletion.completed'").fetchone()[0]
-    assert body["same_text_records"] == 1 and "copy-1" not in json.dumps(body)
+    assert body["same_text"] == 1 and "copy-1" not in json.dumps(body)
 
 
 def test_with_a_routing_table_a_deletion_serves_every_live_shards_clean_adapter(
