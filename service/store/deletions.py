@@ -260,6 +260,8 @@ def transition(conn: psycopg.Connection, d: Deletion, status: Status, result: di
     body = {**ledger_body(d.evolve(status=status)), **(result or {})}
     (entry,) = ledger.append(conn, [(f"deletion.{status.value}", body)])
     merged = {**d.result, **(result or {})}
+    if status.final:  # working state for a resumed run; its document ids may name the subject
+        merged.pop("resolved", None)
     merged["ledger_seqs"] = {**merged.get("ledger_seqs", {}), status.value: entry.seq}
     row = conn.execute(
         "UPDATE deletion_requests SET status = %s, result = %s, updated_time = now(),"
