@@ -14,6 +14,8 @@ from service.core.records import parse_records
 from service.store import database as _database
 from service.store import migrate as _migrate
 from service.store import records as _records
+from service.store import sealing as _sealing
+from service.store.keystore import DataKeys
 from shards.placement import Layout
 
 if TYPE_CHECKING:
@@ -37,13 +39,23 @@ def database(settings: Settings) -> Iterator[_database.DatabaseInfo]:
         yield db
 
 
-def migrate(db: _database.DatabaseInfo) -> list[str]:
-    """Lethe's SQL migrations, then the job queue's own schema (procrastinate versions it)."""
+def migrate(db: _database.DatabaseInfo, settings: Settings | None = None) -> list[str]:
+    """Lethe's SQL migrations, then the job queue's own schema (procrastinate versions it); with
+    ``settings`` (its key store), text stored in clear before migration 0011 is sealed."""
     from service.workflow.queue import ensure_schema
 
     applied = _migrate.migrate(db.url)
     ensure_schema(db)
+    if settings is not None:
+        from service.core.forget import index_key
+
+        key = keyfile.load_or_create(settings.resolved_hmac_key_file())
+        _sealing.seal_legacy(db, data_keys(settings), index_key(key))
     return applied
+
+
+def data_keys(settings: Settings) -> DataKeys:
+    return DataKeys(settings.resolved_data_key_dir())
 
 
 class SystemClock:
@@ -98,7 +110,7 @@ def ingest(db: _database.DatabaseInfo, settings: Settings, file: Path) -> _recor
         records = parse_records(f, key, settings.max_record_bytes)
     layout = Layout(settings.s3t.shards, settings.s3t.slices)
     with db.connect() as conn:
-        return _records.add_records(conn, records, layout)
+        return _records.add_records(conn, data_keys(settings), records, layout)
 
 
 def resolve_records(
@@ -149,7 +161,8 @@ def retired_ledger_keys(settings: Settings) -> list[tuple[str, Ed25519PublicKey]
 def training_job(settings: Settings, base_model_path: Path) -> TrainingJob:
     from service.training import TrainingJob
 
-    return TrainingJob(base_model_path, settings.artifacts_dir(), settings.s3t, settings.train)
+    return TrainingJob(base_model_path, settings.artifacts_dir(), settings.s3t, settings.train,
+                       settings.resolved_data_key_dir())
 
 
 def base_model(settings: Settings, *, progress: bool = True) -> BuiltModel:
@@ -184,7 +197,10 @@ def kb_core(db: _database.DatabaseInfo, settings: Settings) -> KnowledgeBase:
     from service.store.kb import PgDocumentStore
 
     key = keyfile.load_or_create(settings.resolved_hmac_key_file())
-    return KnowledgeBase(PgDocumentStore(db), embedder(), key, settings.max_record_bytes)
+    from service.core.forget import index_key
+
+    store = PgDocumentStore(db, data_keys(settings), index_key(key))
+    return KnowledgeBase(store, embedder(), key, settings.max_record_bytes)
 
 
 def kb_ingest(db: _database.DatabaseInfo, settings: Settings, file: Path, *, progress: bool = True) -> AddResult:
@@ -204,7 +220,7 @@ def rag_proxy(db: _database.DatabaseInfo, settings: Settings) -> RagProxy | None
     if not settings.rag.upstream_url:
         return None
     key = keyfile.load_or_create(settings.resolved_hmac_key_file())
-    return RagProxy(db, embedder(), key, settings.rag, settings.rag.upstream_url)
+    return RagProxy(db, data_keys(settings), embedder(), key, settings.rag, settings.rag.upstream_url)
 
 
 def probe_config(settings: Settings) -> ProbeConfig | None:

@@ -48,8 +48,9 @@ def db_migrate(ctx: typer.Context) -> None:
     """Apply pending migrations (idempotent)."""
     from service import app as lethe
 
-    with lethe.database(_settings(ctx)) as db:
-        applied = lethe.migrate(db)
+    settings = _settings(ctx)
+    with lethe.database(settings) as db:
+        applied = lethe.migrate(db, settings)
         console.print(f"{db.describe()}: applied {len(applied)} migration(s) {applied or ''}".rstrip())
 
 
@@ -109,7 +110,7 @@ def _ingest(ctx: typer.Context, file: Path, load: Callable[[Any, Settings, Path]
 
     settings = _settings(ctx)
     with lethe.database(settings) as db:
-        lethe.migrate(db)
+        lethe.migrate(db, settings)
         try:
             result = load(db, settings, file)
         except InvalidInput as e:
@@ -137,7 +138,7 @@ def train(ctx: typer.Context) -> None:
     settings = _settings(ctx)
     model = lethe.base_model(settings)
     with lethe.database(settings) as db:
-        lethe.migrate(db)
+        lethe.migrate(db, settings)
         done = training.train_all(db, lethe.training_job(settings, model.path))
     console.print(f"trained {len(done)} unit(s): {done or 'all units already complete'}")
 
@@ -154,7 +155,7 @@ def plan(
 
     settings = _settings(ctx)
     with lethe.database(settings) as db:
-        lethe.migrate(db)
+        lethe.migrate(db, settings)
         try:
             ids = lethe.resolve_records(db, settings, record or [], subject or [])
         except InvalidInput as e:
@@ -190,7 +191,7 @@ def ledger_verify(
         where = str(file)
     else:
         with lethe.database(settings) as db:
-            lethe.migrate(db)
+            lethe.migrate(db, settings)
             report = lethe.ledger(db, settings).verify()
             where = db.describe()
     if report.ok:
@@ -230,7 +231,7 @@ def ledger_checkpoint(ctx: typer.Context) -> None:
 
     settings = _settings(ctx)
     with lethe.database(settings) as db:
-        lethe.migrate(db)
+        lethe.migrate(db, settings)
         cp = lethe.ledger(db, settings).checkpoint()
     console.print(cp[2] if cp else "the ledger is empty")
 
@@ -258,7 +259,7 @@ def keys_create(
         raise typer.Exit(2)
     settings = _settings(ctx)
     with lethe.database(settings) as db:
-        lethe.migrate(db)
+        lethe.migrate(db, settings)
         print(create_api_key(db, sorted(set(scope)), name))
 
 
@@ -286,7 +287,7 @@ def api(ctx: typer.Context) -> None:
     tracing.setup("lethe-api")
     settings = _settings(ctx)
     with lethe.database(settings) as db:
-        lethe.migrate(db)
+        lethe.migrate(db, settings)
         server, port = lethe.grpc_server(db, settings)
         server.start()
         console.print(f"gRPC on port {port}; REST on http://{settings.api_host}:{settings.api_port}")
@@ -367,7 +368,7 @@ def serve(
     if replicas is not None:
         settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"replicas": replicas})})
     with lethe.database(settings) as db:
-        lethe.migrate(db)
+        lethe.migrate(db, settings)
         run_forever(Stack(settings, db, log=console.print))
 
 
@@ -387,7 +388,7 @@ def worker(
     tracing.setup(f"lethe-worker-{queue}")
     settings = _settings(ctx)
     with lethe.database(settings) as db:
-        lethe.migrate(db)
+        lethe.migrate(db, settings)
         if queue == "training":
             from service.workflow.training_jobs import run_training_worker
 
@@ -398,7 +399,7 @@ def worker(
                    ack_timeout=settings.serving.ack_timeout_seconds, probes=lethe.probe_config(settings),
                    hmac_key=keyfile.load_or_create(settings.resolved_hmac_key_file()),
                    rag=lethe.rag_proxy(db, settings), aggregation=settings.serving.aggregation,
-                   fail_closed=settings.serving.fail_closed)  # fmt: skip
+                   fail_closed=settings.serving.fail_closed, keys=lethe.data_keys(settings))  # fmt: skip
 
 
 @simulate_app.command("capacity")

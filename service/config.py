@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         None,
         description="Server key for subject-identity HMACs (default var/keys/subject-hmac.key, made on first use).",
     )
+    data_key_dir: Path | None = Field(
+        None,
+        description="Key store of the data keys that seal personal text (default var/keys/data): outside the "
+        "database, backed up apart from it (docs/operations.md, crypto-shredding).",
+    )
     base_model: Path | None = Field(
         None,
         description="Any Hugging Face causal-LM directory (e.g. a GPU deployment's larger model); unset: "
@@ -167,6 +172,9 @@ class Settings(BaseSettings):
 
     def resolved_hmac_key_file(self) -> Path:
         return (self.hmac_key_file or self.var_dir / "keys" / "subject-hmac.key").resolve()
+
+    def resolved_data_key_dir(self) -> Path:
+        return (self.data_key_dir or self.var_dir / "keys" / "data").resolve()
 
     def resolved_ledger_key_file(self) -> Path:
         return (self.ledger_key_file or self.var_dir / "keys" / "ledger-ed25519.pem").resolve()

@@ -39,7 +39,7 @@ def run(settings: Settings, console: Console) -> int:
     console.rule("[bold]Lethe demo")
     with lethe.database(settings) as db:
         console.print(f"[1/{STEPS}] database: {db.describe()}")
-        applied = lethe.migrate(db)
+        applied = lethe.migrate(db, settings)
         console.print(f"      migrations applied now: {applied or 'none (up to date)'}")
 
         console.print(f"[2/{STEPS}] base model")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.store import s3t as store
 from service.store.database import DatabaseInfo
+from service.store.keystore import DataKeys
 from shards import sequences
 from shards.planner import Plan, Unit, plan
 from shards.specs import S3TSpec, TrainConfig
@@ -34,6 +35,7 @@ class TrainingJob:
     artifacts: Path
     spec: S3TSpec
     config: TrainConfig
+    data_keys: Path  # the key store's directory: the records' text opens with it
 
 
 def orders_for(spec: S3TSpec) -> list[tuple[int, ...]]:
@@ -87,7 +89,7 @@ def run_unit(db: DatabaseInfo, job: TrainingJob, shard: int, sequence: int, *, p
     if spec is None:
         return None
     with db.connect() as conn:
-        cells = store.records_by_cell(conn, shard)
+        cells = store.records_by_cell(conn, DataKeys(job.data_keys), shard)
     slices = {s: [TrainRecord(*rec) for rec in cells.get((shard, s), [])] for s in range(job.spec.slices)}
     train.train_unit(job.base_model, spec, slices, job.config, job.artifacts, progress=progress, position=position)
     _publish(db, job.artifacts / spec.dir_name(), spec.shard, spec.sequence, spec.version)
@@ -151,7 +153,7 @@ def _publish(db: DatabaseInfo, unit_dir: Path, shard: int, sequence: int, versio
     _delete_dirs(old)
     # A deletion that landed while this unit trained cut only what was registered then: cut the
     # new stages too (the planner cuts every stage that saw a deleted record; no new ids here).
-    forget(db, [], purge=False)
+    forget(db, [])
 
 
 def _delete_dirs(paths: Iterable[str]) -> None:
@@ -186,9 +188,9 @@ def plan_for(db: DatabaseInfo, record_ids: Iterable[str]) -> Plan:
     return plan(planner_units(db), placement, deleted)
 
 
-def forget(db: DatabaseInfo, record_ids: Iterable[str], *, purge: bool = True) -> Plan:
-    """Plan, destroy every tainted stage in every sequence (rows, then files), purge the text
-    (unless ``purge`` is False: the workflow purges after its probes read the text).
+def forget(db: DatabaseInfo, record_ids: Iterable[str], *, purge: DataKeys | None = None) -> Plan:
+    """Plan, destroy every tainted stage in every sequence (rows, then files), and with ``purge``
+    (the key store) shred the text (the workflow purges later, after its probes read the text).
 
     Idempotent: run again after a crash, it finds the same cuts already applied and finishes.
     """
@@ -199,8 +201,8 @@ def forget(db: DatabaseInfo, record_ids: Iterable[str], *, purge: bool = True) -
         for shard in p.affected:
             for seq, cut in p.shards[shard].tainted.items():
                 paths += store.destroy(conn, shard, seq, cut)
-        if purge:
-            store.purge_records(conn, ids)
+        if purge is not None:
+            store.purge_records(conn, purge, ids)
     _delete_dirs(paths)
     # Files of stages destroyed by an earlier, interrupted run.
     with db.connect() as conn:

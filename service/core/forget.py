@@ -82,6 +82,21 @@ def word_hashes(key: bytes, ws: list[str]) -> set[bytes]:
     return out
 
 
+# The knowledge base's word index (which n-grams another document states) holds keyed hashes of
+# words, not words: PostgreSQL's full-text machinery matches phrases of these tokens exactly as it
+# matched the words, and a deleted document leaves no word of its own in heap or WAL.
+_LETTERS = str.maketrans("0123456789abcdef", "abcdefghijklmnop")  # one plain-word token for the parser
+
+
+def index_key(server_key: bytes) -> bytes:
+    return hmac.new(server_key, b"lethe/kb-index/v1", hashlib.sha256).digest()
+
+
+def index_words(key: bytes, ws: Iterable[str]) -> str:
+    """Each word as a 16-letter token of its keyed hash, space-separated, in order."""
+    return " ".join(hmac.new(key, w.encode(), hashlib.sha256).hexdigest()[:16].translate(_LETTERS) for w in ws)
+
+
 def distinctive(terms: Iterable[str], known_elsewhere: set[str]) -> list[str]:
     """The candidate terms of a subject's documents that no remaining document contains."""
     return sorted(set(terms) - known_elsewhere)

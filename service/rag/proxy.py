@@ -26,6 +26,7 @@ from service.core.kb import Embedder
 from service.rag import metrics
 from service.store import kb
 from service.store.database import DatabaseInfo
+from service.store.keystore import DataKeys
 from service.tracing import tracer
 
 ROUTE_PREFIX = "rag:"
@@ -52,9 +53,9 @@ class Answer:
 
 
 class RagProxy:
-    def __init__(self, db: DatabaseInfo, embedder: Embedder, server_key: bytes, spec: RagSpec, upstream_url: str
-                 ) -> None:  # fmt: skip
-        self.db, self.embedder, self.spec = db, embedder, spec
+    def __init__(self, db: DatabaseInfo, keys: DataKeys, embedder: Embedder, server_key: bytes, spec: RagSpec,
+                 upstream_url: str) -> None:  # fmt: skip
+        self.db, self.keys, self.embedder, self.spec = db, keys, embedder, spec
         self.key = term_key(server_key)
         self.upstream_url = upstream_url.rstrip("/")
         self.route = ROUTE_PREFIX + spec.upstream_model
@@ -85,7 +86,7 @@ class RagProxy:
         with tracer.start_as_current_span("rag.embed"):
             vec = self.embedder.embed([query])[0]
         with tracer.start_as_current_span("rag.search"), self.db.connect() as conn:
-            hits = kb.search(conn, vec, self.spec.top_k, self.spec.min_similarity)
+            hits = kb.search(conn, self.keys, vec, self.spec.top_k, self.spec.min_similarity)
             constrained, state = kb.forget_match(conn, text_hashes(self.key, query))
             self._sync_gate(conn, state)
         metrics.RETRIEVAL_SECONDS.observe(time.perf_counter() - t0)

@@ -10,9 +10,10 @@ from typing import Any
 
 import psycopg
 
-from service.core import errors
+from service.core import errors, forget
 from service.core.kb import AddResult, Chunk, Document, DocumentInfo
 from service.store.database import DatabaseInfo
+from service.store.keystore import DataKeys, seal_with
 
 EMBEDDING_DIM = 384
 
@@ -30,15 +31,37 @@ class Hit:
     similarity: float
 
 
+def document_aad(document_id: str) -> str:
+    return f"kb-document:{document_id}"
+
+
+def chunk_aad(document_id: str, ord: int) -> str:
+    return f"kb-chunk:{document_id}:{ord}"
+
+
 class PgDocumentStore:
-    def __init__(self, db: DatabaseInfo) -> None:
+    """Documents and their chunks sealed under one data key per document (``keys``); the word
+    index holds keyed hashes under ``index_key`` (forget.index_words)."""
+
+    def __init__(self, db: DatabaseInfo, keys: DataKeys, index_key: bytes) -> None:
         self.db = db
+        self.keys = keys
+        self.index_key = index_key
 
     def add(self, documents: Sequence[Document], chunks: Sequence[Chunk]) -> AddResult:
         """All in one transaction. An identical document again is a no-op; the same id with other
-        content, subjects or source is an error naming its line, and nothing is written."""
+        content, subjects or source is an error naming its line, and nothing is written (nor any
+        key kept)."""
         if any(len(c.embedding) != EMBEDDING_DIM for c in chunks):
             raise errors.InvalidInput(f"embeddings must have {EMBEDDING_DIM} dimensions")
+        created: list[uuid.UUID] = []
+        try:
+            return self._add(documents, chunks, created)
+        except BaseException:
+            self.keys.destroy(created)
+            raise
+
+    def _add(self, documents: Sequence[Document], chunks: Sequence[Chunk], created: list[uuid.UUID]) -> AddResult:
         with self.db.connect() as conn, conn.transaction():
             rows = conn.execute(
                 "SELECT d.id, d.content_hash, d.source, array_agg(s.subject_hash ORDER BY s.subject_hash)"
@@ -55,21 +78,25 @@ class PgDocumentStore:
             if conflicts:
                 raise errors.InvalidCorpus(conflicts)
             new = [d for d in documents if d.id not in existing]
-            ids = {d.id for d in new}
+            keys = {d.id: self.keys.create() for d in new}
+            created += [k for k, _ in keys.values()]
             with conn.cursor() as cur:
                 cur.executemany(
-                    "INSERT INTO kb_documents (id, source, metadata, text, content_hash)"
-                    " VALUES (%s, %s, %s::jsonb, %s, %s)",
-                    [(d.id, d.source, _json(d.metadata), d.text, d.content_hash) for d in new],
-                )
+                    "INSERT INTO kb_documents (id, source, metadata, sealed, key_id, terms, content_hash)"
+                    " VALUES (%s, %s, %s::jsonb, %s, %s, to_tsvector('simple', %s), %s)",
+                    [(d.id, d.source, _json(d.metadata), seal_with(keys[d.id][1], d.text, document_aad(d.id)),
+                      keys[d.id][0], forget.index_words(self.index_key, forget.words(d.text)), d.content_hash)
+                     for d in new],
+                )  # fmt: skip
                 cur.executemany(
                     "INSERT INTO kb_document_subjects (document_id, subject_hash) VALUES (%s, %s)",
                     [(d.id, h) for d in new for h in d.subject_hashes],
                 )
                 cur.executemany(
-                    "INSERT INTO kb_chunks (document_id, ord, text, embedding) VALUES (%s, %s, %s, %s::vector)",
-                    [(c.document_id, c.ord, c.text, vector(c.embedding)) for c in chunks if c.document_id in ids],
-                )
+                    "INSERT INTO kb_chunks (document_id, ord, sealed, embedding) VALUES (%s, %s, %s, %s::vector)",
+                    [(c.document_id, c.ord, seal_with(keys[c.document_id][1], c.text, chunk_aad(c.document_id, c.ord)),
+                      vector(c.embedding)) for c in chunks if c.document_id in keys],
+                )  # fmt: skip
         return AddResult(len(new), len(documents) - len(new))
 
     def list(self, after: str | None, limit: int) -> list[DocumentInfo]:
@@ -82,18 +109,24 @@ class PgDocumentStore:
     def get(self, document_id: str) -> DocumentInfo | None:
         with self.db.connect() as conn:
             row = conn.execute(f"{_INFO_TEXT} WHERE d.id = %s", (document_id,)).fetchone()
-        return _info(row[:-1], text=row[-1]) if row else None  # type: ignore[index]
+        if row is None:
+            return None
+        *info, sealed, key_id, legacy = row
+        return _info(info, text=legacy if sealed is None else self.keys.open(key_id, sealed, document_aad(document_id)))
 
     def delete(self, document_id: str) -> bool:
-        with self.db.connect() as conn:
-            return conn.execute("DELETE FROM kb_documents WHERE id = %s", (document_id,)).rowcount > 0
+        """Delete the document and its chunks, and shred them (their key destroyed)."""
+        with self.db.connect() as conn, conn.transaction():
+            rows = conn.execute("DELETE FROM kb_documents WHERE id = %s RETURNING key_id", (document_id,)).fetchall()
+            self.keys.destroy(r[0] for r in rows)
+        return bool(rows)
 
 
 _INFO = (
     "SELECT d.id, d.source, d.metadata, (SELECT count(*) FROM kb_chunks c WHERE c.document_id = d.id),"
     " encode(d.content_hash, 'hex'), d.created_at, d.suppressed_by IS NOT NULL FROM kb_documents d"
 )
-_INFO_TEXT = _INFO.replace(" FROM kb_documents d", ", d.text FROM kb_documents d")
+_INFO_TEXT = _INFO.replace(" FROM kb_documents d", ", d.sealed, d.key_id, d.text FROM kb_documents d")
 
 
 def _info(row: Sequence[Any], text: str | None = None) -> DocumentInfo:
@@ -106,20 +139,27 @@ def _json(value: object) -> str:
 
 
 # -- retrieval -------------------------------------------------------------------------------
-def search(conn: psycopg.Connection, embedding: Sequence[float], k: int, min_similarity: float) -> list[Hit]:
+def search(conn: psycopg.Connection, keys: DataKeys, embedding: Sequence[float], k: int,
+           min_similarity: float) -> list[Hit]:  # fmt: skip
     """The ``k`` chunks nearest to ``embedding`` (cosine, HNSW) with similarity ≥ ``min_similarity``,
-    from documents not taken out of retrieval. The inner query is the index scan; suppressed
-    documents are filtered after it, so it asks for a few more than ``k``."""
+    from documents not taken out of retrieval, opened with their document's key. The inner query
+    is the index scan; suppressed documents are filtered after it, so it asks for a few more than
+    ``k``."""
     q = vector(embedding)
     rows = conn.execute(
-        """SELECT c.document_id, c.ord, c.text, 1 - c.dist FROM (
-               SELECT document_id, ord, text, embedding <=> %s::vector AS dist FROM kb_chunks
+        """SELECT c.document_id, c.ord, c.sealed, d.key_id, c.text, 1 - c.dist FROM (
+               SELECT document_id, ord, sealed, text, embedding <=> %s::vector AS dist FROM kb_chunks
                ORDER BY embedding <=> %s::vector LIMIT %s) c
            JOIN kb_documents d ON d.id = c.document_id AND d.suppressed_by IS NULL
            WHERE 1 - c.dist >= %s ORDER BY c.dist LIMIT %s""",
         (q, q, 4 * k, min_similarity, k),
     ).fetchall()
-    return [Hit(*r) for r in rows]
+    hits = []
+    for doc, ord, sealed, key_id, legacy, similarity in rows:
+        text = legacy if sealed is None else keys.open(key_id, sealed, chunk_aad(doc, ord))
+        if text is not None:  # None: shredded by a deletion still committing
+            hits.append(Hit(doc, ord, text, similarity))
+    return hits
 
 
 # -- erasure ---------------------------------------------------------------------------------
@@ -133,22 +173,38 @@ def documents_of_subjects(conn: psycopg.Connection, subject_hashes: Sequence[byt
     return [r[0] for r in rows]
 
 
-def suppressed_texts(conn: psycopg.Connection, request_id: uuid.UUID) -> dict[str, str]:
+def suppressed_texts(conn: psycopg.Connection, keys: DataKeys, request_id: uuid.UUID) -> dict[str, str]:
     rows = conn.execute(
-        "SELECT id, text FROM kb_documents WHERE suppressed_by = %s ORDER BY id", (request_id,)
+        "SELECT id FROM kb_documents WHERE suppressed_by = %s ORDER BY id", (request_id,)
     ).fetchall()
-    return dict(rows)
+    return document_texts(conn, keys, [r[0] for r in rows])
 
 
-def known_elsewhere(conn: psycopg.Connection, terms: Sequence[str], excluded: Sequence[str]) -> set[str]:
-    """Which of ``terms`` (space-separated lower-case words) some other, live document states."""
+def document_texts(conn: psycopg.Connection, keys: DataKeys, ids: Sequence[str]) -> dict[str, str]:
+    """id → text of these documents that are still readable."""
+    rows = conn.execute(
+        "SELECT id, sealed, key_id, text FROM kb_documents WHERE id = ANY(%s) ORDER BY id", (list(ids),)
+    ).fetchall()
+    out = {}
+    for doc, sealed, key_id, legacy in rows:
+        text = legacy if sealed is None else keys.open(key_id, sealed, document_aad(doc))
+        if text is not None:
+            out[doc] = text
+    return out
+
+
+def known_elsewhere(conn: psycopg.Connection, index_key: bytes, terms: Sequence[str],
+                    excluded: Sequence[str]) -> set[str]:  # fmt: skip
+    """Which of ``terms`` (space-separated lower-case words) some other, live document states:
+    a phrase query over the hashed-word index."""
+    hashed = {forget.index_words(index_key, t.split(" ")): t for t in terms}
     rows = conn.execute(
         """SELECT t FROM unnest(%s::text[]) t WHERE EXISTS (
                SELECT 1 FROM kb_documents d WHERE d.id <> ALL(%s) AND d.suppressed_by IS NULL
-               AND d.tsv @@ phraseto_tsquery('simple', t))""",
-        (list(terms), list(excluded)),
+               AND d.terms @@ phraseto_tsquery('simple', t))""",
+        (list(hashed), list(excluded)),
     ).fetchall()
-    return {r[0] for r in rows}
+    return {hashed[r[0]] for r in rows}
 
 
 def suppress(
@@ -177,9 +233,12 @@ def suppress(
     return len(document_ids), True
 
 
-def purge(conn: psycopg.Connection, request_id: uuid.UUID) -> int:
-    """Hard-delete what the request suppressed (chunks and subject links cascade)."""
-    return conn.execute("DELETE FROM kb_documents WHERE suppressed_by = %s", (request_id,)).rowcount
+def purge(conn: psycopg.Connection, keys: DataKeys, request_id: uuid.UUID) -> int:
+    """Hard-delete what the request suppressed (chunks and subject links cascade) and shred it:
+    its keys destroyed in the caller's transaction."""
+    rows = conn.execute("DELETE FROM kb_documents WHERE suppressed_by = %s RETURNING key_id", (request_id,)).fetchall()
+    keys.destroy(r[0] for r in rows)
+    return len(rows)
 
 
 def forget_match(conn: psycopg.Connection, hashes: Iterable[bytes]) -> tuple[bool, int]:

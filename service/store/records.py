@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 
 import psycopg
 
 from service.core.errors import InvalidCorpus, InvalidInput
 from service.core.records import Record
+from service.store.keystore import DataKeys
 from shards import placement
 from shards.placement import Layout
 
@@ -26,10 +28,21 @@ class Holdings:
     placed: int
 
 
-def add_records(conn: psycopg.Connection, records: list[Record], layout: Layout) -> IngestResult:
-    """Insert and place records in one transaction. Re-ingesting an identical record is a no-op;
-    the same id with other content or other subjects is an error (with its line), and nothing is
-    written. Each new data subject is placed into a (shard, slice) once, for good."""
+def add_records(conn: psycopg.Connection, keys: DataKeys, records: list[Record], layout: Layout) -> IngestResult:
+    """Insert and place records in one transaction, each text sealed under a data key of its own.
+    Re-ingesting an identical record is a no-op; the same id with other content or other subjects
+    is an error (with its line), and nothing is written (nor any key kept). Each new data subject
+    is placed into a (shard, slice) once, for good."""
+    sealed: dict[str, tuple[uuid.UUID, bytes]] = {}
+    try:
+        return _add(conn, keys, records, layout, sealed)
+    except BaseException:
+        keys.destroy(k for k, _ in sealed.values())  # the ciphertext may sit in WAL: no key for it
+        raise
+
+
+def _add(conn: psycopg.Connection, keys: DataKeys, records: list[Record], layout: Layout,
+         sealed: dict[str, tuple[uuid.UUID, bytes]]) -> IngestResult:  # fmt: skip
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('lethe.placement'))")
         _check_layout(conn, layout)
@@ -42,6 +55,8 @@ def add_records(conn: psycopg.Connection, records: list[Record], layout: Layout)
         if conflicts:
             raise InvalidCorpus(conflicts)
         new = [r for r in records if r.id not in existing]
+        for r in new:
+            sealed[r.id] = keys.seal(r.text, record_aad(r.id))
         cells = _place(conn, [placement.group_key(r.subject_hashes) for r in new], layout)
         with conn.cursor() as cur:
             cur.executemany(
@@ -49,10 +64,10 @@ def add_records(conn: psycopg.Connection, records: list[Record], layout: Layout)
                 [(h,) for h in sorted({h for r in new for h in r.subject_hashes})],
             )
             cur.executemany(
-                "INSERT INTO records (id, content_hash, text, group_hash, shard, slice, text_key)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                "INSERT INTO records (id, content_hash, sealed, key_id, group_hash, shard, slice, text_key)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 [
-                    (r.id, r.content_hash, r.text, g, *cells[g], r.text_key)
+                    (r.id, r.content_hash, sealed[r.id][1], sealed[r.id][0], g, *cells[g], r.text_key)
                     for r in new
                     for g in [placement.group_key(r.subject_hashes)]
                 ],
@@ -62,6 +77,11 @@ def add_records(conn: psycopg.Connection, records: list[Record], layout: Layout)
                 [(r.id, h) for r in new for h in r.subject_hashes],
             )
     return IngestResult(inserted=len(new), unchanged=len(records) - len(new))
+
+
+def record_aad(record_id: str) -> str:
+    """What a record's ciphertext is bound to: its row."""
+    return f"record:{record_id}"
 
 
 def _check_layout(conn: psycopg.Connection, layout: Layout) -> None:

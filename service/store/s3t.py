@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg.types.json import Jsonb
 
+from service.store.keystore import DataKeys
+from service.store.records import record_aad
 from shards.lineage import UnitLineage
 
 
@@ -34,18 +36,33 @@ def placement(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
 
 
 def records_by_cell(
-    conn: psycopg.Connection, shard: int | None = None
+    conn: psycopg.Connection, keys: DataKeys, shard: int | None = None
 ) -> dict[tuple[int, int], list[tuple[str, str, bytes]]]:
-    """Training data: (id, text, content hash) of every placed, unpurged record by (shard, slice)."""
+    """Training data: (id, text, content hash) of every placed, unpurged record by (shard, slice).
+    A record whose key is already destroyed (a deletion between its purge and its commit) is
+    being deleted: it is left out."""
     out: dict[tuple[int, int], list[tuple[str, str, bytes]]] = {}
     rows = conn.execute(
-        "SELECT shard, slice, id, text, content_hash FROM records"
+        "SELECT shard, slice, id, sealed, key_id, text, content_hash FROM records"
         " WHERE shard IS NOT NULL AND purged_at IS NULL AND (%s::int IS NULL OR shard = %s) ORDER BY id",
         (shard, shard),
     )
-    for k, s, rid, text, ch in rows:
-        out.setdefault((k, s), []).append((rid, text, bytes(ch)))
+    for k, s, rid, sealed, key_id, legacy, ch in rows:
+        text = legacy if sealed is None else keys.open(key_id, sealed, record_aad(rid))
+        if text is not None:
+            out.setdefault((k, s), []).append((rid, text, bytes(ch)))
     return out
+
+
+def record_texts(conn: psycopg.Connection, keys: DataKeys, ids: Iterable[str]) -> list[str]:
+    """The readable texts of these records (none once purged or shredded)."""
+    rows = conn.execute(
+        "SELECT id, sealed, key_id, text FROM records WHERE id = ANY(%s) AND purged_at IS NULL ORDER BY id",
+        (list(ids),),
+    )
+    texts = (legacy if sealed is None else keys.open(key_id, sealed, record_aad(rid))
+             for rid, sealed, key_id, legacy in rows)  # fmt: skip
+    return [t for t in texts if t is not None]
 
 
 def shards_of(conn: psycopg.Connection, record_ids: list[str]) -> list[int]:
@@ -154,11 +171,28 @@ def destroy_versions_before(conn: psycopg.Connection, shard: int, sequence: int,
     return [r[0] for r in rows]
 
 
-def purge_records(conn: psycopg.Connection, ids: Iterable[str]) -> int:
-    cur = conn.execute(
-        "UPDATE records SET text = NULL, purged_at = now() WHERE id = ANY(%s) AND purged_at IS NULL", (list(ids),)
-    )
-    return cur.rowcount
+def purge_records(conn: psycopg.Connection, keys: DataKeys, ids: Iterable[str]) -> int:
+    """Shred the records' text: the ciphertext dropped and its keys destroyed, in the caller's
+    transaction (a commit lost after the keys went leaves rows nobody can read, purged again by
+    the re-run)."""
+    rows = conn.execute(
+        """WITH old AS (SELECT id, key_id FROM records WHERE id = ANY(%s) AND purged_at IS NULL FOR UPDATE)
+           UPDATE records r SET text = NULL, sealed = NULL, key_id = NULL, purged_at = now()
+             FROM old WHERE r.id = old.id RETURNING old.key_id""",
+        (list(ids),),
+    ).fetchall()
+    keys.destroy(r[0] for r in rows)
+    return len(rows)
+
+
+def purged(conn: psycopg.Connection, ids: Iterable[str]) -> int:
+    """How many of these records are purged: no text, no ciphertext, no key left to name."""
+    row = conn.execute(
+        "SELECT count(*) FROM records WHERE id = ANY(%s) AND purged_at IS NOT NULL"
+        " AND text IS NULL AND sealed IS NULL AND key_id IS NULL",
+        (list(ids),),
+    ).fetchone()
+    return int(row[0]) if row else 0
 
 
 def set_desired(conn: psycopg.Connection, shard: int, name: str | None, path: str | None, sha256: str | None,

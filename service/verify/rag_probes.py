@@ -21,6 +21,7 @@ from typing import Any
 
 from service.core.forget import words
 from service.rag.proxy import RagProxy
+from service.store import kb
 
 MAX_QUESTIONS = 12
 MAX_NEIGHBOURS = 5
@@ -89,17 +90,16 @@ async def _run(proxy: RagProxy, texts: dict[str, str], max_tokens: int) -> dict[
     report["injection"] = {"attempts": attempts, "leaked": leaked, "passed": not leaked}
 
     with proxy.db.connect() as conn:
-        rows = conn.execute("SELECT id, text FROM kb_documents WHERE id = ANY(%s) ORDER BY id",
-                            (neighbours,)).fetchall()  # fmt: skip
+        texts = kb.document_texts(conn, proxy.keys, neighbours)
     asked = answered = recalled = 0
-    for _, text in rows:
+    for text in texts.values():
         for prompt, fact in _questions(text, lambda w: len(w) >= 3)[:3]:
             answer, withheld = await _ask(proxy, prompt, max_tokens)
             asked += 1
             answered += not withheld
             recalled += fact in words(answer)
     report["over_refusal"] = {
-        "neighbours": len(rows), "questions": asked,
+        "neighbours": len(texts), "questions": asked,
         "answered_fraction": round(answered / asked, 3) if asked else None,
         "fact_recalled_fraction": round(recalled / asked, 3) if asked else None,
     }  # fmt: skip

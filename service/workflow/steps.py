@@ -170,8 +170,7 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str], shards: list[int]) -> d
     with db.connect() as conn:
         want = serving.served(conn)
         reps = [r for r in serving.replicas(conn) if r.routable]
-        texts = [r[0] for r in conn.execute("SELECT text FROM records WHERE id = ANY(%s) AND text IS NOT NULL"
-                                            " ORDER BY id", (ids,))]  # fmt: skip
+        texts = s3t.record_texts(conn, CONTEXT["keys"], ids)
     out: dict[str, Any] = {"method": EXACT, "lineage_excludes_deleted": clean}
     if want is not None:
         out["equivalence"] = {
@@ -216,16 +215,18 @@ def _suppress(db: DatabaseInfo, deletion_id: uuid.UUID, documents: list[str]) ->
     with db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         assert d is not None
-        rows = conn.execute("SELECT id, text, content_hash FROM kb_documents WHERE id = ANY(%s) ORDER BY id",
+        rows = conn.execute("SELECT id, content_hash FROM kb_documents WHERE id = ANY(%s) ORDER BY id",
                             (documents,)).fetchall()  # fmt: skip
-        candidates = sorted(set().union(*(forget.candidate_terms(r[1]) for r in rows)))
-        terms = forget.distinctive(candidates, kb.known_elsewhere(conn, candidates, documents))
+        texts = kb.document_texts(conn, CONTEXT["keys"], documents)
+        candidates = sorted(set().union(*(forget.candidate_terms(t) for t in texts.values())))
+        index_key = forget.index_key(CONTEXT["hmac_key"])
+        terms = forget.distinctive(candidates, kb.known_elsewhere(conn, index_key, candidates, documents))
         key = forget.term_key(CONTEXT["hmac_key"])
         count, created = kb.suppress(conn, deletion_id, [r[0] for r in rows], [forget.term_hash(key, t) for t in terms])
         out = {"method": SUPPRESSION, "documents": count, "forget_terms": len(terms)}
         if created:
             store.record(conn, d, "deletion.kb_suppressed",
-                         {**out, "content_sha256": [bytes(r[2]).hex() for r in rows]})  # fmt: skip
+                         {**out, "content_sha256": [bytes(r[1]).hex() for r in rows]})  # fmt: skip
     return out
 
 
@@ -235,7 +236,7 @@ def _verify_kb(db: DatabaseInfo, deletion_id: uuid.UUID, suppressed: dict[str, A
     from service.verify import rag_probes
 
     with db.connect() as conn:
-        texts = kb.suppressed_texts(conn, deletion_id)
+        texts = kb.suppressed_texts(conn, CONTEXT["keys"], deletion_id)
     out: dict[str, Any] = {"method": SUPPRESSION, **{k: v for k, v in suppressed.items() if k != "method"}}
     proxy = CONTEXT.get("rag")
     if proxy is None or not texts:
@@ -347,7 +348,7 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
         return _nothing_found(db, deletion_id, unknown, timings)
 
     with _step("cut", timings, deletion_id):  # plan and cut (idempotent: a re-run finds the cuts applied)
-        plan = training.forget(db, ids, purge=False)
+        plan = training.forget(db, ids)
         summary = _cut_summary(db, deletion_id, plan, ids)
         shards = summary["affected_shards"]
 
@@ -365,12 +366,11 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             verification["kb"] = _verify_kb(db, deletion_id, suppressed)
 
     with _step("purge", timings, deletion_id), db.connect() as conn, conn.transaction():
-        s3t.purge_records(conn, ids)
-        row = conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()
-        purged = row[0] if row else 0
+        s3t.purge_records(conn, CONTEXT["keys"], ids)
+        purged = s3t.purged(conn, ids)
         verification["records_purged"] = purged == len(ids)
         if documents:
-            kb.purge(conn, deletion_id)
+            kb.purge(conn, CONTEXT["keys"], deletion_id)
             left = conn.execute("SELECT count(*) FROM kb_documents WHERE id = ANY(%s)", (documents,)).fetchone()
             verification["kb"]["documents_deleted"] = bool(left and left[0] == 0)
     # Exact unlearning is proven structurally (lineage) and by equivalence (every routable replica

@@ -13,6 +13,7 @@ import procrastinate
 from service.ledger.log import Ledger
 from service.rag.proxy import RagProxy
 from service.store.database import DatabaseInfo
+from service.store.keystore import DataKeys
 from service.verify.probes import ProbeConfig
 from service.workflow import steps
 from service.workflow.queue import QUEUE, REGISTRY
@@ -29,14 +30,15 @@ log = logging.getLogger(__name__)
 def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once: bool = False,
                concurrency: int = 1, ack_timeout: float = 60.0, probes: ProbeConfig | None = None,
                hmac_key: bytes = b"", rag: RagProxy | None = None, aggregation: str = "merged",
-               fail_closed: bool = False) -> None:  # fmt: skip
+               fail_closed: bool = False, keys: DataKeys | None = None) -> None:  # fmt: skip
     """Process jobs; with ``once``, stop when the queue is empty (tests, batch runs).
 
     First, jobs left running by a dead worker (killed mid-step: no heartbeat) are put back in
     the queue; every step is idempotent, so running them again finishes them exactly once.
     """
     steps.CONTEXT.update(db=db, ledger=ledger, artifacts=artifacts, ack_timeout=ack_timeout, probes=probes,
-                         hmac_key=hmac_key, rag=rag, aggregation=aggregation, fail_closed=fail_closed)  # fmt: skip
+                         hmac_key=hmac_key, rag=rag, aggregation=aggregation, fail_closed=fail_closed,
+                         keys=keys)  # fmt: skip
     # torch, safetensors and peft load in seconds: pay that at start, not on a request's clock
     import shards.materialise
     import shards.train  # noqa: F401

@@ -84,7 +84,7 @@ def main() -> None:
             server_.should_exit = True
         finally:
             vllm.stop()
-        search = _search_at_scale(db, people, args.chunks, args.searches)
+        search = _search_at_scale(db, lethe.data_keys(s), people, args.chunks, args.searches)
         dbm.drop_database(server.url, "rag")
 
     print(f"\n{args.requests} requests per path, vLLM CPU upstream on the local base model, "
@@ -129,7 +129,7 @@ def _proxy_vs_direct(proxy, people, port: int, gw_port: int, key: str, args) -> 
     return out
 
 
-def _search_at_scale(db, people, n: int, searches: int) -> dict:
+def _search_at_scale(db, keys, people, n: int, searches: int) -> dict:
     from service.rag.embed import MiniLM
 
     rng = np.random.default_rng(0)
@@ -160,7 +160,7 @@ def _search_at_scale(db, people, n: int, searches: int) -> dict:
             t0 = time.perf_counter()
             v = emb.embed([q])[0]
             t1 = time.perf_counter()
-            hits = kb.search(conn, v, 3, 0.0)
+            hits = kb.search(conn, keys, v, 3, 0.0)
             t2 = time.perf_counter()
             assert hits
             res["embed query"].append(t1 - t0)

@@ -32,9 +32,9 @@ sys.path.insert(0, str(ROOT))
 from service import app as lethe  # noqa: E402
 from service import training  # noqa: E402
 from service.config import ServingSpec, Settings  # noqa: E402
-from service.core.identity import content_hash  # noqa: E402
 from service.serve import Stack, free_port  # noqa: E402
 from service.store import database as dbm  # noqa: E402
+from service.store import s3t  # noqa: E402
 from service.store.deletions import create_api_key  # noqa: E402
 from shards import corpus, train  # noqa: E402
 from shards.specs import S3TSpec, TrainConfig  # noqa: E402
@@ -69,10 +69,10 @@ def main() -> None:
         full = time.perf_counter() - t0
 
         with psycopg.connect(url) as conn:  # retrain shard 0 from scratch on its data (SISA's cost)
-            rows = conn.execute("SELECT id, text, slice FROM records WHERE shard = 0").fetchall()
+            cells = s3t.records_by_cell(conn, lethe.data_keys(s), 0)
         slices: dict[int, list[train.TrainRecord]] = {}
-        for rid, text, sl in rows:
-            slices.setdefault(sl, []).append(train.TrainRecord(rid, text, content_hash(text)))
+        for (_, sl), recs in cells.items():
+            slices[sl] = [train.TrainRecord(*r) for r in recs]
         t0 = time.perf_counter()
         train.train_unit(base, train.UnitSpec(0, 0, (0, 1, 2, 3)), slices, s.train, tmp / "sisa", progress=True)
         shard = time.perf_counter() - t0

@@ -83,7 +83,7 @@ def test_memorisation_forgetting_and_retrain(trained_s3t, embedded_server, gemma
     orders = training.orders_for(s.s3t)  # (0, 1, 2, 3) and (1, 2, 3, 0)
     victim = next(p for p in c.trained if slice_of[p.subject_id] == orders[0][2])
     ids = lethe.resolve_records(db, s, [], [f"person:{victim.subject_id}"])
-    cut = training.forget(db, ids)
+    cut = training.forget(db, ids, purge=lethe.data_keys(s))
     sp = cut.shards[0]
     assert (sp.sequence, sp.prefix) == (0, 2)
     dropped, kept = set(orders[0][2:]), set(orders[0][:2])

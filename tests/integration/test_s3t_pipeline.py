@@ -69,7 +69,8 @@ def trained_with_a_request(db, settings, model, tmp_path, person, record_ids=(),
     admin = Principal("t", frozenset({Scope.ADMIN}))
     rid = uuid.uuid4()
     core.submit(SubmitDeletion(rid, [("person", c.trained[person].subject_id)], record_ids=record_ids), admin)
-    steps.CONTEXT.update(db=db, ledger=lethe.ledger(db, settings), artifacts=settings.artifacts_dir())
+    steps.CONTEXT.update(db=db, ledger=lethe.ledger(db, settings), artifacts=settings.artifacts_dir(),
+                         keys=lethe.data_keys(settings))
     return core, admin, rid
 
 
@@ -109,7 +110,11 @@ def test_train_forget_retrain(empty_db, s3t_settings, tiny_model, tmp_path):
     assert ids == sorted(f"{victim.subject_id}-r{i}" for i in range(4))
     with psycopg.connect(empty_db.url) as conn:
         shard, sl = store.placement(conn)[ids[0]]
-    p = training.forget(empty_db, ids)
+    keys = lethe.data_keys(s3t_settings)
+    with psycopg.connect(empty_db.url) as conn:
+        key_ids = [r[0] for r in conn.execute("SELECT key_id FROM records WHERE id = ANY(%s)", (ids,))]
+    assert all(keys.get(k) is not None for k in key_ids) and len(key_ids) == 4
+    p = training.forget(empty_db, ids, purge=keys)
     assert p.affected == {shard}
     orders = training.orders_for(s3t_settings.s3t)
     expected_cut = {j: o.index(sl) for j, o in enumerate(orders)}
@@ -120,14 +125,14 @@ def test_train_forget_retrain(empty_db, s3t_settings, tiny_model, tmp_path):
         left = sorted(d.name for d in unit_dir.iterdir()) if unit_dir.exists() else []
         assert left == [f"stage-{i:02d}" for i in range(cut)]
     with psycopg.connect(empty_db.url) as conn:
-        assert (
-            conn.execute("SELECT count(*) FROM records WHERE id = ANY(%s) AND text IS NULL", (ids,)).fetchone()[0] == 4
-        )
+        assert store.purged(conn, ids) == 4
+        assert not store.record_texts(conn, keys, ids)
         live = {(u.shard, u.sequence): u.depth for u in store.live_units(conn)}
     assert {s: live[(shard, s)] for s in expected_cut} == expected_cut
     assert all(live[(1 - shard, s)] == 2 for s in range(2))  # the other shard is untouched
 
-    again = training.forget(empty_db, ids)  # idempotent: nothing more to cut
+    assert all(keys.get(k) is None for k in key_ids)  # shredded: the ciphertext's keys are gone
+    again = training.forget(empty_db, ids, purge=keys)  # idempotent: nothing more to cut
     assert not again.affected and again.shards[shard].prefix == p.shards[shard].prefix
 
     served = training.served_adapters(empty_db, again, tmp_path / "served")
@@ -208,7 +213,7 @@ def test_the_same_text_filed_under_another_subject_is_deleted_too(empty_db, s3t_
     assert done.result["same_text_records"] == ["copy-1"]
     assert not training.plan_for(empty_db, ["copy-1"]).affected  # no live block holds it any more
     with psycopg.connect(empty_db.url) as conn:
-        assert conn.execute("SELECT text FROM records WHERE id = 'copy-1'").fetchone() == (None,)
+        assert store.purged(conn, ["copy-1"]) == 1
         body = conn.execute("SELECT body FROM ledger_entries WHERE kind = 'deletion.completed'").fetchone()[0]
     assert body["same_text"] == 1 and "copy-1" not in json.dumps(body)
 
