@@ -46,7 +46,7 @@ def migrate(db: _database.DatabaseInfo, settings: Settings | None = None) -> lis
 
     applied = _migrate.migrate(db.url)
     ensure_schema(db)
-    if settings is not None:
+    if settings is not None and _sealing.pending(db):  # keys loaded only then (the init container has none)
         from service.core.forget import index_key
 
         key = keyfile.load_or_create(settings.resolved_hmac_key_file())
@@ -161,8 +161,9 @@ def retired_ledger_keys(settings: Settings) -> list[tuple[str, Ed25519PublicKey]
 def training_job(settings: Settings, base_model_path: Path) -> TrainingJob:
     from service.training import TrainingJob
 
-    return TrainingJob(base_model_path, settings.artifacts_dir(), settings.s3t, settings.train,
-                       settings.resolved_data_key_dir())
+    return TrainingJob(
+        base_model_path, settings.artifacts_dir(), settings.s3t, settings.train, settings.resolved_data_key_dir()
+    )
 
 
 def base_model(settings: Settings, *, progress: bool = True) -> BuiltModel:

@@ -174,9 +174,7 @@ def documents_of_subjects(conn: psycopg.Connection, subject_hashes: Sequence[byt
 
 
 def suppressed_texts(conn: psycopg.Connection, keys: DataKeys, request_id: uuid.UUID) -> dict[str, str]:
-    rows = conn.execute(
-        "SELECT id FROM kb_documents WHERE suppressed_by = %s ORDER BY id", (request_id,)
-    ).fetchall()
+    rows = conn.execute("SELECT id FROM kb_documents WHERE suppressed_by = %s ORDER BY id", (request_id,)).fetchall()
     return document_texts(conn, keys, [r[0] for r in rows])
 
 

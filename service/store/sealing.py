@@ -15,6 +15,17 @@ from service.store.records import record_aad
 BATCH = 500
 
 
+def pending(db: DatabaseInfo) -> bool:
+    """Is any text still held in clear?"""
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM records WHERE text IS NOT NULL)"
+            " OR EXISTS (SELECT 1 FROM kb_documents WHERE text IS NOT NULL)"
+            " OR EXISTS (SELECT 1 FROM kb_chunks WHERE text IS NOT NULL)"
+        ).fetchone()
+    return bool(row and row[0])
+
+
 def seal_legacy(db: DatabaseInfo, keys: DataKeys, index_key: bytes | None = None) -> int:
     """Seal every record and knowledge-base document still held in clear; returns how many.
     ``index_key`` (forget.index_key): rebuild the documents' word index as keyed hashes."""

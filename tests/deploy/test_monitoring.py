@@ -23,7 +23,7 @@ DASHBOARD = ROOT / "deploy" / "grafana" / "lethe.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
 ALERTS = {"LetheDeletionDeadlineAtRisk", "LetheDeletionPendingTooLong", "LetheReplicaNotAcknowledging",
           "LetheLedgerCheckpointStale", "LetheDeletionCapacityLow", "LetheVerificationFailed",
-          "LetheRagGateBlockingSpike"}  # fmt: skip
+          "LetheRagGateBlockingSpike", "LetheRolloutWaiting"}  # fmt: skip
 # Grafana's interval variables, given concrete values wherever an expression is evaluated outside Grafana.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "30s", "$__range": "1h"}
 

@@ -69,8 +69,9 @@ def trained_with_a_request(db, settings, model, tmp_path, person, record_ids=(),
     admin = Principal("t", frozenset({Scope.ADMIN}))
     rid = uuid.uuid4()
     core.submit(SubmitDeletion(rid, [("person", c.trained[person].subject_id)], record_ids=record_ids), admin)
-    steps.CONTEXT.update(db=db, ledger=lethe.ledger(db, settings), artifacts=settings.artifacts_dir(),
-                         keys=lethe.data_keys(settings))
+    steps.CONTEXT.update(
+        db=db, ledger=lethe.ledger(db, settings), artifacts=settings.artifacts_dir(), keys=lethe.data_keys(settings)
+    )
     return core, admin, rid
 
 

@@ -60,8 +60,10 @@ def test_deleted_text_is_in_no_file_postgres_or_lethe_writes(api, tmp_path):  # 
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert ingest.returncode == 0, ingest.stderr[-2000:]
     kb = create_api_key(db, ["kb:read", "kb:write"])
-    docs = [{"id": "note-q", "subject_ids": ["person:quilvane"], "text": DOC_CANARY, "source": "clinic"},
-            {"id": "note-b", "subject_ids": ["person:beltran"], "text": OTHER + " (ferry note)", "source": "clinic"}]  # fmt: skip
+    docs = [
+        {"id": "note-q", "subject_ids": ["person:quilvane"], "text": DOC_CANARY, "source": "clinic"},
+        {"id": "note-b", "subject_ids": ["person:beltran"], "text": f"{OTHER} (note)", "source": "clinic"},
+    ]
     assert client.post("/v1/kb/documents", json={"documents": docs}, headers=auth(kb)).status_code == 201
     assert client.get("/v1/kb/documents/note-q", headers=auth(kb)).json()["text"] == DOC_CANARY  # readable
     key_dir = settings.resolved_data_key_dir()

@@ -21,8 +21,9 @@ def test_one_trace_from_the_api_into_the_job(api, spans):  # noqa: F811
     with psycopg.connect(db.url) as conn:
         (args,) = conn.execute("SELECT args FROM procrastinate_jobs WHERE task_name = 'process_deletion'").fetchone()
     assert "traceparent" in args["trace"]
-    steps.CONTEXT.update(db=db, ledger=lethe.ledger(db, settings), artifacts=settings.artifacts_dir(),
-                         keys=lethe.data_keys(settings))
+    steps.CONTEXT.update(
+        db=db, ledger=lethe.ledger(db, settings), artifacts=settings.artifacts_dir(), keys=lethe.data_keys(settings)
+    )
     steps.process_deletion(**args)  # what the worker runs, in-process here to read its spans
 
     finished = {s.name: s for s in spans.get_finished_spans()}

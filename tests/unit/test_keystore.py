@@ -43,6 +43,6 @@ def test_the_word_index_holds_no_word_and_matches_phrases_as_words_did():
     assert "braizou" not in doc and "lyon" not in doc
     tokens = doc.split(" ")
     assert len(tokens) == 6 and all(t.isalpha() and t.islower() and len(t) == 16 for t in tokens)
-    phrase = forget.index_words(key, "braizou tekali".split(" "))
+    phrase = forget.index_words(key, ["braizou", "tekali"])
     assert phrase == " ".join(tokens[:2])  # a phrase query of the same tokens finds it
     assert forget.index_words(forget.index_key(b"j" * 32), ["braizou"]) != tokens[0]  # keyed
