@@ -64,12 +64,31 @@ def _publish(tensors: dict[str, torch.Tensor], cfg: dict, out_root: Path, prefix
     return Materialised(final, digest, layers, cfg["r"])
 
 
+def _published(out_root: Path, prefix: str) -> Materialised | None:
+    """The one directory ``_publish`` made for ``prefix``, if it is there and intact."""
+    found = sorted(out_root.glob(f"{prefix}-*")) if out_root.exists() else []
+    if len(found) != 1 or not (found[0] / WEIGHTS).exists() or not (found[0] / CONFIG).exists():
+        return None
+    digest = adapter_sha256(found[0])
+    if not found[0].name.endswith(f"-{digest[:12]}"):  # altered since: built again, in its place
+        shutil.rmtree(found[0])
+        return None
+    cfg = json.loads((found[0] / CONFIG).read_text())
+    return Materialised(found[0], digest, tuple(cfg.get("layers_to_transform") or ()), cfg["r"])
+
+
 def truncate(
     adapter_dir: Path, prefix: int, num_layers: int, num_blocks: int, out_root: Path, name: str
 ) -> Materialised:
-    """The adapter with blocks ≥ ``prefix`` removed. ``prefix`` must be ≥ 1 (0 means a dead shard)."""
+    """The adapter with blocks ≥ ``prefix`` removed. ``prefix`` must be ≥ 1 (0 means a dead shard).
+
+    ``name`` must say which unit version and prefix it is: a directory already published under it
+    is reused (a version's blocks before a prefix never change), so a deletion that cuts one shard
+    rebuilds only that shard's adapter, not every live shard's."""
     if not 1 <= prefix <= num_blocks:
         raise ValueError(f"prefix must be in 1..{num_blocks}; a shard at 0 serves no adapter")
+    if (done := _published(out_root, name)) is not None:
+        return done
     tensors, cfg = _read(adapter_dir)
     kept = {
         k: v

@@ -106,6 +106,19 @@ def test_truncated_adapter_is_bit_exact_with_the_stage_checkpoint(models, traine
     assert cut.layers == tuple(sorted(range(4 - prefix, 4)))  # only the top `prefix` layers carry LoRA
 
 
+def test_a_published_truncation_is_reused_and_an_altered_one_rebuilt(trained_unit, tmp_path):
+    unit_dir, _ = trained_unit
+    first = materialise.truncate(stage_dir(unit_dir, 3), 2, 4, 4, tmp_path, "s00-q1-p2-v0")
+    again = materialise.truncate(tmp_path / "not-read", 2, 4, 4, tmp_path, "s00-q1-p2-v0")
+    assert again == first  # the source is not read again
+    other = materialise.truncate(stage_dir(unit_dir, 3), 3, 4, 4, tmp_path, "s00-q1-p3-v0")
+    assert other.sha256 != first.sha256
+    cfg = first.path / "adapter_config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "lora_alpha": 999}))  # altered on disk
+    rebuilt = materialise.truncate(stage_dir(unit_dir, 3), 2, 4, 4, tmp_path, "s00-q1-p2-v0")
+    assert rebuilt == first and adapter_sha256(rebuilt.path) == first.sha256
+
+
 def test_lineage_records_blocks_slices_and_hashes(trained_unit, slices):
     unit_dir, lineage = trained_unit
     assert lineage.stage == 3 and lineage.order == (2, 0, 3, 1)
