@@ -466,3 +466,51 @@ def test_the_cluster_components_gateway_command_and_reconciler_sidecar(env, tmp_
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_replicas_that_do_not_acknowledge_keep_routing_and_the_request_waits_visibly(env, monkeypatch):
+    """Both replicas' sidecars stall (held here until released, as a sidecar stuck copying a large
+    adapter): past the ack timeout no replica serves the new generation, so routing stays as it was
+    (the gateway still answers, from the previous model) and the request waits, visible in its
+    status and in lethe_rollouts_waiting; released, they catch up and it completes, the fact gone
+    from every replica. (Last in the file: the env's other tests need the earlier served models.)"""
+    e = env
+    api = f"http://127.0.0.1:{e.stack.api_port}"
+    h = {"Authorization": f"Bearer {e.key}"}
+    victim = next(p for p in e.corpus.trained if all(recalled(e, [p])))  # still served: its deletion changes the model
+    release = threading.Event()
+    for rec in e.stack.reconcilers.values():
+        def stalled(once=rec.reconcile_once):
+            release.wait(600)
+            return once()
+
+        monkeypatch.setattr(rec, "reconcile_once", stalled)
+    rid = str(uuid.uuid4())
+    try:
+        assert submit_rest(e, rid, victim).status_code == 201
+        deadline = time.monotonic() + 10 * e.settings.serving.ack_timeout_seconds
+        d = httpx.get(f"{api}/v1/deletions/{rid}", headers=h, timeout=60).json()
+        while "rollout_waiting" not in d["result"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            d = httpx.get(f"{api}/v1/deletions/{rid}", headers=h, timeout=60).json()
+        assert d["request_status"] == "in_progress" and "rollout_waiting" in d["result"], d
+        waiting = d["result"]["rollout_waiting"]
+        assert sorted(waiting["replicas_behind"]) == sorted(e.stack.reconcilers), waiting
+        metrics = httpx.get(f"{api}/metrics", timeout=60).text
+        assert "lethe_rollouts_waiting 1.0" in metrics
+        assert all(f'lethe_replica_routable{{replica="{r}"}} 1.0' in metrics for r in e.stack.reconcilers)
+        assert complete(gateway(e), victim.probe()[0])  # routing never emptied: still answered
+    finally:
+        release.set()  # the sidecars catch up
+    d = wait_final(e, rid)
+    assert d["request_status"] == "completed", d["result"]
+    assert sorted(d["result"]["apply"]["rollout"]["replicas_acked"]) == sorted(e.stack.reconcilers)
+    assert "lethe_rollouts_waiting 0.0" in httpx.get(f"{api}/metrics", timeout=60).text
+    prompt, fact = victim.probe()
+    with psycopg.connect(e.db.url) as conn:
+        reps = serving_store.replicas(conn)
+    for rep in reps:
+        req = {"model": rep.serving_names[0] if rep.serving_names else "base", "prompt": prompt,
+               "max_tokens": MAX_TOKENS, "temperature": 0}  # fmt: skip
+        assert fact not in httpx.post(f"{rep.url}/v1/completions", json=req, timeout=60).json()["choices"][0]["text"]
+    print(f"\nrollout waited: {waiting}")
