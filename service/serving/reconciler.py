@@ -11,6 +11,7 @@ LISTEN/NOTIFY, with a periodic resync; a replica that restarted empty is loaded 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -25,6 +26,16 @@ from service.tracing import tracer
 from shards import served as served_dir
 
 log = logging.getLogger(__name__)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """A hard link where the replica's directory shares the artifacts' file system (published
+    files are never rewritten, so a link is as good as a copy and costs no write), else a copy
+    (a pod's own volume). Either way the content hash is checked after."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 class Reconciler:
@@ -122,7 +133,7 @@ class Reconciler:
         if not dest.exists():
             tmp = self.local_root / f".tmp-{name}"
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(source, tmp)
+            shutil.copytree(source, tmp, copy_function=_link_or_copy)
             tmp.rename(dest)
         try:
             ok = served_dir.served_sha256(dest) == sha256
