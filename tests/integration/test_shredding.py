@@ -1,7 +1,9 @@
 """Crypto-shredding through the public interfaces: a record and a knowledge-base document holding a
 canary sentence are ingested (CLI, REST), deleted (REST, `lethe worker`), and then no file that
 PostgreSQL or Lethe writes (heap, WAL, the key store, the artifact store) holds the sentence.
-A control string written in clear by the same path proves the scan reads those files."""
+A control string written in clear by the same path proves the scan reads those files. The same
+request names a record id Lethe does not hold, and the canary is also filed, respelled, under
+another subject: reported as unknown, and deleted as the same personal data, respectively."""
 
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ def test_deleted_text_is_in_no_file_postgres_or_lethe_writes(api, tmp_path):  # 
         {"id": "q-1", "subject_ids": ["person:quilvane"], "text": CANARY},
         {"id": "q-2", "subject_ids": ["person:quilvane"], "text": "Quilvane Ostrakova was born in 1987."},
         {"id": "b-1", "subject_ids": ["person:beltran"], "text": OTHER},
+        {"id": "b-copy", "subject_ids": ["person:beltran"], "text": f"  {CANARY.upper()}  "},  # the same data
     ]))  # fmt: skip
     ingest = subprocess.run([sys.executable, "-m", "service", "corpus", "ingest", str(records)], env=env,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -68,11 +71,12 @@ def test_deleted_text_is_in_no_file_postgres_or_lethe_writes(api, tmp_path):  # 
     assert client.get("/v1/kb/documents/note-q", headers=auth(kb)).json()["text"] == DOC_CANARY  # readable
     key_dir = settings.resolved_data_key_dir()
     key_files = lambda: sorted(p.name for p in key_dir.rglob("*") if p.is_file())  # noqa: E731
-    assert len(key_files()) == 5  # one data key per record and per document
+    assert len(key_files()) == 6  # one data key per record and per document
 
     control = f"scan-control-{uuid.uuid4().hex}"  # an idempotency key: stored in clear, by design
     body = {"subject_request_id": str(uuid.uuid4()), "subject_request_type": "erasure",
-            "subject_identities": [{"identity_type": "person", "identity_value": "quilvane"}]}  # fmt: skip
+            "subject_identities": [{"identity_type": "person", "identity_value": "quilvane"}],
+            "record_ids": ["no-such-record"]}  # fmt: skip
     r = client.post("/v1/deletions", json=body, headers={**auth(keys["writer"]), "Idempotency-Key": control})
     assert r.status_code == 201, r.text
     worker = subprocess.run([sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True,
@@ -81,6 +85,8 @@ def test_deleted_text_is_in_no_file_postgres_or_lethe_writes(api, tmp_path):  # 
     done = client.get(f"/v1/deletions/{body['subject_request_id']}", headers=auth(keys["reader"])).json()
     assert done["request_status"] == "completed" and done["result"]["outcome"] == "deleted", done
     assert done["result"]["verification"]["records_purged"] is True
+    assert done["result"]["unknown_record_ids"] == ["no-such-record"]
+    assert done["result"]["same_text_records"] == ["b-copy"]
     assert client.get("/v1/kb/documents/note-q", headers=auth(kb)).status_code == 404
     assert client.get("/v1/kb/documents/note-b", headers=auth(kb)).json()["text"].startswith(OTHER)
     with psycopg.connect(db.url) as conn:
@@ -88,8 +94,8 @@ def test_deleted_text_is_in_no_file_postgres_or_lethe_writes(api, tmp_path):  # 
         conn.execute("CHECKPOINT")  # what shared buffers hold, on disk in the heap files too
     assert len(key_files()) == 2  # the subject's three keys destroyed, the other subject's kept
 
-    needles = [CANARY.encode(), DOC_CANARY.encode(), b"Ostrakova", control.encode()]
+    needles = [CANARY.encode(), CANARY.upper().encode(), DOC_CANARY.encode(), b"Ostrakova", b"OSTRAKOVA",
+               control.encode()]  # fmt: skip
     found = files_holding([db.data_dir, settings.var_dir], needles)
     assert found[control.encode()], "the scan did not see the request just written: it proves nothing"
-    assert not found[CANARY.encode()] and not found[DOC_CANARY.encode()], found
-    assert not found[b"Ostrakova"], found  # no word of it either (the KB word index holds keyed hashes)
+    assert not any(found[n] for n in needles[:-1]), found  # nor a word of it (the KB index: keyed hashes)
