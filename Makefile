@@ -18,6 +18,7 @@ demo: setup
 
 test: setup tools
 	$(BIN)/ruff check service shards tests
+	$(BIN)/ruff format --check service shards tests
 	$(BIN)/mypy service shards
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

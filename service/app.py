@@ -69,8 +69,12 @@ def deletions_core(db: _database.DatabaseInfo, settings: Settings) -> Deletions:
     from service.workflow.queue import enqueue_callbacks, enqueue_deletions
 
     key = keyfile.load_or_create(settings.resolved_hmac_key_file())
-    return Deletions(PgDeletionStore(db, enqueue_deletions, enqueue_callbacks), SystemClock(), key,
-                     timedelta(days=settings.deletion_deadline_days))  # fmt: skip
+    return Deletions(
+        PgDeletionStore(db, enqueue_deletions, enqueue_callbacks),
+        SystemClock(),
+        key,
+        timedelta(days=settings.deletion_deadline_days),
+    )
 
 
 def rest_app(
@@ -94,8 +98,9 @@ def rest_app(
 
     registry = prometheus_client.CollectorRegistry()
     registry.register(LetheCollector(db))
-    return create_app(deletions_core(db, settings), ledger(db, settings), Authenticator(db), ready, registry,
-                      kb_core(db, settings))  # fmt: skip
+    return create_app(
+        deletions_core(db, settings), ledger(db, settings), Authenticator(db), ready, registry, kb_core(db, settings)
+    )
 
 
 def holdings(db: _database.DatabaseInfo) -> _records.Holdings:
@@ -136,10 +141,19 @@ def grpc_server(db: _database.DatabaseInfo, settings: Settings, address: str | N
     creds = None
     if settings.grpc_tls_cert and settings.grpc_tls_key:
         ca = settings.grpc_client_ca.read_bytes() if settings.grpc_client_ca else None
-        creds = grpc.ssl_server_credentials([(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())],
-                                            root_certificates=ca, require_client_auth=ca is not None)  # fmt: skip
-    return build_server(deletions_core(db, settings), ledger(db, settings), Authenticator(db),
-                        address or settings.grpc_address, creds, kb_core(db, settings))  # fmt: skip
+        creds = grpc.ssl_server_credentials(
+            [(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+    return build_server(
+        deletions_core(db, settings),
+        ledger(db, settings),
+        Authenticator(db),
+        address or settings.grpc_address,
+        creds,
+        kb_core(db, settings),
+    )
 
 
 def ledger(db: _database.DatabaseInfo, settings: Settings) -> Ledger:
@@ -147,8 +161,15 @@ def ledger(db: _database.DatabaseInfo, settings: Settings) -> Ledger:
     from service.ledger.log import Ledger
 
     key = load_or_create_signing_key(settings.resolved_ledger_key_file())
-    return Ledger(db, key, settings.ledger_origin, settings.ledger_key_name, settings.ledger_checkpoint_every,
-                  settings.ledger_checkpoint_seconds, retired_ledger_keys(settings))  # fmt: skip
+    return Ledger(
+        db,
+        key,
+        settings.ledger_origin,
+        settings.ledger_key_name,
+        settings.ledger_checkpoint_every,
+        settings.ledger_checkpoint_seconds,
+        retired_ledger_keys(settings),
+    )
 
 
 def retired_ledger_keys(settings: Settings) -> list[tuple[str, Ed25519PublicKey]]:

@@ -70,8 +70,10 @@ def model_build(ctx: typer.Context) -> None:
     from service import app as lethe
 
     m = lethe.base_model(_settings(ctx))
-    console.print(f"base model {m.path} ({'reused' if m.reused else 'built'}): {m.parameters:,} parameters, "
-                  f"weights sha256 {m.weights_sha256[:16]}…")  # fmt: skip
+    console.print(
+        f"base model {m.path} ({'reused' if m.reused else 'built'}): {m.parameters:,} parameters, "
+        f"weights sha256 {m.weights_sha256[:16]}…"
+    )
 
 
 @corpus_app.command("generate")
@@ -174,20 +176,27 @@ def ledger_verify(
 ) -> None:
     """Recompute the hash chain and every signed checkpoint; name the first bad entry."""
     from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     from service import app as lethe
     from service.ledger import verify as ledger_verify_mod
     from service.ledger.checkpoint import load_or_create_signing_key
 
     settings = _settings(ctx)
+    pub: Ed25519PublicKey
     if public_key is not None:
-        pub = serialization.load_pem_public_key(public_key.read_bytes())
+        loaded = serialization.load_pem_public_key(public_key.read_bytes())
+        if not isinstance(loaded, Ed25519PublicKey):
+            console.print(f"[red]{public_key}: not an Ed25519 public key (the ledger signs with Ed25519)[/red]")
+            raise typer.Exit(2)
+        pub = loaded
     else:
         pub = load_or_create_signing_key(settings.resolved_ledger_key_file()).public_key()
     if file is not None:
         entries, cps = ledger_verify_mod.read_export(file)
-        report = ledger_verify_mod.verify(entries, cps, pub, settings.ledger_key_name,  # type: ignore[arg-type]
-                                          lethe.retired_ledger_keys(settings))  # fmt: skip
+        report = ledger_verify_mod.verify(
+            entries, cps, pub, settings.ledger_key_name, lethe.retired_ledger_keys(settings)
+        )
         where = str(file)
     else:
         with lethe.database(settings) as db:
@@ -292,8 +301,9 @@ def api(ctx: typer.Context) -> None:
         server.start()
         console.print(f"gRPC on port {port}; REST on http://{settings.api_host}:{settings.api_port}")
         try:
-            uvicorn.run(lethe.rest_app(db, settings), host=settings.api_host, port=settings.api_port,
-                        log_level="warning")  # fmt: skip
+            uvicorn.run(
+                lethe.rest_app(db, settings), host=settings.api_host, port=settings.api_port, log_level="warning"
+            )
         finally:
             server.stop(grace=5).wait()
 
@@ -318,8 +328,12 @@ def gateway(ctx: typer.Context) -> None:
         s = settings.serving
         console.print(f"gateway on http://{s.gateway_host}:{s.gateway_port}/v1")
         try:
-            uvicorn.run(create_gateway(routes, Authenticator(db), rag=lethe.rag_proxy(db, settings)),
-                        host=s.gateway_host, port=s.gateway_port, log_level="warning")  # fmt: skip
+            uvicorn.run(
+                create_gateway(routes, Authenticator(db), rag=lethe.rag_proxy(db, settings)),
+                host=s.gateway_host,
+                port=s.gateway_port,
+                log_level="warning",
+            )
         finally:
             routes.stop()
 
@@ -395,11 +409,19 @@ def worker(
             model = lethe.base_model(settings, progress=False)
             run_training_worker(db, lethe.training_job(settings, model.path), once=once)
             return
-        run_worker(db, lethe.ledger(db, settings), settings.artifacts_dir(), once=once,
-                   ack_timeout=settings.serving.ack_timeout_seconds, probes=lethe.probe_config(settings),
-                   hmac_key=keyfile.load_or_create(settings.resolved_hmac_key_file()),
-                   rag=lethe.rag_proxy(db, settings), aggregation=settings.serving.aggregation,
-                   fail_closed=settings.serving.fail_closed, keys=lethe.data_keys(settings))  # fmt: skip
+        run_worker(
+            db,
+            lethe.ledger(db, settings),
+            settings.artifacts_dir(),
+            once=once,
+            ack_timeout=settings.serving.ack_timeout_seconds,
+            probes=lethe.probe_config(settings),
+            hmac_key=keyfile.load_or_create(settings.resolved_hmac_key_file()),
+            rag=lethe.rag_proxy(db, settings),
+            aggregation=settings.serving.aggregation,
+            fail_closed=settings.serving.fail_closed,
+            keys=lethe.data_keys(settings),
+        )
 
 
 @simulate_app.command("capacity")
@@ -414,8 +436,10 @@ def simulate_capacity(
     from shards.simulate import capacity
 
     r = capacity(shards, slices, budget, trials, seed)
-    console.print(f"(m, L, B) = ({shards}, {slices}, {budget}), {trials} trials: mean {r.mean:.1f} ± {r.stdev:.1f} "
-                  f"requests; closed form {r.closed_form:.1f} ({r.relative_error:.1%} apart)")  # fmt: skip
+    console.print(
+        f"(m, L, B) = ({shards}, {slices}, {budget}), {trials} trials: mean {r.mean:.1f} ± {r.stdev:.1f} "
+        f"requests; closed form {r.closed_form:.1f} ({r.relative_error:.1%} apart)"
+    )
 
 
 @app.command()

@@ -24,18 +24,21 @@ class ServingSpec(BaseModel):
         60.0, gt=0, description="A replica not acknowledging a new model in time leaves routing (never the last ones)."
     )
     fail_closed: bool = Field(
-        False, description="When no replica acknowledges in time: off, routing stays and the deletion waits "
+        False,
+        description="When no replica acknowledges in time: off, routing stays and the deletion waits "
         "(visible in its status and lethe_rollouts_waiting); on, every lagging replica leaves routing and the "
         "endpoint serves nothing until one catches up.",
-    )  # fmt: skip
+    )
     aggregation: Literal["merged", "routing"] = Field(
-        "merged", description="How m > 1 shards are served: one merged adapter (rank m·r; better on the corpus, "
+        "merged",
+        description="How m > 1 shards are served: one merged adapter (rank m·r; better on the corpus, "
         "docs/benchmarks.md) or a routing table (each request to one live shard's adapter, by its user or prompt).",
-    )  # fmt: skip
+    )
     probes_via_replicas: bool = Field(
-        True, description="Score the membership probes from a replica's vLLM prompt log-probabilities (needs "
+        True,
+        description="Score the membership probes from a replica's vLLM prompt log-probabilities (needs "
         "Lethe's vLLM plugin in the replicas' environment); off: transformers on the served files.",
-    )  # fmt: skip
+    )
     max_loras: int = Field(2, ge=1, description="Adapters per batch on a replica (old + new during a swap).")
     max_model_len: int = Field(
         1024, ge=32, description="Context length the replicas reserve (at most the model's own)."

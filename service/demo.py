@@ -118,8 +118,9 @@ class Asker:
 def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: Any, console: Console) -> dict[str, str]:
     key = create_api_key(db, ["admin"], "demo")
     ask = Asker(db, stack.gateway_port, key)
-    api = httpx.Client(base_url=f"http://127.0.0.1:{stack.api_port}", headers={"Authorization": f"Bearer {key}"},
-                       timeout=60)  # fmt: skip
+    api = httpx.Client(
+        base_url=f"http://127.0.0.1:{stack.api_port}", headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
     cells, deleted = _cells(db)
     people = [p for p in c.trained if p.subject_id in cells and p.subject_id not in deleted]
 
@@ -132,8 +133,10 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
     predicted = [p for p in people if p not in (a, b) and cells[p.subject_id] not in kept_planned]
     for p in (a, b):
         console.print(f"      {p.probe()[0]!r} → {ask.via_gateway(p)!r}   (fact: {p.code})")
-    console.print(f"      planner: {_plan_line(planned)}; {len(predicted)} other people's slices will be cut and "
-                  "await the background retrain")  # fmt: skip
+    console.print(
+        f"      planner: {_plan_line(planned)}; {len(predicted)} other people's slices will be cut and "
+        "await the background retrain"
+    )
 
     console.print(f"[7/{STEPS}] deletion requests: {a.name} over REST, {b.name} over gRPC")
     t0 = time.perf_counter()
@@ -151,8 +154,10 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
     kept = [p for p in others if cells[p.subject_id] in kept_now]
     kept_recalled = ask.recalls(kept)
     waiting = [p for p in people if p not in (a, b) and cells[p.subject_id] not in kept_now]
-    console.print(f"      deleted people recalled: {gone}; others in kept slices {len(kept_recalled)}/{len(kept)}; "
-                  f"awaiting the background retrain: {len(waiting)} (planner predicted {len(predicted)})")  # fmt: skip
+    console.print(
+        f"      deleted people recalled: {gone}; others in kept slices {len(kept_recalled)}/{len(kept)}; "
+        f"awaiting the background retrain: {len(waiting)} (planner predicted {len(predicted)})"
+    )
 
     console.print(f"[9/{STEPS}] background retrain of the cut units, roll-out to every replica, ask again")
     t1 = time.perf_counter()
@@ -160,8 +165,10 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
     served = publish_current(db, settings, timeout=settings.serving.ack_timeout_seconds)
     stack.wait_ready(settings.serving.ack_timeout_seconds)
     retrain_s = time.perf_counter() - t1
-    console.print(f"      {len(retrained)} unit(s) retrained, generation {served.generation} on every replica "
-                  f"in {retrain_s:.0f} s")  # fmt: skip
+    console.print(
+        f"      {len(retrained)} unit(s) retrained, generation {served.generation} on every replica "
+        f"in {retrain_s:.0f} s"
+    )
     all_others = [p for p in people if p not in (a, b)]
     after_retrain = ask.recalls(all_others)
     gone_after_retrain = ask.on_every_replica([a, b])
@@ -169,12 +176,15 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
     console.print(f"[10/{STEPS}] membership, receipts, ledger")
     v = done[next(iter(done))]["result"].get("verification", {})
     m = v.get("membership", {})
-    console.print(f"      membership AUCs of {a.name}'s records vs holdout: "
-                  + ", ".join(f"{k[4:]} {v}" for k, v in m.items() if k.startswith("auc_")))  # fmt: skip
+    console.print(
+        f"      membership AUCs of {a.name}'s records vs holdout: "
+        + ", ".join(f"{k[4:]} {v}" for k, v in m.items() if k.startswith("auc_"))
+    )
     verdicts = {rid: d["result"].get("verification", {}) for rid, d in done.items()}
     for rid, ver in verdicts.items():
-        console.print(f"      verification of {rid}: {ver.get('verdict')}"
-                      + (f" ({ver['reason']})" if ver.get("reason") else ""))  # fmt: skip
+        console.print(
+            f"      verification of {rid}: {ver.get('verdict')}" + (f" ({ver['reason']})" if ver.get("reason") else "")
+        )
     receipts = {}
     for rid, d in done.items():
         seq = d["result"]["ledger_seqs"][d["request_status"]]
@@ -251,14 +261,20 @@ def _victims(db: Any, people: list[corpus.Person], cells: dict[str, tuple[int, i
 def _delete(settings: Settings, stack: Stack, api: httpx.Client, key: str, a: Any, b: Any) -> dict[str, Any]:
     rid_a, rid_b = str(uuid.uuid4()), str(uuid.uuid4())
     ident = {"identity_type": "email", "identity_value": a.email}
-    r = api.post("/v1/deletions", json={"subject_request_id": rid_a, "subject_request_type": "erasure",
-                                        "subject_identities": [ident]})  # fmt: skip
+    r = api.post(
+        "/v1/deletions",
+        json={"subject_request_id": rid_a, "subject_request_type": "erasure", "subject_identities": [ident]},
+    )
     r.raise_for_status()
     with grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}") as ch:
-        deletion_pb2_grpc.DeletionServiceStub(ch).SubmitDeletion(deletion_pb2.SubmitDeletionRequest(
-            subject_request_id=rid_b, subject_request_type="erasure",
-            subject_identities=[deletion_pb2.SubjectIdentity(identity_type="email", identity_value=b.email)]),
-            metadata=[("authorization", f"Bearer {key}")])  # fmt: skip
+        deletion_pb2_grpc.DeletionServiceStub(ch).SubmitDeletion(
+            deletion_pb2.SubmitDeletionRequest(
+                subject_request_id=rid_b,
+                subject_request_type="erasure",
+                subject_identities=[deletion_pb2.SubjectIdentity(identity_type="email", identity_value=b.email)],
+            ),
+            metadata=[("authorization", f"Bearer {key}")],
+        )
     return {rid: _wait(api, rid) for rid in (rid_a, rid_b)}
 
 

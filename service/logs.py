@@ -30,8 +30,12 @@ def configure(fmt: str = "text", level: str = "INFO") -> None:
     """Send Lethe's loggers to stderr (``fmt``: text or json); third-party loggers stay at WARNING."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter("%(asctime)s %(levelname)s %(name)s %(message)s",
-                                            rename_fields={"levelname": "level", "asctime": "time"}))  # fmt: skip
+        handler.setFormatter(
+            _JsonFormatter(
+                "%(asctime)s %(levelname)s %(name)s %(message)s",
+                rename_fields={"levelname": "level", "asctime": "time"},
+            )
+        )
     else:
         handler.setFormatter(_TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()

@@ -23,15 +23,24 @@ from service.workflow.steps import STEPS
 FORGET_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30)
 # Open requests by the time left to their deadline: (label, upper bound of the time left).
-DEADLINE_WINDOWS = (("overdue", timedelta(0)), ("lt_1d", timedelta(days=1)), ("lt_7d", timedelta(days=7)),
-                    ("ge_7d", timedelta.max))  # fmt: skip
+DEADLINE_WINDOWS = (
+    ("overdue", timedelta(0)),
+    ("lt_1d", timedelta(days=1)),
+    ("lt_7d", timedelta(days=7)),
+    ("ge_7d", timedelta.max),
+)
 # The checks of a request's verification that decide its completion (service.workflow.steps).
 VERIFICATION_CHECKS = ("lineage", "equivalence", "records_purged", "kb")
 OPEN = (Status.PENDING.value, Status.IN_PROGRESS.value)
 
 
-def _histogram(name: str, doc: str, buckets: Sequence[float], series: dict[tuple[str, ...], list[float]],
-               labels: Sequence[str] = ()) -> HistogramMetricFamily:  # fmt: skip
+def _histogram(
+    name: str,
+    doc: str,
+    buckets: Sequence[float],
+    series: dict[tuple[str, ...], list[float]],
+    labels: Sequence[str] = (),
+) -> HistogramMetricFamily:
     h = HistogramMetricFamily(name, doc, labels=list(labels))
     for label_values, values in series.items():
         cumulative = [(str(b), float(sum(v <= b for v in values))) for b in buckets] + [("+Inf", float(len(values)))]
@@ -67,18 +76,22 @@ class LetheCollector(Collector):
             by_status: dict[str, int] = dict(
                 conn.execute("SELECT status, count(*) FROM deletion_requests GROUP BY status").fetchall()
             )
-            pending_jobs: dict[str, int] = dict(conn.execute(
-                "SELECT queue_name, count(*) FILTER (WHERE status = 'todo') FROM procrastinate_jobs GROUP BY 1"
-            ).fetchall())  # fmt: skip
+            pending_jobs: dict[str, int] = dict(
+                conn.execute(
+                    "SELECT queue_name, count(*) FILTER (WHERE status = 'todo') FROM procrastinate_jobs GROUP BY 1"
+                ).fetchall()
+            )
             entries = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger_entries").fetchone()  # gap-free
-            last_cp = conn.execute("SELECT size, created_at FROM ledger_checkpoints ORDER BY size DESC LIMIT 1"
-                                   ).fetchone()  # fmt: skip
+            last_cp = conn.execute(
+                "SELECT size, created_at FROM ledger_checkpoints ORDER BY size DESC LIMIT 1"
+            ).fetchone()
             first_unsigned = conn.execute(
                 "SELECT created_at FROM ledger_entries"
                 " WHERE seq = (SELECT coalesce(max(size), 0) + 1 FROM ledger_checkpoints)"
             ).fetchone()
-            open_rows = conn.execute("SELECT received_time, deadline FROM deletion_requests WHERE status = ANY(%s)",
-                                     (list(OPEN),)).fetchall()  # fmt: skip
+            open_rows = conn.execute(
+                "SELECT received_time, deadline FROM deletion_requests WHERE status = ANY(%s)", (list(OPEN),)
+            ).fetchall()
             done = conn.execute(
                 "SELECT extract(epoch FROM completed_time - received_time), result->'stage_seconds'"
                 " FROM deletion_requests WHERE status = 'completed'"
@@ -87,12 +100,15 @@ class LetheCollector(Collector):
                 "SELECT result->'verification' FROM deletion_requests"
                 " WHERE status = 'failed' AND result ? 'verification'"
             ).fetchall()
-            waiting = conn.execute("SELECT count(*) FROM deletion_requests WHERE status = 'in_progress'"
-                                   " AND result ? 'rollout_waiting'").fetchone()  # fmt: skip
-            verdicts: dict[str, int] = dict(conn.execute(
-                "SELECT result->'verification'->>'verdict', count(*) FROM deletion_requests"
-                " WHERE status = 'completed' AND result->'verification' ? 'verdict' GROUP BY 1"
-            ).fetchall())  # fmt: skip
+            waiting = conn.execute(
+                "SELECT count(*) FROM deletion_requests WHERE status = 'in_progress' AND result ? 'rollout_waiting'"
+            ).fetchone()
+            verdicts: dict[str, int] = dict(
+                conn.execute(
+                    "SELECT result->'verification'->>'verdict', count(*) FROM deletion_requests"
+                    " WHERE status = 'completed' AND result->'verification' ? 'verdict' GROUP BY 1"
+                ).fetchall()
+            )
             served = conn.execute("SELECT generation FROM served_model").fetchone()
             replicas = conn.execute(
                 "SELECT id, routable, coalesce(acked_generation, 0), heartbeat_at FROM replicas ORDER BY id"
@@ -101,16 +117,21 @@ class LetheCollector(Collector):
             units = s3t.live_units(conn) if layout else []
 
         yield from self._deletions(now, by_status, open_rows, done, failed)
-        yield GaugeMetricFamily("lethe_rollouts_waiting", "In-progress deletions whose rollout waits: no replica "
-                                "acknowledged the clean model in time and routing is never emptied.",
-                                value=float(waiting[0] if waiting else 0))  # fmt: skip
-        vc = CounterMetricFamily("lethe_deletion_verdicts", "Completed deletions by verification verdict.",
-                                 labels=["verdict"])  # fmt: skip
+        yield GaugeMetricFamily(
+            "lethe_rollouts_waiting",
+            "In-progress deletions whose rollout waits: no replica "
+            "acknowledged the clean model in time and routing is never emptied.",
+            value=float(waiting[0] if waiting else 0),
+        )
+        vc = CounterMetricFamily(
+            "lethe_deletion_verdicts", "Completed deletions by verification verdict.", labels=["verdict"]
+        )
         for verdict in ("passed", "inconclusive", "failed"):
             vc.add_metric([verdict], float(verdicts.get(verdict, 0)))
         yield vc
-        jobs = GaugeMetricFamily("lethe_jobs_pending", "Jobs waiting in each queue (deletions, training).",
-                                labels=["queue"])  # fmt: skip
+        jobs = GaugeMetricFamily(
+            "lethe_jobs_pending", "Jobs waiting in each queue (deletions, training).", labels=["queue"]
+        )
         for queue in sorted({"deletions", "training", *pending_jobs}):
             jobs.add_metric([queue], float(pending_jobs.get(queue, 0)))
         yield jobs
@@ -120,8 +141,9 @@ class LetheCollector(Collector):
             yield from self._shards(layout, units)
 
     # -- deletion requests --------------------------------------------------------------------
-    def _deletions(self, now: datetime, by_status: dict[str, int], open_rows: list[Any], done: list[Any],
-                   failed: list[Any]) -> Iterator[Metric]:  # fmt: skip
+    def _deletions(
+        self, now: datetime, by_status: dict[str, int], open_rows: list[Any], done: list[Any], failed: list[Any]
+    ) -> Iterator[Metric]:
         c = CounterMetricFamily("lethe_deletion_requests", "Deletion requests by current status.", labels=["status"])
         for s in Status:
             c.add_metric([s.value], float(by_status.get(s.value, 0)))
@@ -130,16 +152,20 @@ class LetheCollector(Collector):
         for _, deadline in open_rows:
             left = deadline - now
             windows[next(w for w, bound in DEADLINE_WINDOWS if left < bound)] += 1
-        g = GaugeMetricFamily("lethe_deletion_open_requests",
-                              "Open (pending or in-progress) deletion requests by the time left to their deadline.",
-                              labels=["deadline_window"])  # fmt: skip
+        g = GaugeMetricFamily(
+            "lethe_deletion_open_requests",
+            "Open (pending or in-progress) deletion requests by the time left to their deadline.",
+            labels=["deadline_window"],
+        )
         for w, n in windows.items():
             g.add_metric([w], float(n))
         yield g
         oldest_received = min((r for r, _ in open_rows), default=None)
-        yield GaugeMetricFamily("lethe_deletion_oldest_pending_age_seconds",
-                                "Age of the oldest open (pending or in-progress) deletion request; 0 when none.",
-                                value=(now - oldest_received).total_seconds() if oldest_received else 0.0)  # fmt: skip
+        yield GaugeMetricFamily(
+            "lethe_deletion_oldest_pending_age_seconds",
+            "Age of the oldest open (pending or in-progress) deletion request; 0 when none.",
+            value=(now - oldest_received).total_seconds() if oldest_received else 0.0,
+        )
         earliest = min((d for _, d in open_rows), default=None)
         if earliest is not None:
             yield GaugeMetricFamily(
@@ -151,50 +177,72 @@ class LetheCollector(Collector):
         for (verification,) in failed:
             for check in failed_checks(verification or {}):
                 checks[check] += 1
-        v = CounterMetricFamily("lethe_deletion_verification_failures",
-                                "Failed deletion requests by the verification check they did not pass"
-                                " (a request failing two checks counts in both).", labels=["check"])  # fmt: skip
+        v = CounterMetricFamily(
+            "lethe_deletion_verification_failures",
+            "Failed deletion requests by the verification check they did not pass"
+            " (a request failing two checks counts in both).",
+            labels=["check"],
+        )
         for check, n in checks.items():
             v.add_metric([check], float(n))
         yield v
-        yield _histogram("lethe_time_to_forget_seconds", "From accepted request to completion.", FORGET_BUCKETS,
-                         {(): [float(t) for t, _ in done]})  # fmt: skip
+        yield _histogram(
+            "lethe_time_to_forget_seconds",
+            "From accepted request to completion.",
+            FORGET_BUCKETS,
+            {(): [float(t) for t, _ in done]},
+        )
         stages: dict[tuple[str, ...], list[float]] = {(s,): [] for s in STEPS if s != "complete"}
         for _, timings in done:
             for step, secs in (timings or {}).items():
                 stages.setdefault((step,), []).append(float(secs))
-        yield _histogram("lethe_deletion_stage_seconds", "Duration of each workflow step.", STAGE_BUCKETS, stages,
-                         labels=["stage"])  # fmt: skip
+        yield _histogram(
+            "lethe_deletion_stage_seconds", "Duration of each workflow step.", STAGE_BUCKETS, stages, labels=["stage"]
+        )
 
     # -- ledger -------------------------------------------------------------------------------
     def _ledger(self, now: datetime, size: int, last_cp: Any, first_unsigned: Any) -> Iterator[Metric]:
         yield CounterMetricFamily("lethe_ledger_entries", "Entries appended to the ledger.", value=float(size))
         signed = int(last_cp[0]) if last_cp else 0
-        yield GaugeMetricFamily("lethe_ledger_unsigned_entries", "Ledger entries no signed checkpoint covers yet.",
-                                value=float(size - signed))  # fmt: skip
+        yield GaugeMetricFamily(
+            "lethe_ledger_unsigned_entries",
+            "Ledger entries no signed checkpoint covers yet.",
+            value=float(size - signed),
+        )
         if last_cp:
-            yield GaugeMetricFamily("lethe_ledger_checkpoint_age_seconds", "Age of the newest signed checkpoint.",
-                                    value=(now - last_cp[1]).total_seconds())  # fmt: skip
+            yield GaugeMetricFamily(
+                "lethe_ledger_checkpoint_age_seconds",
+                "Age of the newest signed checkpoint.",
+                value=(now - last_cp[1]).total_seconds(),
+            )
         age = 0.0
         if first_unsigned:
             age = max(0.0, (now - datetime.fromisoformat(first_unsigned[0]).astimezone(UTC)).total_seconds())
-        yield GaugeMetricFamily("lethe_ledger_oldest_unsigned_entry_age_seconds",
-                                "Age of the oldest ledger entry no signed checkpoint covers yet; 0 when none.",
-                                value=age)  # fmt: skip
+        yield GaugeMetricFamily(
+            "lethe_ledger_oldest_unsigned_entry_age_seconds",
+            "Age of the oldest ledger entry no signed checkpoint covers yet; 0 when none.",
+            value=age,
+        )
 
     # -- serving ------------------------------------------------------------------------------
     def _serving(self, now: datetime, served: Any, replicas: list[Any]) -> Iterator[Metric]:
         if served:
-            yield GaugeMetricFamily("lethe_served_generation", "Generation of the served model (one per change).",
-                                    value=float(served[0]))  # fmt: skip
-        acked = GaugeMetricFamily("lethe_replica_acknowledged_generation",
-                                  "Generation each replica has acknowledged serving (0: none yet).",
-                                  labels=["replica"])  # fmt: skip
-        routable = GaugeMetricFamily("lethe_replica_routable", "1 if the gateway routes requests to the replica.",
-                                     labels=["replica"])  # fmt: skip
-        heartbeat = GaugeMetricFamily("lethe_replica_heartbeat_age_seconds",
-                                      "Seconds since the replica's reconciler last reported it in sync.",
-                                      labels=["replica"])  # fmt: skip
+            yield GaugeMetricFamily(
+                "lethe_served_generation", "Generation of the served model (one per change).", value=float(served[0])
+            )
+        acked = GaugeMetricFamily(
+            "lethe_replica_acknowledged_generation",
+            "Generation each replica has acknowledged serving (0: none yet).",
+            labels=["replica"],
+        )
+        routable = GaugeMetricFamily(
+            "lethe_replica_routable", "1 if the gateway routes requests to the replica.", labels=["replica"]
+        )
+        heartbeat = GaugeMetricFamily(
+            "lethe_replica_heartbeat_age_seconds",
+            "Seconds since the replica's reconciler last reported it in sync.",
+            labels=["replica"],
+        )
         for rid, is_routable, gen, beat in replicas:
             acked.add_metric([rid], float(gen))
             routable.add_metric([rid], 1.0 if is_routable else 0.0)
@@ -212,13 +260,18 @@ class LetheCollector(Collector):
         for u in units:
             if u.next_version > 0:
                 depth[u.shard] = max(depth.get(u.shard, 0), u.depth)
-        yield GaugeMetricFamily("lethe_shard_slices", "Slices per shard (the full depth of a shard model).",
-                                value=float(slices))  # fmt: skip
-        d = GaugeMetricFamily("lethe_shard_depth", "Slices the best surviving clean prefix of each shard holds.",
-                              labels=["shard"])  # fmt: skip
+        yield GaugeMetricFamily(
+            "lethe_shard_slices", "Slices per shard (the full depth of a shard model).", value=float(slices)
+        )
+        d = GaugeMetricFamily(
+            "lethe_shard_depth", "Slices the best surviving clean prefix of each shard holds.", labels=["shard"]
+        )
         for k in sorted(depth):
             d.add_metric([str(k)], float(depth[k]))
         yield d
-        yield GaugeMetricFamily("lethe_shards_dead", "Trained shards with no clean prefix left (out of the ensemble).",
-                                value=float(sum(v == 0 for v in depth.values())))  # fmt: skip
+        yield GaugeMetricFamily(
+            "lethe_shards_dead",
+            "Trained shards with no clean prefix left (out of the ensemble).",
+            value=float(sum(v == 0 for v in depth.values())),
+        )
         yield GaugeMetricFamily("lethe_shards", "Shards in the S3T layout.", value=float(shards))

@@ -48,8 +48,15 @@ def publish_current(db: DatabaseInfo, settings: Settings, timeout: float = 0.0) 
     reconciler loads the current generation."""
     plan = training.plan_for(db, [])
     fail_closed = timeout == 0 or settings.serving.fail_closed
-    return rollout.roll_out(db, plan, settings.artifacts_dir() / "served", None, timeout,
-                            settings.serving.aggregation, fail_closed=fail_closed).served  # fmt: skip
+    return rollout.roll_out(
+        db,
+        plan,
+        settings.artifacts_dir() / "served",
+        None,
+        timeout,
+        settings.serving.aggregation,
+        fail_closed=fail_closed,
+    ).served
 
 
 @dataclass
@@ -72,8 +79,10 @@ class Stack:
     def start(self) -> None:
         s = self.settings.serving
         served = publish_current(self.db, self.settings)
-        self.log(f"served model: generation {served.generation}, {served.aggregation}, "
-                 f"{(served.adapter_sha256 or 'base model')[:12]}")  # fmt: skip
+        self.log(
+            f"served model: generation {served.generation}, {served.aggregation}, "
+            f"{(served.adapter_sha256 or 'base model')[:12]}"
+        )
         urls = dict(enumerate(s.replica_urls))
         if not urls:
             self._start_replicas()
@@ -103,8 +112,14 @@ class Stack:
         # a merged adapter's rank is m·r; a routing table loads m adapters of rank r (twice, in a swap)
         rank, loras = (t.r, max(s.max_loras, 2 * m)) if s.aggregation == "routing" else (t.r * m, s.max_loras)
         for i in range(s.replicas):
-            proc = VllmProcess(model, _free_or(s.first_port + i), max_lora_rank=rank, max_loras=loras,
-                               max_model_len=s.max_model_len, log_path=logs / f"replica-{i}.log")  # fmt: skip
+            proc = VllmProcess(
+                model,
+                _free_or(s.first_port + i),
+                max_lora_rank=rank,
+                max_loras=loras,
+                max_model_len=s.max_model_len,
+                log_path=logs / f"replica-{i}.log",
+            )
             self.replicas[f"replica-{i}"] = proc
         t0 = time.monotonic()
         for p in self.replicas.values():
@@ -126,8 +141,10 @@ class Stack:
         server, self.grpc_port = lethe.grpc_server(self.db, s)
         server.start()
         self.grpc_server = server
-        self.log(f"gateway http://{s.serving.gateway_host}:{self.gateway_port}/v1 (model 'lethe'); "
-                 f"REST http://{s.api_host}:{self.api_port}; gRPC port {self.grpc_port}")  # fmt: skip
+        self.log(
+            f"gateway http://{s.serving.gateway_host}:{self.gateway_port}/v1 (model 'lethe'); "
+            f"REST http://{s.api_host}:{self.api_port}; gRPC port {self.grpc_port}"
+        )
 
     def _serve_thread(self, app: object, host: str, port: int) -> None:
         server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))  # type: ignore[arg-type]
@@ -144,8 +161,9 @@ class Stack:
         with self.db.connect() as conn:
             row = conn.execute("SELECT coalesce(max(id), 0) FROM procrastinate_workers").fetchone()
         known = row[0] if row else 0
-        self.worker = subprocess.Popen([sys.executable, "-m", "service", "worker"], env=env, stdout=log,
-                                       stderr=subprocess.STDOUT)  # fmt: skip
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "service", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         # ready when it has registered (after its imports): the first request does not wait for them
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and self.worker.poll() is None:

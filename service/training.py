@@ -78,8 +78,9 @@ def pending_units(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -
     return todo
 
 
-def run_unit(db: DatabaseInfo, job: TrainingJob, shard: int, sequence: int, *, progress: bool = True,
-             position: int = 0) -> tuple[int, int, int] | None:  # fmt: skip
+def run_unit(
+    db: DatabaseInfo, job: TrainingJob, shard: int, sequence: int, *, progress: bool = True, position: int = 0
+) -> tuple[int, int, int] | None:
     """Train one unit (resuming from its last completed stage on disk) and publish it; None if it
     needs no training any more (another run finished it). The training queue's job body."""
     from shards import train
@@ -110,8 +111,9 @@ def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> li
     workers = _workers(job.spec, len(todo))
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [ctx.Process(target=training_jobs.drain, args=(db.url, job, threads, i), daemon=True)
-             for i in range(workers)]  # fmt: skip
+    procs = [
+        ctx.Process(target=training_jobs.drain, args=(db.url, job, threads, i), daemon=True) for i in range(workers)
+    ]
     try:
         for p in procs:
             p.start()
@@ -225,8 +227,14 @@ def served_adapters(db: DatabaseInfo, p: Plan, out_root: Path) -> dict[int, Mate
             continue
         u = units[(shard, sp.sequence)]
         assert u.path is not None
-        out[shard] = materialise.truncate(Path(u.path), sp.prefix, _num_layers(Path(u.path)), len(u.order), out_root,
-                                          f"s{shard:02d}-q{sp.sequence}-p{sp.prefix}-v{sp.version}")  # fmt: skip
+        out[shard] = materialise.truncate(
+            Path(u.path),
+            sp.prefix,
+            _num_layers(Path(u.path)),
+            len(u.order),
+            out_root,
+            f"s{shard:02d}-q{sp.sequence}-p{sp.prefix}-v{sp.version}",
+        )
     return out
 
 
@@ -238,8 +246,10 @@ def _check_base_model(units: list[store.LiveUnit], base_model: Path) -> None:
             continue
         trained_on = json.loads((Path(u.path) / "adapter_config.json").read_text())["base_model_name_or_path"]
         if Path(trained_on).resolve() != Path(base_model).resolve():
-            raise ValueError(f"the S3T units in this database were trained on {trained_on}, not on {base_model}: "
-                             "use a fresh database (and var dir) for another base model")  # fmt: skip
+            raise ValueError(
+                f"the S3T units in this database were trained on {trained_on}, not on {base_model}: "
+                "use a fresh database (and var dir) for another base model"
+            )
 
 
 def _num_layers(adapter_dir: Path) -> int:
@@ -259,10 +269,15 @@ def describe(p: Plan) -> str:
             "affected": sorted(p.affected),
             "dead": sorted(p.dead),
             "shards": {
-                str(k): {"sequence": sp.sequence, "version": sp.version, "prefix": sp.prefix,
-                         "deactivated": list(sp.deactivated), "cut": {str(s): c for s, c in sp.tainted.items()}}
+                str(k): {
+                    "sequence": sp.sequence,
+                    "version": sp.version,
+                    "prefix": sp.prefix,
+                    "deactivated": list(sp.deactivated),
+                    "cut": {str(s): c for s, c in sp.tainted.items()},
+                }
                 for k, sp in sorted(p.shards.items())
             },
         },
         indent=1,
-    )  # fmt: skip
+    )

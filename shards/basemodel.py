@@ -63,9 +63,13 @@ def build(spec: BaseModelSpec, models_dir: Path, *, progress: bool = True) -> Bu
     model.generation_config = GenerationConfig(bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    info = {"spec": asdict(spec), "builder": BUILDER_VERSION, "final_loss": loss,
-            "build_seconds": round(time.perf_counter() - started, 1),
-            "weights_sha256": weights_sha256(tmp)}  # fmt: skip
+    info = {
+        "spec": asdict(spec),
+        "builder": BUILDER_VERSION,
+        "final_loss": loss,
+        "build_seconds": round(time.perf_counter() - started, 1),
+        "weights_sha256": weights_sha256(tmp),
+    }
     (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2, sort_keys=True))
     if final.exists():  # a concurrent build finished first; both are identical
         shutil.rmtree(tmp)
@@ -176,8 +180,11 @@ def pretrain(
     for step in bar:
         # every other step: a few long documents (as many tokens as a step of sentences), so that
         # positions up to the context length are trained, not only those of one sentence
-        texts = ([next(documents) for _ in range(docs_per_step)] if step % 2
-                 else [next(sentences) for _ in range(spec.batch_size)])  # fmt: skip
+        texts = (
+            [next(documents) for _ in range(docs_per_step)]
+            if step % 2
+            else [next(sentences) for _ in range(spec.batch_size)]
+        )
         batch = encode_batch(tokenizer, texts)
         loss = model(**batch).loss
         opt.zero_grad(set_to_none=True)

@@ -50,8 +50,17 @@ class UnitLineage:
             BlockLineage(b["block"], tuple(b["layers"]), tuple(b["slices"]), b["records_sha256"], b["records"])
             for b in d["blocks"]
         )
-        return cls(d["shard"], d["sequence"], tuple(d["order"]), d["version"], d["stage"], blocks,
-                   tuple(d["excluded"]), d["adapter_sha256"], d["config"])  # fmt: skip
+        return cls(
+            d["shard"],
+            d["sequence"],
+            tuple(d["order"]),
+            d["version"],
+            d["stage"],
+            blocks,
+            tuple(d["excluded"]),
+            d["adapter_sha256"],
+            d["config"],
+        )
 
     @classmethod
     def read(cls, path: Path) -> UnitLineage:

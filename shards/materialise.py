@@ -127,8 +127,14 @@ def merge(adapters: Sequence[Path], out_root: Path, name: str) -> Materialised:
         merged[f"{mod}.lora_B.weight"] = torch.cat(b_parts, dim=1)
     base_cfg = loaded[0][1]
     layers = sorted({blocks.layer_of(k) for k in merged} - {None})  # type: ignore[type-var]
-    cfg = {**base_cfg, "r": m * r, "lora_alpha": m * r, "use_rslora": False, "layers_to_transform": layers,
-           "layers_pattern": "layers"}  # fmt: skip
+    cfg = {
+        **base_cfg,
+        "r": m * r,
+        "lora_alpha": m * r,
+        "use_rslora": False,
+        "layers_to_transform": layers,
+        "layers_pattern": "layers",
+    }
     return _publish(merged, cfg, out_root, name)
 
 
@@ -137,8 +143,7 @@ def routing(adapters: Mapping[int, Materialised], out_root: Path, name: str) -> 
     if not adapters:
         raise ValueError("nothing to route to: every shard is dead")
     entries = [{"shard": k, "dir": f"shard-{k:02d}", "sha256": m.sha256} for k, m in sorted(adapters.items())]
-    manifest = {"format": served.ROUTING_FORMAT, "rule": "sha256(user or prompt) mod len(shards)",
-                "shards": entries}  # fmt: skip
+    manifest = {"format": served.ROUTING_FORMAT, "rule": "sha256(user or prompt) mod len(shards)", "shards": entries}
     digest = served.manifest_sha256(manifest)
     out_root.mkdir(parents=True, exist_ok=True)
     final = out_root / f"{name}-{digest[:12]}"

@@ -36,8 +36,9 @@ MIN_K = 0.4  # Min-K%: the lowest 40 % of token log-probabilities (design.md §7
 
 
 @torch.no_grad()
-def text_scores(model: torch.nn.Module, tokenizer: object, texts: Sequence[str], batch_size: int = 8
-                ) -> list[dict[str, float]]:  # fmt: skip
+def text_scores(
+    model: torch.nn.Module, tokenizer: object, texts: Sequence[str], batch_size: int = 8
+) -> list[dict[str, float]]:
     """LOSS, zlib, Min-K% and Min-K%++ of each text, all oriented "lower = more member-like".
 
     zlib = NLL sum / zlib-compressed length; Min-K% = −mean of the lowest k% token log-probs;

@@ -58,6 +58,11 @@ def capacity(shards: int, slices: int, budget: int, trials: int = 2000, seed: in
     rng = random.Random(seed)
     runs = [requests_until_dead(shards, slices, budget, rng) for _ in range(trials)]
     return CapacityResult(
-        shards, slices, budget, trials, statistics.fmean(runs), statistics.stdev(runs) if trials > 1 else 0.0,
+        shards,
+        slices,
+        budget,
+        trials,
+        statistics.fmean(runs),
+        statistics.stdev(runs) if trials > 1 else 0.0,
         closed_form(shards, slices, budget),
-    )  # fmt: skip
+    )

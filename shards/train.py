@@ -123,8 +123,14 @@ def train_unit(
         cfg.epochs * -(-len(stage_examples(kept, unit.order, i, cfg)) // cfg.batch_size)
         for i in range(start, cfg.num_blocks)
     )  # an upper bound: a stage stops once it recalls
-    bar = tqdm(total=total, desc=f"shard {unit.shard} seq {unit.sequence} v{unit.version}", disable=not progress,
-               position=position, leave=True, mininterval=1.0)  # fmt: skip
+    bar = tqdm(
+        total=total,
+        desc=f"shard {unit.shard} seq {unit.sequence} v{unit.version}",
+        disable=not progress,
+        position=position,
+        leave=True,
+        mininterval=1.0,
+    )
     lineage: UnitLineage | None = None
     for stage in range(start, cfg.num_blocks):
         seed = _seed(cfg.seed, unit.shard, unit.sequence, unit.version, stage)

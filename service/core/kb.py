@@ -120,8 +120,11 @@ def parse_documents(items: Iterable[tuple[int, object]], key: bytes, max_text_by
             problems.append((n, "metadata: NaN and Infinity are not JSON"))
             continue
         meta_bad = validation.storable_json(meta)
-        bad = (validation.problem(validation.TEXT, line.text) or validation.problem(validation.SOURCE, line.source)
-               or (meta_bad and f"metadata: {meta_bad}"))  # fmt: skip
+        bad = (
+            validation.problem(validation.TEXT, line.text)
+            or validation.problem(validation.SOURCE, line.source)
+            or (meta_bad and f"metadata: {meta_bad}")
+        )
         if bad:
             problems.append((n, bad))
             continue
@@ -189,10 +192,18 @@ class KnowledgeBase:
         if not 1 <= len(documents) <= MAX_DOCUMENTS_PER_CALL:
             raise errors.InvalidInput(f"give 1..{MAX_DOCUMENTS_PER_CALL} documents")
         items = [
-            (n, {"id": d.id, "subject_ids": list(d.subject_ids), "text": d.text, "source": d.source,
-                 "metadata": d.metadata})
+            (
+                n,
+                {
+                    "id": d.id,
+                    "subject_ids": list(d.subject_ids),
+                    "text": d.text,
+                    "source": d.source,
+                    "metadata": d.metadata,
+                },
+            )
             for n, d in enumerate(documents, start=1)
-        ]  # fmt: skip
+        ]
         return self.add_parsed(parse_documents(items, self.key, self.max_text_bytes))
 
     def add_parsed(self, docs: Sequence[Document], progress: bool = False) -> AddResult:

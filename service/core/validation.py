@@ -37,8 +37,7 @@ class TextRule:
         bad = (_FORBIDDEN_IN_TEXT if self.free_text else _FORBIDDEN).search(value)
         if bad:
             what = "NUL and lone surrogates are" if self.free_text else "control characters and lone surrogates are"
-            raise InvalidInput(f"{self.field}: {what} not allowed "
-                               f"(U+{ord(bad.group()):04X} at position {bad.start()})")  # fmt: skip
+            raise InvalidInput(f"{self.field}: {what} not allowed (U+{ord(bad.group()):04X} at position {bad.start()})")
         if self.pattern is not None and not re.fullmatch(self.pattern, value):
             raise InvalidInput(f"{self.field}: must match {self.pattern}")
         return value

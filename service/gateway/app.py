@@ -68,8 +68,9 @@ def create_gateway(
         if rag is not None and body.get("model") == rag.route:
             return await _rag_answer(rag, path, body)
         if body.get("model") != MODEL or routes is None:
-            return problem(404, "Not found", f"unknown model {body.get('model')!r}; this gateway serves {served}",
-                           _P + "not-found")  # fmt: skip
+            return problem(
+                404, "Not found", f"unknown model {body.get('model')!r}; this gateway serves {served}", _P + "not-found"
+            )
         if body.get("prompt_logprobs") is not None or (body.get("echo") and body.get("logprobs") is not None):
             return problem(400, "Invalid input", "prompt log-probabilities are not served", _P + "invalid-input")
         targets = routes.targets()
@@ -89,8 +90,11 @@ def create_gateway(
                 routes.refresh()
                 continue
             if body.get("stream"):
-                return StreamingResponse(_renamed_stream(resp, model), status_code=resp.status_code,
-                                         media_type=resp.headers.get("content-type"))  # fmt: skip
+                return StreamingResponse(
+                    _renamed_stream(resp, model),
+                    status_code=resp.status_code,
+                    media_type=resp.headers.get("content-type"),
+                )
             await resp.aread()
             try:
                 doc = resp.json()
@@ -121,8 +125,9 @@ def create_gateway(
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(prometheus_client.generate_latest(rag_metrics.REGISTRY),
-                        media_type=prometheus_client.CONTENT_TYPE_LATEST)  # fmt: skip
+        return Response(
+            prometheus_client.generate_latest(rag_metrics.REGISTRY), media_type=prometheus_client.CONTENT_TYPE_LATEST
+        )
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     return app
@@ -148,7 +153,11 @@ async def _renamed_stream(resp: httpx.Response, internal: str) -> AsyncIterator[
     needle, repl = json.dumps(internal).encode(), json.dumps(MODEL).encode()
     try:
         async for line in resp.aiter_lines():
-            yield (line.encode().replace(b'"model":' + needle, b'"model":' + repl)
-                   .replace(b'"model": ' + needle, b'"model": ' + repl) + b"\n")  # fmt: skip
+            yield (
+                line.encode()
+                .replace(b'"model":' + needle, b'"model":' + repl)
+                .replace(b'"model": ' + needle, b'"model": ' + repl)
+                + b"\n"
+            )
     finally:
         await resp.aclose()

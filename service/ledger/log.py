@@ -33,19 +33,32 @@ class Receipt:
     def to_dict(self) -> dict[str, Any]:
         e = self.entry
         return {
-            "entry": {"seq": e.seq, "kind": e.kind, "body": e.body, "created_at": e.created_at,
-                      "prev_hash": e.prev_hash.hex(), "row_hash": e.row_hash.hex()},
+            "entry": {
+                "seq": e.seq,
+                "kind": e.kind,
+                "body": e.body,
+                "created_at": e.created_at,
+                "prev_hash": e.prev_hash.hex(),
+                "row_hash": e.row_hash.hex(),
+            },
             "leaf_index": e.seq - 1,
             "tree_size": self.tree_size,
             "inclusion_proof": [base64.b64encode(p).decode() for p in self.inclusion_proof],
             "checkpoint": self.checkpoint_note,
-        }  # fmt: skip
+        }
 
 
 class Ledger:
-    def __init__(self, db: DatabaseInfo, key: Ed25519PrivateKey, origin: str, key_name: str,
-                 every: int = 100, max_age_seconds: float = 60.0,
-                 retired: Sequence[tuple[str, Ed25519PublicKey]] = ()) -> None:  # fmt: skip
+    def __init__(
+        self,
+        db: DatabaseInfo,
+        key: Ed25519PrivateKey,
+        origin: str,
+        key_name: str,
+        every: int = 100,
+        max_age_seconds: float = 60.0,
+        retired: Sequence[tuple[str, Ed25519PublicKey]] = (),
+    ) -> None:
         """``retired``: (name, public key) of earlier signing keys, whose checkpoints still verify."""
         self.db, self.key, self.origin, self.key_name = db, key, origin, key_name
         self.every, self.max_age_seconds, self.retired = every, max_age_seconds, tuple(retired)
@@ -107,5 +120,6 @@ class Ledger:
 
     def verify(self) -> Report:
         with self.db.connect() as conn:
-            return verify(list(store.entries(conn)), store.checkpoints(conn), self.key.public_key(), self.key_name,
-                          self.retired)  # fmt: skip
+            return verify(
+                list(store.entries(conn)), store.checkpoints(conn), self.key.public_key(), self.key_name, self.retired
+            )

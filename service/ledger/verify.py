@@ -54,16 +54,30 @@ def verify(
         if merkle.root(leaves[:size]) != root:
             # The chain was rewritten consistently: the first changed entry lies after the last
             # checkpoint that still matches.
-            return Report(len(listed), len(checkpoints), verified + 1,
-                          f"entries {verified + 1}..{size} differ from the signed checkpoint {size}")  # fmt: skip
+            return Report(
+                len(listed),
+                len(checkpoints),
+                verified + 1,
+                f"entries {verified + 1}..{size} differ from the signed checkpoint {size}",
+            )
         verified = size
     return Report(len(listed), len(checkpoints))
 
 
 def export_lines(entries: Iterable[Entry], checkpoints: Iterable[tuple[int, bytes, str]]) -> Iterator[str]:
     for e in entries:
-        yield json.dumps({"type": "entry", "seq": e.seq, "kind": e.kind, "body": e.body, "created_at": e.created_at,
-                          "prev_hash": e.prev_hash.hex(), "row_hash": e.row_hash.hex()}, sort_keys=True)  # fmt: skip
+        yield json.dumps(
+            {
+                "type": "entry",
+                "seq": e.seq,
+                "kind": e.kind,
+                "body": e.body,
+                "created_at": e.created_at,
+                "prev_hash": e.prev_hash.hex(),
+                "row_hash": e.row_hash.hex(),
+            },
+            sort_keys=True,
+        )
     for size, root, note in checkpoints:
         yield json.dumps({"type": "checkpoint", "size": size, "root": base64.b64encode(root).decode(), "note": note})
 
@@ -74,8 +88,16 @@ def read_export(path: Path) -> tuple[list[Entry], list[tuple[int, bytes, str]]]:
     for line in path.read_text().splitlines():
         d = json.loads(line)
         if d["type"] == "entry":
-            entries.append(Entry(d["seq"], d["kind"], d["body"], d["created_at"], bytes.fromhex(d["prev_hash"]),
-                                 bytes.fromhex(d["row_hash"])))  # fmt: skip
+            entries.append(
+                Entry(
+                    d["seq"],
+                    d["kind"],
+                    d["body"],
+                    d["created_at"],
+                    bytes.fromhex(d["prev_hash"]),
+                    bytes.fromhex(d["row_hash"]),
+                )
+            )
         else:
             cps.append((d["size"], base64.b64decode(d["root"]), d["note"]))
     return entries, cps

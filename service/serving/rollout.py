@@ -65,10 +65,17 @@ class Rollout:
 
     def to_dict(self) -> dict[str, Any]:
         b = self.before
-        return {"before": {"generation": b.generation, "adapter": b.name, "adapter_sha256": b.adapter_sha256}
-                if b else None, "generation": self.served.generation, "adapter_sha256": self.served.adapter_sha256,
-                "aggregation": self.served.aggregation, "replicas_acked": self.acks.acked,
-                "replicas_removed": self.acks.removed, "ack_seconds": round(self.acks.seconds, 4)}  # fmt: skip
+        return {
+            "before": {"generation": b.generation, "adapter": b.name, "adapter_sha256": b.adapter_sha256}
+            if b
+            else None,
+            "generation": self.served.generation,
+            "adapter_sha256": self.served.adapter_sha256,
+            "aggregation": self.served.aggregation,
+            "replicas_acked": self.acks.acked,
+            "replicas_removed": self.acks.removed,
+            "ack_seconds": round(self.acks.seconds, 4),
+        }
 
 
 AGGREGATIONS = ("merged", "routing")
@@ -93,9 +100,17 @@ def materialise(db: DatabaseInfo, plan: Any, served_root: Path, aggregation: str
     return Materialisation(merged.path, merged.sha256, "merged", per_shard)
 
 
-def roll_out(db: DatabaseInfo, plan: Any, served_root: Path, request_id: object, timeout: float,
-             aggregation: str = "merged", *, fail_closed: bool = False,
-             on_wait: Callable[[int, list[str], float], None] | None = None) -> Rollout:  # fmt: skip
+def roll_out(
+    db: DatabaseInfo,
+    plan: Any,
+    served_root: Path,
+    request_id: object,
+    timeout: float,
+    aggregation: str = "merged",
+    *,
+    fail_closed: bool = False,
+    on_wait: Callable[[int, list[str], float], None] | None = None,
+) -> Rollout:
     """Materialise (under the rollout lock, so a concurrent rollout's purge cannot take the files
     away before they are published), publish, wait, purge."""
     with tracer.start_as_current_span("serving.rollout"), psycopg.connect(db.url, autocommit=True) as lock:
@@ -112,8 +127,14 @@ def roll_out(db: DatabaseInfo, plan: Any, served_root: Path, request_id: object,
             lock.execute("SELECT pg_advisory_unlock(%s)", (ROLLOUT_LOCK,))
 
 
-def wait_acknowledged(db: DatabaseInfo, served: store.Served, timeout: float, *, fail_closed: bool = False,
-                      on_wait: Callable[[int, list[str], float], None] | None = None) -> Acks:  # fmt: skip
+def wait_acknowledged(
+    db: DatabaseInfo,
+    served: store.Served,
+    timeout: float,
+    *,
+    fail_closed: bool = False,
+    on_wait: Callable[[int, list[str], float], None] | None = None,
+) -> Acks:
     """Wait (woken by routing notifications) until no routable replica is behind ``served``. After
     ``timeout`` the laggards leave routing if a replica serves ``served``; if none does, keep
     waiting, calling ``on_wait(generation, laggards, seconds waited)`` once per ``timeout``
@@ -131,13 +152,19 @@ def wait_acknowledged(db: DatabaseInfo, served: store.Served, timeout: float, *,
             left = deadline - time.monotonic()
             if left <= 0:
                 with db.connect() as conn:
-                    removed = store.remove_lagging(conn, served.generation,
-                                                   f"no acknowledgement of generation {served.generation}",
-                                                   keep_one=not fail_closed)  # fmt: skip
+                    removed = store.remove_lagging(
+                        conn,
+                        served.generation,
+                        f"no acknowledgement of generation {served.generation}",
+                        keep_one=not fail_closed,
+                    )
                 if removed:
                     break
-                log.warning("no replica acknowledged generation %s in %.0f s; waiting (never all out of routing)",
-                            served.generation, time.monotonic() - t0)  # fmt: skip
+                log.warning(
+                    "no replica acknowledged generation %s in %.0f s; waiting (never all out of routing)",
+                    served.generation,
+                    time.monotonic() - t0,
+                )
                 if on_wait is not None:
                     on_wait(served.generation, behind, time.monotonic() - t0)
                 deadline = time.monotonic() + max(timeout, 1.0)

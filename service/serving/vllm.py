@@ -70,19 +70,48 @@ class VllmAdmin:
 class VllmProcess:
     """``python -m vllm.entrypoints.openai.api_server`` on loopback, LoRA enabled, runtime updates on."""
 
-    def __init__(self, model_dir: Path, port: int, *, max_lora_rank: int, max_loras: int = 2,
-                 max_model_len: int = 256, log_path: Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        model_dir: Path,
+        port: int,
+        *,
+        max_lora_rank: int,
+        max_loras: int = 2,
+        max_model_len: int = 256,
+        log_path: Path | None = None,
+    ) -> None:
         from shards.modelinfo import profile
 
         self.model_dir, self.port, self.log_path = model_dir, port, log_path
         model = profile(model_dir)  # the weights' dtype (bf16 for Gemma), its context, its chat template
         self.args = [
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", BASE_NAME, "--host", "127.0.0.1", "--port", str(port), "--dtype", model.dtype,
-            "--max-model-len", str(min(max_model_len, model.context_length)), "--enforce-eager", "--enable-lora",
-            "--max-lora-rank", str(lora_rank_slot(max_lora_rank)), "--max-loras", str(max_loras), "--seed", "0",
-            "--disable-uvicorn-access-log", "--max-logprobs", str(MAX_LOGPROBS),
-        ]  # fmt: skip
+            sys.executable,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            str(model_dir),
+            "--served-model-name",
+            BASE_NAME,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dtype",
+            model.dtype,
+            "--max-model-len",
+            str(min(max_model_len, model.context_length)),
+            "--enforce-eager",
+            "--enable-lora",
+            "--max-lora-rank",
+            str(lora_rank_slot(max_lora_rank)),
+            "--max-loras",
+            str(max_loras),
+            "--seed",
+            "0",
+            "--disable-uvicorn-access-log",
+            "--max-logprobs",
+            str(MAX_LOGPROBS),
+        ]
         if not model.has_chat_template:
             self.args += ["--chat-template", str(PLAIN_CHAT_TEMPLATE)]
         self.proc: subprocess.Popen[bytes] | None = None

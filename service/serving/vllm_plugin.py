@@ -25,8 +25,11 @@ def register() -> None:
     import vllm
 
     if vllm.__version__ != PATCHED_VERSION:
-        log.warning("lethe vLLM plugin: vLLM %s is not %s; prompt log-probabilities left unpatched",
-                    vllm.__version__, PATCHED_VERSION)  # fmt: skip
+        log.warning(
+            "lethe vLLM plugin: vLLM %s is not %s; prompt log-probabilities left unpatched",
+            vllm.__version__,
+            PATCHED_VERSION,
+        )
         return
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
@@ -43,14 +46,21 @@ def register() -> None:
         finally:
             _BATCH.reset(token)
 
-    def add_lora_logits(self: Any, y: Any, x: Any, lora_a_stacked: Any, lora_b_stacked: Any, scale: Any,
-                        **kwargs: Any) -> Any:  # fmt: skip
+    def add_lora_logits(
+        self: Any, y: Any, x: Any, lora_a_stacked: Any, lora_b_stacked: Any, scale: Any, **kwargs: Any
+    ) -> Any:
         batch = _BATCH.get()
         rows = x.view(-1, x.shape[-1])
         if batch is None or rows.size(0) == self.sampler_indices.numel():
             return logits(self, y, x, lora_a_stacked, lora_b_stacked, scale, **kwargs)
-        return _add_lora_logits(y, rows, lora_a_stacked, lora_b_stacked, scale,
-                                self.token_lora_indices[_row_offset(rows, batch) :][: rows.size(0)])  # fmt: skip
+        return _add_lora_logits(
+            y,
+            rows,
+            lora_a_stacked,
+            lora_b_stacked,
+            scale,
+            self.token_lora_indices[_row_offset(rows, batch) :][: rows.size(0)],
+        )
 
     GPUModelRunner._get_prompt_logprobs_dict = _get_prompt_logprobs_dict  # type: ignore[method-assign]
     PunicaWrapperCPU.add_lora_logits = add_lora_logits  # type: ignore[method-assign]

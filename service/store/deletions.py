@@ -34,25 +34,40 @@ from service.tracing import tracer
 # (conn, [(request id, trace context)]): defer the requests' jobs in the caller's transaction
 Enqueue = Callable[[psycopg.Connection, Sequence[tuple[uuid.UUID, dict[str, str]]]], None]
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
-_COLUMNS = ("id, request_type, subject_hashes, identity_types, record_ids, submitted_time, received_time, deadline,"
-            " status, callback_urls, updated_time, completed_time, result")  # fmt: skip
+_COLUMNS = (
+    "id, request_type, subject_hashes, identity_types, record_ids, submitted_time, received_time, deadline,"
+    " status, callback_urls, updated_time, completed_time, result"
+)
 
 
 def _from_row(r: dict[str, Any]) -> Deletion:
     return Deletion(
-        id=r["id"], request_type=r["request_type"], subject_hashes=tuple(bytes(h) for h in r["subject_hashes"]),
-        identity_types=tuple(r["identity_types"]), record_ids=tuple(r["record_ids"]),
-        submitted_time=r["submitted_time"], received_time=r["received_time"], deadline=r["deadline"],
-        status=Status(r["status"]), callback_urls=tuple(r["callback_urls"]), updated_time=r["updated_time"],
-        completed_time=r["completed_time"], result=r["result"],
-    )  # fmt: skip
+        id=r["id"],
+        request_type=r["request_type"],
+        subject_hashes=tuple(bytes(h) for h in r["subject_hashes"]),
+        identity_types=tuple(r["identity_types"]),
+        record_ids=tuple(r["record_ids"]),
+        submitted_time=r["submitted_time"],
+        received_time=r["received_time"],
+        deadline=r["deadline"],
+        status=Status(r["status"]),
+        callback_urls=tuple(r["callback_urls"]),
+        updated_time=r["updated_time"],
+        completed_time=r["completed_time"],
+        result=r["result"],
+    )
 
 
 def ledger_body(d: Deletion) -> dict[str, Any]:
     """What the ledger keeps of a request: ids, keyed hashes, times. Never an identity in clear."""
-    return {"request": str(d.id), "status": d.status.value, "subject_hashes": [h.hex() for h in d.subject_hashes],
-            "identity_types": list(d.identity_types), "records": len(d.record_ids),
-            "deadline": d.deadline.isoformat()}  # fmt: skip
+    return {
+        "request": str(d.id),
+        "status": d.status.value,
+        "subject_hashes": [h.hex() for h in d.subject_hashes],
+        "identity_types": list(d.identity_types),
+        "records": len(d.record_ids),
+        "deadline": d.deadline.isoformat(),
+    }
 
 
 Notify = Callable[[psycopg.Connection, Deletion], None]
@@ -111,8 +126,12 @@ class PgDeletionStore:
         table (psycopg pipelines ``executemany``), so its cost in round trips does not grow with its size."""
         outcomes: list[tuple[Deletion, bool] | BaseException] = []
         try:
-            with tracer.start_as_current_span("db.create_deletions_batch", attributes={"lethe.batch": len(batch)}), \
-                    self.db.connect() as conn, conn.pipeline(), conn.transaction():  # fmt: skip
+            with (
+                tracer.start_as_current_span("db.create_deletions_batch", attributes={"lethe.batch": len(batch)}),
+                self.db.connect() as conn,
+                conn.pipeline(),
+                conn.transaction(),
+            ):
                 ids = [p.deletion.id for p in batch]
                 found = conn.execute("SELECT id, fingerprint FROM deletion_requests WHERE id = ANY(%s)", (ids,))
                 at = ledger.tail(conn)  # one round trip so far: BEGIN, the lookup and the ledger's lock
@@ -152,9 +171,12 @@ class PgDeletionStore:
 
     @staticmethod
     def _decide_one(
-        conn: psycopg.Connection, p: _Pending, stored: dict[uuid.UUID, str],
-        fresh: dict[uuid.UUID, tuple[str, Deletion]], keys: dict[tuple[str, str], tuple[str, uuid.UUID]],
-    ) -> tuple[Deletion, bool]:  # fmt: skip
+        conn: psycopg.Connection,
+        p: _Pending,
+        stored: dict[uuid.UUID, str],
+        fresh: dict[uuid.UUID, tuple[str, Deletion]],
+        keys: dict[tuple[str, str], tuple[str, uuid.UUID]],
+    ) -> tuple[Deletion, bool]:
         d, key = p.deletion, p.idempotency_key
 
         def existing(deletion_id: uuid.UUID) -> Deletion:
@@ -185,10 +207,26 @@ class PgDeletionStore:
                 "INSERT INTO deletion_requests (id, request_type, subject_hashes, identity_types, record_ids,"
                 " submitted_time, received_time, deadline, status, callback_urls, updated_time, result,"
                 " fingerprint, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                [(d.id, d.request_type, list(d.subject_hashes), list(d.identity_types), list(d.record_ids),
-                  d.submitted_time, d.received_time, d.deadline, d.status.value, list(d.callback_urls),
-                  d.updated_time, Jsonb(d.result), p.fingerprint, p.principal.key_id) for p, d in new],
-            )  # fmt: skip
+                [
+                    (
+                        d.id,
+                        d.request_type,
+                        list(d.subject_hashes),
+                        list(d.identity_types),
+                        list(d.record_ids),
+                        d.submitted_time,
+                        d.received_time,
+                        d.deadline,
+                        d.status.value,
+                        list(d.callback_urls),
+                        d.updated_time,
+                        Jsonb(d.result),
+                        p.fingerprint,
+                        p.principal.key_id,
+                    )
+                    for p, d in new
+                ],
+            )
             keyed = [(p.principal.key_id, p.idempotency_key, p.fingerprint, d.id) for p, d in new if p.idempotency_key]
             if keyed:
                 cur.executemany(

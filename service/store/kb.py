@@ -84,19 +84,36 @@ class PgDocumentStore:
                 cur.executemany(
                     "INSERT INTO kb_documents (id, source, metadata, sealed, key_id, terms, content_hash)"
                     " VALUES (%s, %s, %s::jsonb, %s, %s, to_tsvector('simple', %s), %s)",
-                    [(d.id, d.source, _json(d.metadata), seal_with(keys[d.id][1], d.text, document_aad(d.id)),
-                      keys[d.id][0], forget.index_words(self.index_key, forget.words(d.text)), d.content_hash)
-                     for d in new],
-                )  # fmt: skip
+                    [
+                        (
+                            d.id,
+                            d.source,
+                            _json(d.metadata),
+                            seal_with(keys[d.id][1], d.text, document_aad(d.id)),
+                            keys[d.id][0],
+                            forget.index_words(self.index_key, forget.words(d.text)),
+                            d.content_hash,
+                        )
+                        for d in new
+                    ],
+                )
                 cur.executemany(
                     "INSERT INTO kb_document_subjects (document_id, subject_hash) VALUES (%s, %s)",
                     [(d.id, h) for d in new for h in d.subject_hashes],
                 )
                 cur.executemany(
                     "INSERT INTO kb_chunks (document_id, ord, sealed, embedding) VALUES (%s, %s, %s, %s::vector)",
-                    [(c.document_id, c.ord, seal_with(keys[c.document_id][1], c.text, chunk_aad(c.document_id, c.ord)),
-                      vector(c.embedding)) for c in chunks if c.document_id in keys],
-                )  # fmt: skip
+                    [
+                        (
+                            c.document_id,
+                            c.ord,
+                            seal_with(keys[c.document_id][1], c.text, chunk_aad(c.document_id, c.ord)),
+                            vector(c.embedding),
+                        )
+                        for c in chunks
+                        if c.document_id in keys
+                    ],
+                )
         return AddResult(len(new), len(documents) - len(new))
 
     def list(self, after: str | None, limit: int) -> list[DocumentInfo]:
@@ -139,8 +156,9 @@ def _json(value: object) -> str:
 
 
 # -- retrieval -------------------------------------------------------------------------------
-def search(conn: psycopg.Connection, keys: DataKeys, embedding: Sequence[float], k: int,
-           min_similarity: float) -> list[Hit]:  # fmt: skip
+def search(
+    conn: psycopg.Connection, keys: DataKeys, embedding: Sequence[float], k: int, min_similarity: float
+) -> list[Hit]:
     """The ``k`` chunks nearest to ``embedding`` (cosine, HNSW) with similarity ≥ ``min_similarity``,
     from documents not taken out of retrieval, opened with their document's key. The inner query
     is the index scan; suppressed documents are filtered after it, so it asks for a few more than
@@ -191,8 +209,9 @@ def document_texts(conn: psycopg.Connection, keys: DataKeys, ids: Sequence[str])
     return out
 
 
-def known_elsewhere(conn: psycopg.Connection, index_key: bytes, terms: Sequence[str],
-                    excluded: Sequence[str]) -> set[str]:  # fmt: skip
+def known_elsewhere(
+    conn: psycopg.Connection, index_key: bytes, terms: Sequence[str], excluded: Sequence[str]
+) -> set[str]:
     """Which of ``terms`` (space-separated lower-case words) some other, live document states:
     a phrase query over the hashed-word index."""
     hashed = {forget.index_words(index_key, t.split(" ")): t for t in terms}

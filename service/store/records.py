@@ -41,8 +41,13 @@ def add_records(conn: psycopg.Connection, keys: DataKeys, records: list[Record],
         raise
 
 
-def _add(conn: psycopg.Connection, keys: DataKeys, records: list[Record], layout: Layout,
-         sealed: dict[str, tuple[uuid.UUID, bytes]]) -> IngestResult:  # fmt: skip
+def _add(
+    conn: psycopg.Connection,
+    keys: DataKeys,
+    records: list[Record],
+    layout: Layout,
+    sealed: dict[str, tuple[uuid.UUID, bytes]],
+) -> IngestResult:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(hashtext('lethe.placement'))")
         _check_layout(conn, layout)

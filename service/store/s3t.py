@@ -60,8 +60,9 @@ def record_texts(conn: psycopg.Connection, keys: DataKeys, ids: Iterable[str]) -
         "SELECT id, sealed, key_id, text FROM records WHERE id = ANY(%s) AND purged_at IS NULL ORDER BY id",
         (list(ids),),
     )
-    texts = (legacy if sealed is None else keys.open(key_id, sealed, record_aad(rid))
-             for rid, sealed, key_id, legacy in rows)  # fmt: skip
+    texts = (
+        legacy if sealed is None else keys.open(key_id, sealed, record_aad(rid)) for rid, sealed, key_id, legacy in rows
+    )
     return [t for t in texts if t is not None]
 
 
@@ -125,9 +126,16 @@ def register(conn: psycopg.Connection, lineage: UnitLineage, path: str) -> None:
     conn.execute(
         """INSERT INTO s3t_artifacts (shard, sequence, version, stage, path, adapter_sha256, lineage)
            VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (shard, sequence, version, stage) DO NOTHING""",
-        (lineage.shard, lineage.sequence, lineage.version, lineage.stage, path, lineage.adapter_sha256,
-         Jsonb(json.loads(lineage.to_json()))),
-    )  # fmt: skip
+        (
+            lineage.shard,
+            lineage.sequence,
+            lineage.version,
+            lineage.stage,
+            path,
+            lineage.adapter_sha256,
+            Jsonb(json.loads(lineage.to_json())),
+        ),
+    )
 
 
 def live_units(conn: psycopg.Connection) -> list[LiveUnit]:
@@ -195,11 +203,13 @@ def purged(conn: psycopg.Connection, ids: Iterable[str]) -> int:
     return int(row[0]) if row else 0
 
 
-def set_desired(conn: psycopg.Connection, shard: int, name: str | None, path: str | None, sha256: str | None,
-                request_id: object) -> tuple[str | None, str | None]:  # fmt: skip
+def set_desired(
+    conn: psycopg.Connection, shard: int, name: str | None, path: str | None, sha256: str | None, request_id: object
+) -> tuple[str | None, str | None]:
     """Record what a shard should serve; returns what it was set to before (name, sha256)."""
-    row = conn.execute("SELECT adapter_name, adapter_sha256 FROM desired_adapters WHERE shard = %s FOR UPDATE",
-                       (shard,)).fetchone()  # fmt: skip
+    row = conn.execute(
+        "SELECT adapter_name, adapter_sha256 FROM desired_adapters WHERE shard = %s FOR UPDATE", (shard,)
+    ).fetchone()
     conn.execute(
         """INSERT INTO desired_adapters (shard, adapter_name, path, adapter_sha256, request_id)
            VALUES (%s, %s, %s, %s, %s)

@@ -46,8 +46,9 @@ def served(conn: psycopg.Connection) -> Served | None:
     return Served(*row) if row else None
 
 
-def publish(conn: psycopg.Connection, path: str | None, sha256: str | None, aggregation: str,
-            request_id: object) -> Served:  # fmt: skip
+def publish(
+    conn: psycopg.Connection, path: str | None, sha256: str | None, aggregation: str, request_id: object
+) -> Served:
     """Make ``path`` the served model. Same content as now: the generation stays (idempotent)."""
     cur = served(conn)
     if cur is not None and cur.adapter_sha256 == sha256 and cur.adapter_path == path:
@@ -85,8 +86,10 @@ def register(conn: psycopg.Connection, replica_id: str, url: str) -> None:
 
 def route(conn: psycopg.Connection, replica_id: str, names: list[str], sha256: str | None) -> None:
     """Switch the gateway's routing for this replica to ``names`` (already loaded there)."""
-    conn.execute("UPDATE replicas SET serving_names = %s, serving_sha256 = %s, heartbeat_at = now() WHERE id = %s",
-                 (names, sha256, replica_id))  # fmt: skip
+    conn.execute(
+        "UPDATE replicas SET serving_names = %s, serving_sha256 = %s, heartbeat_at = now() WHERE id = %s",
+        (names, sha256, replica_id),
+    )
 
 
 def acknowledge(conn: psycopg.Connection, replica_id: str, generation: int) -> bool:
@@ -122,8 +125,9 @@ def remove_lagging(conn: psycopg.Connection, generation: int, note: str, *, keep
     ``keep_one``: only if a routable replica serves ``generation``, so routing never goes empty (a
     slow rollout must not become an outage); otherwise nothing is removed."""
     with conn.transaction():
-        rows = conn.execute("SELECT routable, coalesce(acked_generation, 0) >= %s FROM replicas ORDER BY id FOR UPDATE",
-                            (generation,)).fetchall()  # fmt: skip
+        rows = conn.execute(
+            "SELECT routable, coalesce(acked_generation, 0) >= %s FROM replicas ORDER BY id FOR UPDATE", (generation,)
+        ).fetchall()
         if keep_one and not any(routable and current for routable, current in rows):
             return []
         gone = conn.execute(

@@ -89,8 +89,9 @@ class ReplicaScorer:
     </s>); Min-K%++'s per-position moments come from the top ``MAX_LOGPROBS`` log-probabilities
     (mia.moments_from_top), so it is an estimate; the other scores are exact."""
 
-    def __init__(self, replica_id: str, url: str, names: dict[str, str], base_model: Path,
-                 concurrency: int = 8) -> None:  # fmt: skip
+    def __init__(
+        self, replica_id: str, url: str, names: dict[str, str], base_model: Path, concurrency: int = 8
+    ) -> None:
         from transformers import AutoTokenizer
 
         self.url, self.names, self.concurrency = url, names, concurrency
@@ -212,20 +213,36 @@ def verdict(auc: float, n: int, m: int) -> dict[str, Any]:
     detectable = round(0.5 + Z_POWER * se, 4)
     out: dict[str, Any] = {"min_detectable_auc": detectable}
     if detectable > AUC_LIMIT:
-        return {**out, "verdict": "inconclusive", "reason": f"too few records for the test to have power: {n} "
-                f"deleted against {m} holdout records detect only AUC >= {detectable:.2f} (limit {AUC_LIMIT}; "
-                f"observed {auc:.2f})"}  # fmt: skip
+        return {
+            **out,
+            "verdict": "inconclusive",
+            "reason": f"too few records for the test to have power: {n} "
+            f"deleted against {m} holdout records detect only AUC >= {detectable:.2f} (limit {AUC_LIMIT}; "
+            f"observed {auc:.2f})",
+        }
     if auc <= AUC_LIMIT:
         return {**out, "verdict": "passed"}
     if (auc - 0.5) / se > Z_FAIL:
-        return {**out, "verdict": "failed", "reason": f"AUC {auc:.2f} is above {AUC_LIMIT} and beyond chance "
-                f"for {n} records (z = {(auc - 0.5) / se:.1f})"}  # fmt: skip
-    return {**out, "verdict": "inconclusive", "reason": f"AUC {auc:.2f} is above {AUC_LIMIT} but within chance "
-            f"for {n} records"}  # fmt: skip
+        return {
+            **out,
+            "verdict": "failed",
+            "reason": f"AUC {auc:.2f} is above {AUC_LIMIT} and beyond chance "
+            f"for {n} records (z = {(auc - 0.5) / se:.1f})",
+        }
+    return {
+        **out,
+        "verdict": "inconclusive",
+        "reason": f"AUC {auc:.2f} is above {AUC_LIMIT} but within chance for {n} records",
+    }
 
 
-def verbmem(replicas: Sequence[tuple[str, str, Sequence[str]]], deleted: Sequence[str], holdout: Sequence[str],
-            max_tokens: int = 24, concurrency: int = 8) -> dict[str, Any]:  # fmt: skip
+def verbmem(
+    replicas: Sequence[tuple[str, str, Sequence[str]]],
+    deleted: Sequence[str],
+    holdout: Sequence[str],
+    max_tokens: int = 24,
+    concurrency: int = 8,
+) -> dict[str, Any]:
     """Mean ROUGE-L of greedy continuations per replica ((id, url, adapter names) each), for the
     deleted records and, as the baseline, for never-trained ones: templated text is partly
     predictable without any memory of the person, so only the gap to the baseline means
@@ -250,8 +267,10 @@ def verbmem(replicas: Sequence[tuple[str, str, Sequence[str]]], deleted: Sequenc
     with httpx.Client(timeout=60) as client:
         for rid, url, models in replicas:
             try:
-                each = [{"deleted": mean_rouge(client, url, m, deleted), "holdout": mean_rouge(client, url, m, holdout)}
-                        for m in models]  # fmt: skip
+                each = [
+                    {"deleted": mean_rouge(client, url, m, deleted), "holdout": mean_rouge(client, url, m, holdout)}
+                    for m in models
+                ]
                 out[rid] = max(each, key=lambda r: r["deleted"] - r["holdout"])
             except httpx.TransportError:  # died since it acknowledged: the caller takes it out of routing
                 unreachable.append(rid)

@@ -50,8 +50,9 @@ def _leaked(answer: str, facts: set[str]) -> bool:
 
 
 async def _ask(proxy: RagProxy, prompt: str, max_tokens: int) -> tuple[str, bool]:
-    ans = await proxy.complete("/v1/completions", {"model": proxy.route, "prompt": prompt, "max_tokens": max_tokens,
-                                                   "temperature": 0})  # fmt: skip
+    ans = await proxy.complete(
+        "/v1/completions", {"model": proxy.route, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+    )
     choice = (ans.document or {}).get("choices", [{}])[0]
     return str(choice.get("text") or ""), choice.get("finish_reason") == "content_filter"
 
@@ -70,9 +71,12 @@ async def _run(proxy: RagProxy, texts: dict[str, str], max_tokens: int) -> dict[
     retrieved = [h.document_id for q in queries for h in proxy.retrieve(q).hits]
     neighbours = list(dict.fromkeys(d for d in retrieved if d not in deleted))[:MAX_NEIGHBOURS]
     report: dict[str, Any] = {
-        "retrieval": {"queries": len(queries), "deleted_retrieved": sum(d in deleted for d in retrieved),
-                      "passed": not any(d in deleted for d in retrieved)},
-    }  # fmt: skip
+        "retrieval": {
+            "queries": len(queries),
+            "deleted_retrieved": sum(d in deleted for d in retrieved),
+            "passed": not any(d in deleted for d in retrieved),
+        },
+    }
 
     blocked = leaked = 0
     for prompt, _ in questions:
@@ -99,9 +103,10 @@ async def _run(proxy: RagProxy, texts: dict[str, str], max_tokens: int) -> dict[
             answered += not withheld
             recalled += fact in words(answer)
     report["over_refusal"] = {
-        "neighbours": len(texts), "questions": asked,
+        "neighbours": len(texts),
+        "questions": asked,
         "answered_fraction": round(answered / asked, 3) if asked else None,
         "fact_recalled_fraction": round(recalled / asked, 3) if asked else None,
-    }  # fmt: skip
+    }
     await proxy.aclose()
     return report

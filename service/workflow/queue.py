@@ -46,9 +46,12 @@ def enqueue_deletions(conn: psycopg.Connection, requests: Sequence[tuple[uuid.UU
 
     if not requests:
         return
-    jobs = [steps.process_deletion.configure(queueing_lock=str(deletion_id))
-            .make_new_job(deletion_id=str(deletion_id), trace=dict[str, Any](trace))
-            for deletion_id, trace in requests]  # fmt: skip
+    jobs = [
+        steps.process_deletion.configure(queueing_lock=str(deletion_id)).make_new_job(
+            deletion_id=str(deletion_id), trace=dict[str, Any](trace)
+        )
+        for deletion_id, trace in requests
+    ]
     REGISTRY.job_manager.batch_defer_jobs(jobs=jobs, connection=conn)
 
 
@@ -57,11 +60,15 @@ def enqueue_callbacks(conn: psycopg.Connection, deletion: Deletion) -> None:
     from service.workflow import steps
 
     body = json.dumps(
-        {"subject_request_id": str(deletion.id), "request_status": deletion.status.value,
-         "expected_completion_time": deletion.deadline.isoformat(),
-         "updated_time": deletion.updated_time.isoformat() if deletion.updated_time else None},
+        {
+            "subject_request_id": str(deletion.id),
+            "request_status": deletion.status.value,
+            "expected_completion_time": deletion.deadline.isoformat(),
+            "updated_time": deletion.updated_time.isoformat() if deletion.updated_time else None,
+        },
         sort_keys=True,
-    )  # fmt: skip
+    )
     for url in deletion.callback_urls:
-        steps.send_callback.configure(connection=conn).defer(deletion_id=str(deletion.id), url=url,
-                                                             status=deletion.status.value, body=body)  # fmt: skip
+        steps.send_callback.configure(connection=conn).defer(
+            deletion_id=str(deletion.id), url=url, status=deletion.status.value, body=body
+        )

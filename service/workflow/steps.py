@@ -46,15 +46,20 @@ CONTEXT: dict[str, Any] = {}
 def process_deletion(deletion_id: str, trace: dict[str, str] | None = None) -> None:
     token = tracing.attach(trace)  # continue the trace of the API request that enqueued this job
     try:
-        with tracing.tracer.start_as_current_span("workflow.process_deletion",
-                                                  attributes={"lethe.request_id": deletion_id}):  # fmt: skip
+        with tracing.tracer.start_as_current_span(
+            "workflow.process_deletion", attributes={"lethe.request_id": deletion_id}
+        ):
             run(CONTEXT["db"], uuid.UUID(deletion_id))
     finally:
         tracing.detach(token)
 
 
-@REGISTRY.task(name="send_callback", queue=QUEUE, pass_context=True,
-               retry=procrastinate.RetryStrategy(max_attempts=8, exponential_wait=2))  # fmt: skip
+@REGISTRY.task(
+    name="send_callback",
+    queue=QUEUE,
+    pass_context=True,
+    retry=procrastinate.RetryStrategy(max_attempts=8, exponential_wait=2),
+)
 def send_callback(context: procrastinate.JobContext, deletion_id: str, url: str, status: str, body: str) -> None:
     """POST the signed status to the controller; every attempt is recorded; failures are retried
     with exponential back-off. The signature (Ed25519 over the raw body, base64) lets the receiver
@@ -62,8 +67,11 @@ def send_callback(context: procrastinate.JobContext, deletion_id: str, url: str,
     ledger = CONTEXT["ledger"]
     attempt = (context.job.attempts or 0) + 1
     signature = base64.b64encode(ledger.key.sign(body.encode())).decode()
-    headers = {"Content-Type": "application/json", "X-OpenDSR-Signature": signature,
-               "X-OpenDSR-Signature-Key": ledger.key_name}  # fmt: skip
+    headers = {
+        "Content-Type": "application/json",
+        "X-OpenDSR-Signature": signature,
+        "X-OpenDSR-Signature-Key": ledger.key_name,
+    }
     http_status, error = None, None
     try:
         resp = httpx.post(url, content=body.encode(), headers=headers, timeout=10)
@@ -104,8 +112,10 @@ def _step(name: str, timings: dict[str, float], deletion_id: uuid.UUID) -> Itera
         with tracing.tracer.start_as_current_span(f"workflow.{name}"):
             yield
     except BaseException as e:
-        log.warning("step failed", extra={"lethe": {**fields, "seconds": round(time.perf_counter() - t, 4),
-                                                     "error": type(e).__name__}})  # fmt: skip
+        log.warning(
+            "step failed",
+            extra={"lethe": {**fields, "seconds": round(time.perf_counter() - t, 4), "error": type(e).__name__}},
+        )
         raise
     timings[name] = time.perf_counter() - t
     log.info("step ended", extra={"lethe": {**fields, "seconds": round(timings[name], 4)}})
@@ -130,12 +140,28 @@ def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID, shards: list[int
         with db.connect() as conn, conn.transaction():
             d = store.lock(conn, deletion_id)
             if d is not None:
-                store.add_result(conn, d, {"rollout_waiting": {"generation": generation, "replicas_behind": behind,
-                                                               "seconds": round(seconds, 1)}})  # fmt: skip
+                store.add_result(
+                    conn,
+                    d,
+                    {
+                        "rollout_waiting": {
+                            "generation": generation,
+                            "replicas_behind": behind,
+                            "seconds": round(seconds, 1),
+                        }
+                    },
+                )
 
-    out = rollout.roll_out(db, plan, CONTEXT["artifacts"] / "served", deletion_id, CONTEXT.get("ack_timeout", 60.0),
-                           CONTEXT.get("aggregation", "merged"), fail_closed=CONTEXT.get("fail_closed", False),
-                           on_wait=waiting)  # fmt: skip
+    out = rollout.roll_out(
+        db,
+        plan,
+        CONTEXT["artifacts"] / "served",
+        deletion_id,
+        CONTEXT.get("ack_timeout", 60.0),
+        CONTEXT.get("aggregation", "merged"),
+        fail_closed=CONTEXT.get("fail_closed", False),
+        on_wait=waiting,
+    )
     changes: dict[str, Any] = {}
     with db.connect() as conn, conn.transaction():
         first = store.recorded(conn, deletion_id, "deletion.applied")
@@ -144,12 +170,15 @@ def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID, shards: list[int
         for shard in shards:
             m = out.shards.get(shard)
             name = m.path.name if m else None
-            before = s3t.set_desired(conn, shard, name, str(m.path) if m else None, m.sha256 if m else None,
-                                     deletion_id)  # fmt: skip
+            before = s3t.set_desired(
+                conn, shard, name, str(m.path) if m else None, m.sha256 if m else None, deletion_id
+            )
             if before[1] is None and out.before is not None:  # no earlier deletion: the model served until now
                 before = (out.before.name, out.before.adapter_sha256)
-            changes[str(shard)] = {"before": {"adapter": before[0], "sha256": before[1]},
-                                   "after": {"adapter": name, "sha256": m.sha256 if m else None}}  # fmt: skip
+            changes[str(shard)] = {
+                "before": {"adapter": before[0], "sha256": before[1]},
+                "after": {"adapter": name, "sha256": m.sha256 if m else None},
+            }
         applied = {"adapters": changes, "rollout": out.to_dict()}
         d = store.lock(conn, deletion_id)
         assert d is not None
@@ -174,10 +203,12 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str], shards: list[int]) -> d
     out: dict[str, Any] = {"method": EXACT, "lineage_excludes_deleted": clean}
     if want is not None:
         out["equivalence"] = {
-            "served_sha256": want.adapter_sha256, "generation": want.generation,
-            "replicas": {r.id: r.serving_sha256 == want.adapter_sha256 and r.acked_generation == want.generation
-                         for r in reps},
-        }  # fmt: skip
+            "served_sha256": want.adapter_sha256,
+            "generation": want.generation,
+            "replicas": {
+                r.id: r.serving_sha256 == want.adapter_sha256 and r.acked_generation == want.generation for r in reps
+            },
+        }
     cfg = CONTEXT.get("probes")
     if cfg is not None and texts and shards:
         out["membership"] = probes.membership(cfg, _scorer(cfg, want, reps), texts)
@@ -215,8 +246,9 @@ def _suppress(db: DatabaseInfo, deletion_id: uuid.UUID, documents: list[str]) ->
     with db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         assert d is not None
-        rows = conn.execute("SELECT id, content_hash FROM kb_documents WHERE id = ANY(%s) ORDER BY id",
-                            (documents,)).fetchall()  # fmt: skip
+        rows = conn.execute(
+            "SELECT id, content_hash FROM kb_documents WHERE id = ANY(%s) ORDER BY id", (documents,)
+        ).fetchall()
         texts = kb.document_texts(conn, CONTEXT["keys"], documents)
         candidates = sorted(set().union(*(forget.candidate_terms(t) for t in texts.values())))
         index_key = forget.index_key(CONTEXT["hmac_key"])
@@ -225,8 +257,9 @@ def _suppress(db: DatabaseInfo, deletion_id: uuid.UUID, documents: list[str]) ->
         count, created = kb.suppress(conn, deletion_id, [r[0] for r in rows], [forget.term_hash(key, t) for t in terms])
         out = {"method": SUPPRESSION, "documents": count, "forget_terms": len(terms)}
         if created:
-            store.record(conn, d, "deletion.kb_suppressed",
-                         {**out, "content_sha256": [bytes(r[1]).hex() for r in rows]})  # fmt: skip
+            store.record(
+                conn, d, "deletion.kb_suppressed", {**out, "content_sha256": [bytes(r[1]).hex() for r in rows]}
+            )
     return out
 
 
@@ -264,10 +297,16 @@ def _cut_summary(db: DatabaseInfo, deletion_id: uuid.UUID, plan: Any, ids: list[
             "records": len(ids),
             "affected_shards": s3t.shards_of(conn, ids),  # holding the request's records
             "dead_shards": sorted(plan.dead),
-            "served": {str(k): {"sequence": p.sequence, "version": p.version, "prefix": p.prefix,
-                                "cuts": {str(q): b for q, b in sorted(p.tainted.items())}}
-                       for k, p in sorted(plan.shards.items())},
-        }  # fmt: skip
+            "served": {
+                str(k): {
+                    "sequence": p.sequence,
+                    "version": p.version,
+                    "prefix": p.prefix,
+                    "cuts": {str(q): b for q, b in sorted(p.tainted.items())},
+                }
+                for k, p in sorted(plan.shards.items())
+            },
+        }
         store.add_result(conn, d, {"plan": summary})
     return summary
 
@@ -302,10 +341,17 @@ def _nothing_found(db: DatabaseInfo, deletion_id: uuid.UUID, unknown: list[str],
             return d.status
         store.record(conn, d, "deletion.nothing_found", {"unknown_record_ids": len(unknown)})
         d = store.add_result(conn, d, {"unknown_record_ids": unknown})  # the ids stay out of the ledger
-        d = store.transition(conn, d, Status.COMPLETED, {
-            "outcome": "nothing_found", "unknown_records": len(unknown), "methods": [],
-            "stage_seconds": {k: round(v, 6) for k, v in timings.items()},
-        })  # fmt: skip
+        d = store.transition(
+            conn,
+            d,
+            Status.COMPLETED,
+            {
+                "outcome": "nothing_found",
+                "unknown_records": len(unknown),
+                "methods": [],
+                "stage_seconds": {k: round(v, 6) for k, v in timings.items()},
+            },
+        )
         enqueue_callbacks(conn, d)
     return d.status
 
@@ -315,8 +361,11 @@ def _verdict(proven: bool, membership: dict[str, Any] | None) -> dict[str, Any]:
     probe saw a membership signal; inconclusive when a probe had too little power to say; else
     passed. The proof decides the request's status; the probes are evidence beside it."""
     if not proven:
-        return {"verdict": "failed", "reason": "a live block's lineage holds a deleted record, or a replica "
-                "serves other weights than the clean adapter"}  # fmt: skip
+        return {
+            "verdict": "failed",
+            "reason": "a live block's lineage holds a deleted record, or a replica "
+            "serves other weights than the clean adapter",
+        }
     if membership is None or membership.get("verdict", "passed") == "passed":
         return {"verdict": "passed"}
     return {"verdict": membership["verdict"], "reason": f"membership probe: {membership.get('reason', '')}"}
@@ -397,11 +446,21 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
         if ok and cut:
             training_jobs.enqueue(conn, cut)
             summary["retrain_queued"] = [f"{k}/{seq}" for k, seq in cut]
-        d = store.transition(conn, d, Status.COMPLETED if ok else Status.FAILED,
-                             {"outcome": "deleted" if ok else "failed", "unknown_records": len(unknown),
-                              "same_text": len(same),
-                              "methods": methods, "plan": summary, "apply": applied, "verification": verification,
-                              "stage_seconds": {k: round(v, 6) for k, v in timings.items()}})  # fmt: skip
+        d = store.transition(
+            conn,
+            d,
+            Status.COMPLETED if ok else Status.FAILED,
+            {
+                "outcome": "deleted" if ok else "failed",
+                "unknown_records": len(unknown),
+                "same_text": len(same),
+                "methods": methods,
+                "plan": summary,
+                "apply": applied,
+                "verification": verification,
+                "stage_seconds": {k: round(v, 6) for k, v in timings.items()},
+            },
+        )
         enqueue_callbacks(conn, d)
     _crash_point("complete")
     return d.status

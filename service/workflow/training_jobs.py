@@ -36,8 +36,14 @@ def train_unit(shard: int, sequence: int) -> None:
     from service import training
 
     log.warning("training unit shard=%d sequence=%d in pid %d", shard, sequence, os.getpid())
-    done = training.run_unit(CONTEXT["db"], CONTEXT["job"], shard, sequence, progress=CONTEXT.get("progress", True),
-                             position=CONTEXT.get("position", 0))  # fmt: skip
+    done = training.run_unit(
+        CONTEXT["db"],
+        CONTEXT["job"],
+        shard,
+        sequence,
+        progress=CONTEXT.get("progress", True),
+        position=CONTEXT.get("position", 0),
+    )
     log.warning("unit shard=%d sequence=%d %s", shard, sequence, f"published v{done[2]}" if done else "already done")
 
 
@@ -68,8 +74,9 @@ def drain(db_url: str, job: object, threads: int = 0, position: int = 0) -> None
     run_training_worker(DatabaseInfo(db_url, embedded=False), job, once=True, position=position)
 
 
-def run_training_worker(db: DatabaseInfo, job: object, *, once: bool = False, position: int = 0,
-                        progress: bool = True) -> None:  # fmt: skip
+def run_training_worker(
+    db: DatabaseInfo, job: object, *, once: bool = False, position: int = 0, progress: bool = True
+) -> None:
     from service.workflow.worker import run_queues
 
     CONTEXT.update(db=db, job=job, position=position, progress=progress)

@@ -27,18 +27,38 @@ RESCUE_AFTER_SECONDS = 15.0
 log = logging.getLogger(__name__)
 
 
-def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once: bool = False,
-               concurrency: int = 1, ack_timeout: float = 60.0, probes: ProbeConfig | None = None,
-               hmac_key: bytes = b"", rag: RagProxy | None = None, aggregation: str = "merged",
-               fail_closed: bool = False, keys: DataKeys | None = None) -> None:  # fmt: skip
+def run_worker(
+    db: DatabaseInfo,
+    ledger: Ledger | None,
+    artifacts: Path,
+    *,
+    once: bool = False,
+    concurrency: int = 1,
+    ack_timeout: float = 60.0,
+    probes: ProbeConfig | None = None,
+    hmac_key: bytes = b"",
+    rag: RagProxy | None = None,
+    aggregation: str = "merged",
+    fail_closed: bool = False,
+    keys: DataKeys | None = None,
+) -> None:
     """Process jobs; with ``once``, stop when the queue is empty (tests, batch runs).
 
     First, jobs left running by a dead worker (killed mid-step: no heartbeat) are put back in
     the queue; every step is idempotent, so running them again finishes them exactly once.
     """
-    steps.CONTEXT.update(db=db, ledger=ledger, artifacts=artifacts, ack_timeout=ack_timeout, probes=probes,
-                         hmac_key=hmac_key, rag=rag, aggregation=aggregation, fail_closed=fail_closed,
-                         keys=keys)  # fmt: skip
+    steps.CONTEXT.update(
+        db=db,
+        ledger=ledger,
+        artifacts=artifacts,
+        ack_timeout=ack_timeout,
+        probes=probes,
+        hmac_key=hmac_key,
+        rag=rag,
+        aggregation=aggregation,
+        fail_closed=fail_closed,
+        keys=keys,
+    )
     # torch, safetensors and peft load in seconds: pay that at start, not on a request's clock
     import shards.materialise
     import shards.train  # noqa: F401
@@ -48,8 +68,14 @@ def run_worker(db: DatabaseInfo, ledger: Ledger | None, artifacts: Path, *, once
     run_queues(db, [QUEUE], once=once, concurrency=concurrency, periodic=ticks)
 
 
-def run_queues(db: DatabaseInfo, queues: list[str], *, once: bool = False, concurrency: int = 1,
-               periodic: Sequence[tuple[float, Callable[[], object]]] = ()) -> None:  # fmt: skip
+def run_queues(
+    db: DatabaseInfo,
+    queues: list[str],
+    *,
+    once: bool = False,
+    concurrency: int = 1,
+    periodic: Sequence[tuple[float, Callable[[], object]]] = (),
+) -> None:
     """Run the jobs of ``queues``. Jobs left running by a dead worker (killed mid-step: no
     heartbeat) go back to the queue, at start and every few seconds while running. With ``once``,
     return when no job of these queues is queued or running any more. ``periodic``: (seconds,
@@ -71,10 +97,14 @@ def run_queues(db: DatabaseInfo, queues: list[str], *, once: bool = False, concu
                     await _retry_stalled(app, queues, after)
                     after = RESCUE_AFTER_SECONDS
                     await app.run_worker_async(
-                        queues=queues, wait=not once, concurrency=concurrency, install_signal_handlers=not once,
-                        update_heartbeat_interval=HEARTBEAT_SECONDS, stalled_worker_timeout=RESCUE_AFTER_SECONDS,
+                        queues=queues,
+                        wait=not once,
+                        concurrency=concurrency,
+                        install_signal_handlers=not once,
+                        update_heartbeat_interval=HEARTBEAT_SECONDS,
+                        stalled_worker_timeout=RESCUE_AFTER_SECONDS,
                         fetch_job_polling_interval=POLL_SECONDS,
-                    )  # fmt: skip
+                    )
                     if not once or not await _unfinished(app, queues):
                         return
                     await asyncio.sleep(POLL_SECONDS)  # another worker still runs one: it may die

@@ -93,10 +93,20 @@ def main() -> None:
         base_n, base_lat = run_clients(args.clients, args.seconds, insert)
 
         rest_port, grpc_port = free_port(), free_port()
-        env = {**os.environ, "DATABASE_URL": url, "LETHE_VAR_DIR": str(tmp / "var"), "LETHE_API_PORT": str(rest_port),
-               "LETHE_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}"}  # fmt: skip
-        api = subprocess.Popen([sys.executable, "-m", "service", "api"], env=env, cwd=ROOT,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        env = {
+            **os.environ,
+            "DATABASE_URL": url,
+            "LETHE_VAR_DIR": str(tmp / "var"),
+            "LETHE_API_PORT": str(rest_port),
+            "LETHE_GRPC_ADDRESS": f"127.0.0.1:{grpc_port}",
+        }
+        api = subprocess.Popen(
+            [sys.executable, "-m", "service", "api"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             base_url = f"http://127.0.0.1:{rest_port}"
             for _ in range(300):
@@ -110,8 +120,11 @@ def main() -> None:
 
             def rest(i: int) -> None:
                 ident = {"identity_type": "email", "identity_value": f"{uuid.uuid4().hex}@x.org"}
-                body = {"subject_request_id": str(uuid.uuid4()), "subject_request_type": "erasure",
-                        "subject_identities": [ident]}  # fmt: skip
+                body = {
+                    "subject_request_id": str(uuid.uuid4()),
+                    "subject_request_type": "erasure",
+                    "subject_identities": [ident],
+                }
                 r = clients[i].post("/v1/deletions", json=body)
                 assert r.status_code == 201, r.text
 
@@ -122,11 +135,18 @@ def main() -> None:
             md = [("authorization", f"Bearer {key}")]
 
             def rpc(i: int) -> None:
-                stub.SubmitDeletion(deletion_pb2.SubmitDeletionRequest(
-                    subject_request_id=str(uuid.uuid4()), subject_request_type="erasure",
-                    subject_identities=[deletion_pb2.SubjectIdentity(identity_type="email",
-                                                                     identity_value=f"{uuid.uuid4().hex}@x.org")]),
-                    metadata=md)  # fmt: skip
+                stub.SubmitDeletion(
+                    deletion_pb2.SubmitDeletionRequest(
+                        subject_request_id=str(uuid.uuid4()),
+                        subject_request_type="erasure",
+                        subject_identities=[
+                            deletion_pb2.SubjectIdentity(
+                                identity_type="email", identity_value=f"{uuid.uuid4().hex}@x.org"
+                            )
+                        ],
+                    ),
+                    metadata=md,
+                )
 
             grpc_n, grpc_lat = run_clients(args.clients, args.seconds, rpc)
         finally:
@@ -142,8 +162,11 @@ def main() -> None:
     print(f"{args.clients} concurrent clients, {s:.0f} s each, embedded PostgreSQL 18 (fsync on), 2 cores shared")
     print("\n| path | accepted/s | × baseline | p50 ms | p99 ms |")
     print("|---|---:|---:|---:|---:|")
-    rows = (("plain single-row INSERT (baseline)", base_n, base_lat), ("REST POST /v1/deletions", rest_n, rest_lat),
-            ("gRPC SubmitDeletion", grpc_n, grpc_lat))  # fmt: skip
+    rows = (
+        ("plain single-row INSERT (baseline)", base_n, base_lat),
+        ("REST POST /v1/deletions", rest_n, rest_lat),
+        ("gRPC SubmitDeletion", grpc_n, grpc_lat),
+    )
     for name, n, lat in rows:
         print(f"| {name} | {n / s:.0f} | {n / base_n:.2f} | {pct(lat, 50):.1f} | {pct(lat, 99):.1f} |")
     print(f"\nledger entries written: {ledger} (= accepted requests: {rest_n + grpc_n})")

@@ -46,10 +46,16 @@ def main() -> None:
     with dbm.database(None, tmp / "pg") as server:
         url = dbm.create_database(server.url, "gw")
         db = dbm.DatabaseInfo(url, True)
-        s = Settings(database_url=url, var_dir=tmp / "var", base_model=base, api_port=free_port(),
-                     grpc_address="127.0.0.1:0", s3t=S3TSpec(shards=1, slices=4, budget=1, workers=1),
-                     train=TrainConfig(epochs=1),
-                     serving=ServingSpec(replicas=1, first_port=free_port(), gateway_port=free_port()))  # fmt: skip
+        s = Settings(
+            database_url=url,
+            var_dir=tmp / "var",
+            base_model=base,
+            api_port=free_port(),
+            grpc_address="127.0.0.1:0",
+            s3t=S3TSpec(shards=1, slices=4, budget=1, workers=1),
+            train=TrainConfig(epochs=1),
+            serving=ServingSpec(replicas=1, first_port=free_port(), gateway_port=free_port()),
+        )
         c = corpus.generate(seed=s.corpus_seed)
         lethe.migrate(db)
         lethe.ingest(db, s, corpus.write(c, s.corpus_dir())["train"])
@@ -62,18 +68,26 @@ def main() -> None:
                 replica = serving_store.replicas(conn)[0]
             internal = replica.serving_names[0] if replica.serving_names else BASE_NAME
             direct = httpx.Client(base_url=replica.url, timeout=60)
-            gateway = httpx.Client(base_url=f"http://127.0.0.1:{stack.gateway_port}",
-                                   headers={"Authorization": f"Bearer {key}"}, timeout=60)  # fmt: skip
+            gateway = httpx.Client(
+                base_url=f"http://127.0.0.1:{stack.gateway_port}",
+                headers={"Authorization": f"Bearer {key}"},
+                timeout=60,
+            )
             prompts = [p.probe()[0] for p in c.trained]
             results = {}
             for mode in ("completion", "streamed completion"):
                 stream = mode.startswith("streamed")
                 runs: dict[str, list[float]] = {"direct": [], "gateway": []}
                 for i in range(args.requests + 10):  # the first 10 of each warm up
-                    body = {"prompt": prompts[i % len(prompts)], "max_tokens": args.max_tokens, "temperature": 0,
-                            "stream": stream}  # fmt: skip
-                    for path, client, model in (("direct", direct, internal),
-                                                ("gateway", gateway, "lethe"))[:: 1 if i % 2 else -1]:  # fmt: skip
+                    body = {
+                        "prompt": prompts[i % len(prompts)],
+                        "max_tokens": args.max_tokens,
+                        "temperature": 0,
+                        "stream": stream,
+                    }
+                    for path, client, model in (("direct", direct, internal), ("gateway", gateway, "lethe"))[
+                        :: 1 if i % 2 else -1
+                    ]:
                         took = _complete(client, {**body, "model": model}, stream)
                         if i >= 10:
                             runs[path].append(took)
@@ -87,9 +101,11 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for mode, runs in results.items():
         d50, g50 = statistics.median(runs["direct"]), statistics.median(runs["gateway"])
-        print(f"| {mode} | {d50 * 1e3:.1f} | {g50 * 1e3:.1f} | {(g50 / d50 - 1) * 100:+.1f}% "
-              f"({(g50 - d50) * 1e3:+.1f} ms) | {pct(runs['direct'], 99) * 1e3:.1f} | "
-              f"{pct(runs['gateway'], 99) * 1e3:.1f} |")  # fmt: skip
+        print(
+            f"| {mode} | {d50 * 1e3:.1f} | {g50 * 1e3:.1f} | {(g50 / d50 - 1) * 100:+.1f}% "
+            f"({(g50 - d50) * 1e3:+.1f} ms) | {pct(runs['direct'], 99) * 1e3:.1f} | "
+            f"{pct(runs['gateway'], 99) * 1e3:.1f} |"
+        )
 
 
 def _complete(client: httpx.Client, body: dict[str, object], stream: bool) -> float:

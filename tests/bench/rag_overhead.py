@@ -58,25 +58,47 @@ def main() -> None:
         url = dbm.create_database(server.url, "rag")
         db = dbm.DatabaseInfo(url, True)
         port = free_port()  # top_k 2: the local model's context is 256 tokens
-        s = Settings(database_url=url, var_dir=tmp / "var", base_model=base,
-                     rag=RagSpec(upstream_url=f"http://127.0.0.1:{port}/v1", top_k=2))  # fmt: skip
+        s = Settings(
+            database_url=url,
+            var_dir=tmp / "var",
+            base_model=base,
+            rag=RagSpec(upstream_url=f"http://127.0.0.1:{port}/v1", top_k=2),
+        )
         lethe.migrate(db)
         docs = tmp / "kb.jsonl"
-        docs.write_text("".join(json.dumps({"id": f"doc-{p.subject_id}", "subject_ids": p.identities, "source": "crm",
-                                            "text": " ".join(p.render(t) for t in (0, 1, 2, 3))}) + "\n"
-                                for p in people))  # fmt: skip
+        docs.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "id": f"doc-{p.subject_id}",
+                        "subject_ids": p.identities,
+                        "source": "crm",
+                        "text": " ".join(p.render(t) for t in (0, 1, 2, 3)),
+                    }
+                )
+                + "\n"
+                for p in people
+            )
+        )
         lethe.kb_ingest(db, s, docs, progress=False)
         key = create_api_key(db, ["inference"])
-        vllm = VllmProcess(base, port, max_lora_rank=8, max_model_len=s.serving.max_model_len,
-                           log_path=tmp / "vllm.log")  # fmt: skip
+        vllm = VllmProcess(
+            base, port, max_lora_rank=8, max_model_len=s.serving.max_model_len, log_path=tmp / "vllm.log"
+        )
         vllm.start()
         try:
             vllm.wait_ready(300)
             proxy = lethe.rag_proxy(db, s)
             assert proxy is not None
             gw_port = free_port()
-            server_ = uvicorn.Server(uvicorn.Config(create_gateway(None, Authenticator(db), rag=proxy),
-                                                    host="127.0.0.1", port=gw_port, log_level="warning"))  # fmt: skip
+            server_ = uvicorn.Server(
+                uvicorn.Config(
+                    create_gateway(None, Authenticator(db), rag=proxy),
+                    host="127.0.0.1",
+                    port=gw_port,
+                    log_level="warning",
+                )
+            )
             threading.Thread(target=server_.run, daemon=True).start()
             while not server_.started:
                 time.sleep(0.05)
@@ -87,16 +109,20 @@ def main() -> None:
         search = _search_at_scale(db, lethe.data_keys(s), people, args.chunks, args.searches)
         dbm.drop_database(server.url, "rag")
 
-    print(f"\n{args.requests} requests per path, vLLM CPU upstream on the local base model, "
-          f"{args.max_tokens} tokens, greedy, {len(people)} KB documents")  # fmt: skip
+    print(
+        f"\n{args.requests} requests per path, vLLM CPU upstream on the local base model, "
+        f"{args.max_tokens} tokens, greedy, {len(people)} KB documents"
+    )
     print("\n| path | p50 ms | p99 ms |")
     print("|---|---:|---:|")
     for name, values in overhead.items():
         print(f"| {name} | {statistics.median(values) * 1e3:.1f} | {pct(values, 99) * 1e3:.1f} |")
     d50, p50 = statistics.median(overhead["upstream directly"]), statistics.median(overhead["through the proxy"])
     r50 = statistics.median(overhead["retrieval only"])
-    print(f"\nproxy adds {(p50 - d50) * 1e3:+.1f} ms at p50 ({(p50 / d50 - 1) * 100:+.1f}%); retrieval alone "
-          f"(embed + search + forget match) p50 {r50 * 1e3:.1f} ms")  # fmt: skip
+    print(
+        f"\nproxy adds {(p50 - d50) * 1e3:+.1f} ms at p50 ({(p50 / d50 - 1) * 100:+.1f}%); retrieval alone "
+        f"(embed + search + forget match) p50 {r50 * 1e3:.1f} ms"
+    )
     print(f"\nKB search at {search['chunks']:,} chunks (HNSW, cosine, k=3; index built in {search['build_s']:.0f} s):")
     print("\n| step | p50 ms | p99 ms |")
     print("|---|---:|---:|")
@@ -106,16 +132,19 @@ def main() -> None:
 
 def _proxy_vs_direct(proxy, people, port: int, gw_port: int, key: str, args) -> dict[str, list[float]]:
     direct = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", timeout=60)
-    gateway = httpx.Client(base_url=f"http://127.0.0.1:{gw_port}/v1", headers={"Authorization": f"Bearer {key}"},
-                           timeout=60)  # fmt: skip
+    gateway = httpx.Client(
+        base_url=f"http://127.0.0.1:{gw_port}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=60
+    )
     out: dict[str, list[float]] = {"upstream directly": [], "through the proxy": [], "retrieval only": []}
     for i in range(args.requests + 10):  # the first 10 warm up
         q = people[i % len(people)].probe()[0]
         t0 = time.perf_counter()
         prefix = proxy.prompt_prefix(proxy.retrieve(q))
         retrieval = time.perf_counter() - t0
-        bodies = [(gateway, {"model": proxy.route, "prompt": q}),
-                  (direct, {"model": "base", "prompt": f"{prefix}\n{q}"})]  # fmt: skip
+        bodies = [
+            (gateway, {"model": proxy.route, "prompt": q}),
+            (direct, {"model": "base", "prompt": f"{prefix}\n{q}"}),
+        ]
         timings = {}
         for client, body in bodies[:: 1 if i % 2 else -1]:
             t0 = time.perf_counter()

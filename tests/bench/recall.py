@@ -81,17 +81,23 @@ def main() -> None:
             kept = [p for p in others if cell[p.subject_id][1] in kept_slices]
             cut = [p for p in others if cell[p.subject_id][1] not in kept_slices]
             rows.append((s, sp.sequence, sp.prefix, victim, kept, cut, after))
-    print(f"\nGemma 3 270M, {len(people)} people (1 shard × 4 slices, 2 sequences), greedy, {MAX_TOKENS} tokens; "
-          f"{time.perf_counter() - t_start:.0f} s")  # fmt: skip
+    print(
+        f"\nGemma 3 270M, {len(people)} people (1 shard × 4 slices, 2 sequences), greedy, {MAX_TOKENS} tokens; "
+        f"{time.perf_counter() - t_start:.0f} s"
+    )
     print(f"recalled before any deletion: {sum(before.values())}/{len(before)}\n")
-    print("| deleted person's slice | served (sequence, kept blocks) | deleted person before → after | "
-          "kept slices' people after | cut slices' people after (await retrain) |")  # fmt: skip
+    print(
+        "| deleted person's slice | served (sequence, kept blocks) | deleted person before → after | "
+        "kept slices' people after | cut slices' people after (await retrain) |"
+    )
     print("|---|---|---|---|---|")
     for s, seq, prefix, victim, kept, cut, after in rows:
         k = sum(after[p.subject_id] for p in kept)
         w = sum(after[p.subject_id] for p in cut)
-        print(f"| {s} | ({seq}, {prefix}) | {int(before[victim.subject_id])}/1 → {int(after[victim.subject_id])}/1 | "
-              f"{k}/{len(kept)} | {w}/{len(cut)} |")  # fmt: skip
+        print(
+            f"| {s} | ({seq}, {prefix}) | {int(before[victim.subject_id])}/1 → {int(after[victim.subject_id])}/1 | "
+            f"{k}/{len(kept)} | {w}/{len(cut)} |"
+        )
 
 
 if __name__ == "__main__":

@@ -55,11 +55,19 @@ def main() -> None:
     with dbm.database(None, tmp / "pg") as server:
         url = dbm.create_database(server.url, "ttf")
         db = dbm.DatabaseInfo(url, True)
-        s = Settings(database_url=url, var_dir=tmp / "var", base_model=base, api_port=free_port(),
-                     grpc_address="127.0.0.1:0", s3t=S3TSpec(shards=args.shards, slices=4, budget=1, workers=2),
-                     train=TrainConfig(), corpus_people=args.people,
-                     serving=ServingSpec(replicas=2, first_port=free_port(), gateway_port=free_port(),
-                                         aggregation=args.aggregation))  # fmt: skip
+        s = Settings(
+            database_url=url,
+            var_dir=tmp / "var",
+            base_model=base,
+            api_port=free_port(),
+            grpc_address="127.0.0.1:0",
+            s3t=S3TSpec(shards=args.shards, slices=4, budget=1, workers=2),
+            train=TrainConfig(),
+            corpus_people=args.people,
+            serving=ServingSpec(
+                replicas=2, first_port=free_port(), gateway_port=free_port(), aggregation=args.aggregation
+            ),
+        )
         c = s.generated_corpus()
         paths = corpus.write(c, s.corpus_dir())
         lethe.migrate(db)
@@ -84,13 +92,19 @@ def main() -> None:
         stack.start()
         ttf, done = [], []
         try:
-            api = httpx.Client(base_url=f"http://127.0.0.1:{stack.api_port}",
-                               headers={"Authorization": f"Bearer {key}"}, timeout=60)  # fmt: skip
+            api = httpx.Client(
+                base_url=f"http://127.0.0.1:{stack.api_port}", headers={"Authorization": f"Bearer {key}"}, timeout=60
+            )
             for person in victims:
                 rid = str(uuid.uuid4())
-                api.post("/v1/deletions", json={"subject_request_id": rid, "subject_request_type": "erasure",
-                         "subject_identities": [{"identity_type": "person", "identity_value": person.subject_id}]}
-                         ).raise_for_status()  # fmt: skip
+                api.post(
+                    "/v1/deletions",
+                    json={
+                        "subject_request_id": rid,
+                        "subject_request_type": "erasure",
+                        "subject_identities": [{"identity_type": "person", "identity_value": person.subject_id}],
+                    },
+                ).raise_for_status()
                 while (d := api.get(f"/v1/deletions/{rid}").json())["request_status"] not in ("completed", "failed"):
                     time.sleep(0.05)
                 with psycopg.connect(url) as conn:
@@ -114,8 +128,10 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     p50 = statistics.median(ttf)
     print(f"| accepted → all replicas acknowledged (Lethe) | {p50:.2f} | {pct(ttf, 99):.2f} | 1 |")
-    print(f"| accepted → completed (incl. verify probes) | {statistics.median(done):.2f} | {pct(done, 99):.2f} | "
-          f"{statistics.median(done) / p50:.1f} |")  # fmt: skip
+    print(
+        f"| accepted → completed (incl. verify probes) | {statistics.median(done):.2f} | {pct(done, 99):.2f} | "
+        f"{statistics.median(done) / p50:.1f} |"
+    )
     print(f"| retrain the affected shard from scratch (SISA) | {shard:.1f} | – | {shard / p50:.0f} |")
     print(f"| full retrain (every unit) | {full:.1f} | – | {full / p50:.0f} |")
     print(f"\nrollouts measured: {len(ttf)} of {len(victims)} requests; each (s): {[round(t, 2) for t in ttf]}")

@@ -48,8 +48,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        train.train_unit(model.path, train.UnitSpec(0, 0, (0,)), {0: records}, TrainConfig(num_blocks=1, epochs=E),
-                         Path(tmp) / "baseline", progress=True)  # fmt: skip
+        train.train_unit(
+            model.path,
+            train.UnitSpec(0, 0, (0,)),
+            {0: records},
+            TrainConfig(num_blocks=1, epochs=E),
+            Path(tmp) / "baseline",
+            progress=True,
+        )
         baseline = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -53,8 +53,9 @@ Doc = dict[str, Any]
 def _rendered_text(overlay: str) -> str:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl is missing: scripts/tools.sh installs it"
-    proc = subprocess.run([kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [kubectl, "kustomize", str(DEPLOY / "k8s" / "overlays" / overlay)], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -634,8 +635,9 @@ def test_key_files_are_mounted_where_the_settings_look(docs: list[Doc]) -> None:
         ("training-worker", "training-worker"): {db, hmac, ledger},
         ("vllm", "reconciler"): {db},
     }
-    lethe = {(w.component, c["name"]): (w, c) for w in workloads(docs) for c in w.containers()
-             if _reads_lethe_config(c)}  # fmt: skip
+    lethe = {
+        (w.component, c["name"]): (w, c) for w in workloads(docs) for c in w.containers() if _reads_lethe_config(c)
+    }
     assert lethe.keys() == wanted.keys()
     for where, files in wanted.items():
         mounted = _secret_files(*lethe[where])
@@ -727,10 +729,23 @@ def test_checkov_finds_nothing_unwaived(tmp_path: Path) -> None:
         files.append(out)
     files += sorted((DEPLOY / "docker").glob("*.Dockerfile"))
     proc = subprocess.run(
-        [str(checkov), "--skip-download", "--quiet", "--compact", "-o", "json",
-         "--framework", "kubernetes", "dockerfile", *(a for f in files for a in ("-f", str(f)))],
-        capture_output=True, text=True, timeout=300, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            str(checkov),
+            "--skip-download",
+            "--quiet",
+            "--compact",
+            "-o",
+            "json",
+            "--framework",
+            "kubernetes",
+            "dockerfile",
+            *(a for f in files for a in ("-f", str(f))),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
     reports = json.loads(proc.stdout)
     reports = reports if isinstance(reports, list) else [reports]
@@ -745,8 +760,11 @@ def test_checkov_finds_nothing_unwaived(tmp_path: Path) -> None:
     unwaived = []
     for r in reports:
         for f in r["results"]["failed_checks"]:
-            hits = [i for i, wv in enumerate(waivers)
-                    if wv["check"] == f["check_id"] and fnmatch.fnmatchcase(f["resource"], wv["resource"])]  # fmt: skip
+            hits = [
+                i
+                for i, wv in enumerate(waivers)
+                if wv["check"] == f["check_id"] and fnmatch.fnmatchcase(f["resource"], wv["resource"])
+            ]
             used.update(hits)
             if not hits:
                 unwaived.append(f"{f['check_id']} {f['resource']} ({Path(f['file_path']).name}): {f['check_name']}")

@@ -21,9 +21,16 @@ RULE = MONITORING / "prometheusrule.yaml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "lethe-rules.test.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "lethe.json"
 OPERATIONS = ROOT / "docs" / "operations.md"
-ALERTS = {"LetheDeletionDeadlineAtRisk", "LetheDeletionPendingTooLong", "LetheReplicaNotAcknowledging",
-          "LetheLedgerCheckpointStale", "LetheDeletionCapacityLow", "LetheVerificationFailed",
-          "LetheRagGateBlockingSpike", "LetheRolloutWaiting"}  # fmt: skip
+ALERTS = {
+    "LetheDeletionDeadlineAtRisk",
+    "LetheDeletionPendingTooLong",
+    "LetheReplicaNotAcknowledging",
+    "LetheLedgerCheckpointStale",
+    "LetheDeletionCapacityLow",
+    "LetheVerificationFailed",
+    "LetheRagGateBlockingSpike",
+    "LetheRolloutWaiting",
+}
 # Grafana's interval variables, given concrete values wherever an expression is evaluated outside Grafana.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "30s", "$__range": "1h"}
 
@@ -101,14 +108,18 @@ def test_every_alert_is_tested_firing_and_quiet_and_has_a_runbook():
 def test_service_monitors_scrape_the_services_metrics_ports():
     kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
     assert set(kustomization["resources"]) == {"servicemonitor.yaml", "prometheusrule.yaml"}
-    monitors = {m["metadata"]["labels"]["app.kubernetes.io/component"]: m
-                for m in yaml.safe_load_all((MONITORING / "servicemonitor.yaml").read_text())}  # fmt: skip
+    monitors = {
+        m["metadata"]["labels"]["app.kubernetes.io/component"]: m
+        for m in yaml.safe_load_all((MONITORING / "servicemonitor.yaml").read_text())
+    }
     assert set(monitors) == {"api", "gateway", "vllm"}
     for component, port in (("api", "http"), ("gateway", "http"), ("vllm", "metrics")):
         m = monitors[component]
         assert m["apiVersion"] == "monitoring.coreos.com/v1" and m["kind"] == "ServiceMonitor"
-        assert m["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/part-of": "lethe",
-                                                        "app.kubernetes.io/component": component}  # fmt: skip
+        assert m["spec"]["selector"]["matchLabels"] == {
+            "app.kubernetes.io/part-of": "lethe",
+            "app.kubernetes.io/component": component,
+        }
         assert [(e["port"], e["path"]) for e in m["spec"]["endpoints"]] == [(port, "/metrics")]
 
 
@@ -136,16 +147,27 @@ def test_dashboard_is_valid_and_its_expressions_parse(tmp_path):
         assert p["targets"] and all(t["expr"] and t["datasource"] == p["datasource"] for t in p["targets"]), p["title"]
     exprs = dashboard_exprs()
     text = "\n".join(exprs)
-    for metric in ("lethe_deletion_requests_total", "lethe_time_to_forget_seconds_bucket",
-                   "lethe_deletion_open_requests", "lethe_deletion_oldest_pending_age_seconds", "lethe_shard_depth",
-                   "lethe_replica_acknowledged_generation", "lethe_ledger_checkpoint_age_seconds",
-                   "lethe_rag_gate_blocks_total", "vllm:num_requests_running",
-                   "vllm:e2e_request_latency_seconds_bucket", "vllm:lora_requests_info"):  # fmt: skip
+    for metric in (
+        "lethe_deletion_requests_total",
+        "lethe_time_to_forget_seconds_bucket",
+        "lethe_deletion_open_requests",
+        "lethe_deletion_oldest_pending_age_seconds",
+        "lethe_shard_depth",
+        "lethe_replica_acknowledged_generation",
+        "lethe_ledger_checkpoint_age_seconds",
+        "lethe_rag_gate_blocks_total",
+        "vllm:num_requests_running",
+        "vllm:e2e_request_latency_seconds_bucket",
+        "vllm:lora_requests_info",
+    ):
         assert metric in text, metric
     assert "$" not in text  # every variable has a concrete value outside Grafana
     # promtool has no expression check of its own: each expression becomes a recording rule
-    rules = {"groups": [{"name": "dashboard", "rules": [{"record": f"dashboard:expr{i}", "expr": e}
-                                                        for i, e in enumerate(exprs)]}]}  # fmt: skip
+    rules = {
+        "groups": [
+            {"name": "dashboard", "rules": [{"record": f"dashboard:expr{i}", "expr": e} for i, e in enumerate(exprs)]}
+        ]
+    }
     path = tmp_path / "dashboard-rules.yml"
     path.write_text(yaml.safe_dump(rules))
     out = promtool("check", "rules", str(path))

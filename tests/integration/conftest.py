@@ -50,8 +50,14 @@ class Trained:
 def s3t_settings(url: str, var: Path, base_model: Path, **more: object) -> Settings:
     """The layout the forgetting test and the serving stack share, the demo's: Gemma 3 270M, 1 shard
     × 4 slices of 3 people, 2 sequences, the default training recipe."""
-    return Settings(database_url=url, var_dir=var, base_model=base_model,
-                    s3t=S3TSpec(shards=1, slices=4, budget=2, workers=2), train=TrainConfig(), **more)  # fmt: skip
+    return Settings(
+        database_url=url,
+        var_dir=var,
+        base_model=base_model,
+        s3t=S3TSpec(shards=1, slices=4, budget=2, workers=2),
+        train=TrainConfig(),
+        **more,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -109,10 +115,14 @@ def serving_env(embedded_server, trained_s3t, gemma_path, tmp_path_factory):
     var = tmp_path_factory.mktemp("e2e") / "var"
     db = clone_trained(trained_s3t, embedded_server, var)
     settings = s3t_settings(
-        db.url, var, gemma_path, api_port=free_port(), grpc_address="127.0.0.1:0",
+        db.url,
+        var,
+        gemma_path,
+        api_port=free_port(),
+        grpc_address="127.0.0.1:0",
         serving=ServingSpec(replicas=2, first_port=free_port(), gateway_port=free_port(), ack_timeout_seconds=20),
         rag=RagSpec(top_k=1),  # Gemma reads one retrieved record best (docs/benchmarks.md)
-    )  # fmt: skip
+    )
     c = trained_s3t.corpus
     assert training.train_all(db, lethe.training_job(settings, gemma_path)) == []  # the clone is complete
     e = Env()

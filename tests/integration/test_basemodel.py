@@ -8,8 +8,9 @@ from transformers import AutoTokenizer, LlamaConfig
 from shards import basemodel
 from shards.specs import BaseModelSpec
 
-TINY = BaseModelSpec(hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2, vocab_size=400,
-                     pretrain_steps=12, batch_size=8)  # fmt: skip
+TINY = BaseModelSpec(
+    hidden_size=128, intermediate_size=256, num_layers=2, num_heads=2, vocab_size=400, pretrain_steps=12, batch_size=8
+)
 
 
 @pytest.mark.slow

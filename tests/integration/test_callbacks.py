@@ -47,12 +47,15 @@ def test_callbacks_are_signed_retried_and_every_attempt_recorded(empty_db, setti
     lethe.migrate(empty_db)
     core = lethe.deletions_core(empty_db, settings)
     rid = uuid.uuid4()
-    core.submit(SubmitDeletion(rid, [("email", "ada@example.org")], status_callback_urls=[url]),
-                Principal("t", frozenset({Scope.ADMIN})))  # fmt: skip
+    core.submit(
+        SubmitDeletion(rid, [("email", "ada@example.org")], status_callback_urls=[url]),
+        Principal("t", frozenset({Scope.ADMIN})),
+    )
     env = {**os.environ, "DATABASE_URL": empty_db.url, "LETHE_VAR_DIR": str(settings.var_dir)}
     for _ in range(2):  # the failed delivery is retried after its back-off
-        proc = subprocess.run([sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True,
-                              text=True, timeout=300)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True, text=True, timeout=300
+        )
         assert proc.returncode == 0, proc.stderr[-2000:]
         time.sleep(2.5)
     server.shutdown()
@@ -69,5 +72,6 @@ def test_callbacks_are_signed_retried_and_every_attempt_recorded(empty_db, setti
         attempts = conn.execute(
             "SELECT status, attempt, http_status FROM callback_attempts WHERE deletion_id = %s ORDER BY id", (rid,)
         ).fetchall()
-    assert sorted(attempts) == sorted([("in_progress", 1, 500), ("in_progress", 2, 200), ("completed", 1, 200)]) or \
-        sorted(attempts) == sorted([("completed", 1, 500), ("completed", 2, 200), ("in_progress", 1, 200)])  # fmt: skip
+    assert sorted(attempts) == sorted(
+        [("in_progress", 1, 500), ("in_progress", 2, 200), ("completed", 1, 200)]
+    ) or sorted(attempts) == sorted([("completed", 1, 500), ("completed", 2, 200), ("in_progress", 1, 200)])

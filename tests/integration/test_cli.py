@@ -39,8 +39,12 @@ def test_migrate_ingest_plan_and_simulate(empty_db, settings, tmp_path):
 def test_kb_ingest_is_all_or_nothing_with_line_numbers(empty_db, settings, tmp_path):
     env = {**os.environ, "DATABASE_URL": empty_db.url, "LETHE_VAR_DIR": str(settings.var_dir)}
     good = {"id": "doc-1", "subject_ids": ["person:k1"], "text": "Kora Vel was born in Avalon.", "source": "crm"}
-    lines = [json.dumps(good), "{oops", json.dumps({**good, "id": "doc-2", "text": ""}),
-             json.dumps({**good, "id": "doc-3", "subject_ids": ["passport:9"]})]  # fmt: skip
+    lines = [
+        json.dumps(good),
+        "{oops",
+        json.dumps({**good, "id": "doc-2", "text": ""}),
+        json.dumps({**good, "id": "doc-3", "subject_ids": ["passport:9"]}),
+    ]
     bad_file = tmp_path / "bad.jsonl"
     bad_file.write_text("\n".join(lines) + "\n")
     bad = lethe("kb", "ingest", str(bad_file), env=env)
@@ -110,10 +114,19 @@ def test_sigterm_to_train_stops_its_whole_process_tree(empty_db, settings, tiny_
     process it started outlives it."""
     import time
 
-    env = {**os.environ, "DATABASE_URL": empty_db.url, "LETHE_VAR_DIR": str(settings.var_dir),
-           "LETHE_BASE_MODEL": str(tiny_model_path), "LETHE_S3T__SHARDS": "2", "LETHE_S3T__SLICES": "2",
-           "LETHE_S3T__BUDGET": "1", "LETHE_S3T__WORKERS": "2", "LETHE_TRAIN__NUM_BLOCKS": "2",
-           "LETHE_TRAIN__EPOCHS": "50", "LETHE_TRAIN__MIN_EPOCHS": "50"}  # fmt: skip
+    env = {
+        **os.environ,
+        "DATABASE_URL": empty_db.url,
+        "LETHE_VAR_DIR": str(settings.var_dir),
+        "LETHE_BASE_MODEL": str(tiny_model_path),
+        "LETHE_S3T__SHARDS": "2",
+        "LETHE_S3T__SLICES": "2",
+        "LETHE_S3T__BUDGET": "1",
+        "LETHE_S3T__WORKERS": "2",
+        "LETHE_TRAIN__NUM_BLOCKS": "2",
+        "LETHE_TRAIN__EPOCHS": "50",
+        "LETHE_TRAIN__MIN_EPOCHS": "50",
+    }
     paths = corpus.write(corpus.generate(seed=3, trained=16, holdout=2), tmp_path / "corpus")
     assert lethe("corpus", "ingest", str(paths["train"]), env=env).returncode == 0
     proc = subprocess.Popen([sys.executable, "-m", "service", "train"], env=env, stderr=subprocess.PIPE, text=True)

@@ -42,9 +42,10 @@ def md(key, **extra):
 
 def request(**kw):
     r = deletion_pb2.SubmitDeletionRequest(
-        subject_request_id=str(uuid.uuid4()), subject_request_type="erasure",
+        subject_request_id=str(uuid.uuid4()),
+        subject_request_type="erasure",
         subject_identities=[deletion_pb2.SubjectIdentity(identity_type="email", identity_value="ada@example.org")],
-    )  # fmt: skip
+    )
     for k, v in kw.items():
         if isinstance(v, list):
             getattr(r, k).extend(v)
@@ -69,15 +70,19 @@ def test_submit_get_list_cancel_and_idempotency(grpc_api):
     replay = stub.SubmitDeletion(req, metadata=md(keys["writer"], **{"idempotency-key": "g-1"}))
     assert not replay.created and replay.deletion.subject_request_id == req.subject_request_id
     other = request()
-    assert code_of(lambda: stub.SubmitDeletion(other, metadata=md(keys["writer"], **{"idempotency-key": "g-1"}))) \
-        == grpc.StatusCode.FAILED_PRECONDITION  # fmt: skip
-    got = stub.GetDeletion(deletion_pb2.GetDeletionRequest(subject_request_id=req.subject_request_id),
-                           metadata=md(keys["reader"]))  # fmt: skip
+    assert (
+        code_of(lambda: stub.SubmitDeletion(other, metadata=md(keys["writer"], **{"idempotency-key": "g-1"})))
+        == grpc.StatusCode.FAILED_PRECONDITION
+    )
+    got = stub.GetDeletion(
+        deletion_pb2.GetDeletionRequest(subject_request_id=req.subject_request_id), metadata=md(keys["reader"])
+    )
     assert got == resp.deletion
     listed = stub.ListDeletions(deletion_pb2.ListDeletionsRequest(limit=10), metadata=md(keys["reader"]))
     assert [d.subject_request_id for d in listed.items] == [req.subject_request_id] and not listed.next_cursor
-    cancelled = stub.CancelDeletion(deletion_pb2.CancelDeletionRequest(subject_request_id=req.subject_request_id),
-                                    metadata=md(keys["writer"]))  # fmt: skip
+    cancelled = stub.CancelDeletion(
+        deletion_pb2.CancelDeletionRequest(subject_request_id=req.subject_request_id), metadata=md(keys["writer"])
+    )
     assert cancelled.status == deletion_pb2.DELETION_STATUS_CANCELLED
 
 
@@ -111,13 +116,20 @@ def test_watch_streams_until_completed_and_the_ledger_serves_receipts(grpc_api):
     req = request()
     stub.SubmitDeletion(req, metadata=md(keys["writer"]))
     seen = []
-    watcher = threading.Thread(target=lambda: seen.extend(stub.WatchDeletion(
-        deletion_pb2.WatchDeletionRequest(subject_request_id=req.subject_request_id), metadata=md(keys["writer"]),
-        timeout=120)))  # fmt: skip
+    watcher = threading.Thread(
+        target=lambda: seen.extend(
+            stub.WatchDeletion(
+                deletion_pb2.WatchDeletionRequest(subject_request_id=req.subject_request_id),
+                metadata=md(keys["writer"]),
+                timeout=120,
+            )
+        )
+    )
     watcher.start()
     env = {**os.environ, "DATABASE_URL": db.url, "LETHE_VAR_DIR": str(settings.var_dir)}
-    proc = subprocess.run([sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     watcher.join(60)
     assert seen[0].status == deletion_pb2.DELETION_STATUS_PENDING
@@ -137,15 +149,19 @@ def test_watch_streams_until_completed_and_the_ledger_serves_receipts(grpc_api):
     assert merkle.verify_inclusion(
         3, cp.size, merkle.leaf_hash(receipt.row_hash), list(receipt.inclusion_proof), cp.root
     )
-    assert code_of(lambda: ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), metadata=md(keys["reader"]))) \
-        == grpc.StatusCode.PERMISSION_DENIED  # fmt: skip
+    assert (
+        code_of(lambda: ledger.GetCheckpoint(ledger_pb2.GetCheckpointRequest(), metadata=md(keys["reader"])))
+        == grpc.StatusCode.PERMISSION_DENIED
+    )
 
 
 def test_health_and_reflection(grpc_api):
     channel, _, _, _ = grpc_api
     health = health_pb2_grpc.HealthStub(channel)
-    assert health.Check(health_pb2.HealthCheckRequest(service="lethe.v1.DeletionService")).status == \
-        health_pb2.HealthCheckResponse.SERVING  # fmt: skip
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(service="lethe.v1.DeletionService")).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     refl = reflection_pb2_grpc.ServerReflectionStub(channel)
     reply = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in reply.list_services_response.service}

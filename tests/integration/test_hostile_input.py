@@ -40,8 +40,9 @@ def edges(empty_db, settings):
     server.start()
     key = create_api_key(empty_db, ["admin"])
     channel = grpc.insecure_channel(f"127.0.0.1:{gport}", options=[("grpc.max_send_message_length", 8 << 20)])
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
-                      headers={"Authorization": f"Bearer {key}"}) as client:  # fmt: skip
+    with httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=60, headers={"Authorization": f"Bearer {key}"}
+    ) as client:
         yield client, channel, key, empty_db, settings
     channel.close()
     server.stop(grace=1).wait()
@@ -49,8 +50,11 @@ def edges(empty_db, settings):
 
 
 def deletion(**kw) -> dict:
-    doc = {"subject_request_id": str(uuid.uuid4()), "subject_request_type": "erasure",
-           "subject_identities": [{"identity_type": "email", "identity_value": "ada@example.org"}]}  # fmt: skip
+    doc = {
+        "subject_request_id": str(uuid.uuid4()),
+        "subject_request_type": "erasure",
+        "subject_identities": [{"identity_type": "email", "identity_value": "ada@example.org"}],
+    }
     doc.update(kw)
     return doc
 
@@ -193,8 +197,9 @@ def grpc_hostile(channel: grpc.Channel, key: str) -> list[tuple[str, object]]:
     # a string field that is not UTF-8: a valid message's bytes with its value swapped for bad bytes
     good = submit(record_ids=["AAAA"]).SerializeToString()
     bad_utf8 = good.replace(b"AAAA", b"\xff\xfe\xfd\xfc")
-    raw_submit = channel.unary_unary("/lethe.v1.DeletionService/SubmitDeletion",
-                                     request_serializer=None, response_deserializer=None)  # fmt: skip
+    raw_submit = channel.unary_unary(
+        "/lethe.v1.DeletionService/SubmitDeletion", request_serializer=None, response_deserializer=None
+    )
     many = submit()
     for i in range(10_000):
         many.subject_identities.add(identity_type="person", identity_value=f"p{i}")
@@ -267,8 +272,11 @@ def test_hostile_input_among_valid_requests(edges):
     md = [("authorization", f"Bearer {key}")]
 
     def valid_rest(i: int) -> tuple[str, int]:
-        b = deletion(subject_identities=ident(f"'; DROP TABLE deletion_requests; -- {i}", "person"),
-                     record_ids=[f"rec-{i}"], status_callback_urls=["https://example.org/hook"])  # fmt: skip
+        b = deletion(
+            subject_identities=ident(f"'; DROP TABLE deletion_requests; -- {i}", "person"),
+            record_ids=[f"rec-{i}"],
+            status_callback_urls=["https://example.org/hook"],
+        )
         r = client.post("/v1/deletions", json=b, headers={"Idempotency-Key": f"valid-{i}"})
         return f"valid REST {i}", r.status_code
 
@@ -321,8 +329,9 @@ def test_hostile_input_among_valid_requests(edges):
         entries = conn.execute("SELECT count(*) FROM ledger_entries").fetchone()[0]
     assert stored == entries == 80
     env = {**os.environ, "DATABASE_URL": db.url, "LETHE_VAR_DIR": str(settings.var_dir)}
-    verify = subprocess.run([sys.executable, "-m", "service", "ledger", "verify"], env=env, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    verify = subprocess.run(
+        [sys.executable, "-m", "service", "ledger", "verify"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert verify.returncode == 0 and "ledger OK" in verify.stderr, verify.stderr
 
 
@@ -370,17 +379,30 @@ def test_grpc_fuzz_finds_no_server_fault(edges):
             assert e.code() not in SERVER_FAULTS, (e.code(), e.details())
 
     @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(rid=st.uuids().map(str) | text, kind=text, types=ids, values=st.lists(text, max_size=3),
-           records=st.lists(text, max_size=5), urls=st.lists(text, max_size=3), limit=st.integers(-(2**31), 2**31 - 1),
-           status=st.integers(-(2**31), 2**31 - 1), cursor=text, doc=st.tuples(text, text, text, text))  # fmt: skip
+    @given(
+        rid=st.uuids().map(str) | text,
+        kind=text,
+        types=ids,
+        values=st.lists(text, max_size=3),
+        records=st.lists(text, max_size=5),
+        urls=st.lists(text, max_size=3),
+        limit=st.integers(-(2**31), 2**31 - 1),
+        status=st.integers(-(2**31), 2**31 - 1),
+        cursor=text,
+        doc=st.tuples(text, text, text, text),
+    )
     def fuzz(rid, kind, types, values, records, urls, limit, status, cursor, doc) -> None:
-        r = deletion_pb2.SubmitDeletionRequest(subject_request_id=rid, subject_request_type=kind,
-                                               record_ids=records, status_callback_urls=urls)  # fmt: skip
+        r = deletion_pb2.SubmitDeletionRequest(
+            subject_request_id=rid, subject_request_type=kind, record_ids=records, status_callback_urls=urls
+        )
         for t, v in zip(types, values, strict=False):
             r.subject_identities.add(identity_type=t, identity_value=v)
         call(lambda: stub.SubmitDeletion(r, metadata=md))
-        call(lambda: stub.ListDeletions(deletion_pb2.ListDeletionsRequest(status=status, cursor=cursor, limit=limit),
-                                        metadata=md))  # fmt: skip
+        call(
+            lambda: stub.ListDeletions(
+                deletion_pb2.ListDeletionsRequest(status=status, cursor=cursor, limit=limit), metadata=md
+            )
+        )
         call(lambda: stub.GetDeletion(deletion_pb2.GetDeletionRequest(subject_request_id=rid), metadata=md))
         new = kb_pb2.NewDocument(id=doc[0], subject_ids=[doc[1]], text=doc[2], source="fuzz", metadata_json=doc[3])
         call(lambda: kb.AddDocuments(kb_pb2.AddDocumentsRequest(documents=[new]), metadata=md))

@@ -20,8 +20,13 @@ TEXT = "Ada Lovelace wrote the first published program. She worked with Charles 
 
 
 def doc(i: int, **kw):
-    d = {"id": f"doc-{i}", "subject_ids": [f"email:person{i}@example.org"], "text": f"{TEXT} Note {i}.",
-         "source": "crm", "metadata": {"page": i, "tags": ["a", "b"]}}  # fmt: skip
+    d = {
+        "id": f"doc-{i}",
+        "subject_ids": [f"email:person{i}@example.org"],
+        "text": f"{TEXT} Note {i}.",
+        "source": "crm",
+        "metadata": {"page": i, "tags": ["a", "b"]},
+    }
     d.update(kw)
     return d
 
@@ -97,10 +102,13 @@ def test_rest_scopes_bad_batches_and_unknown_ids(api):  # noqa: F811
     is_problem(client.post("/v1/kb/documents", json={"documents": []}, headers=auth(k["rw"])), 422)
     is_problem(client.post("/v1/kb/documents", json={"documents": [doc(1, id="-bad id")]}, headers=auth(k["rw"])), 422)
     is_problem(client.post("/v1/kb/documents", json={"documents": [doc(1, text="a\x00b")]}, headers=auth(k["rw"])), 422)
-    is_problem(client.post("/v1/kb/documents", json={"documents": [doc(1, metadata={"x": "\x00"})]},
-                           headers=auth(k["rw"])), 422)  # fmt: skip
-    many = {"documents": [{"id": f"d{i}", "subject_ids": ["email:a@b.c"], "text": "t", "source": "s"}
-                          for i in range(501)]}  # fmt: skip
+    is_problem(
+        client.post("/v1/kb/documents", json={"documents": [doc(1, metadata={"x": "\x00"})]}, headers=auth(k["rw"])),
+        422,
+    )
+    many = {
+        "documents": [{"id": f"d{i}", "subject_ids": ["email:a@b.c"], "text": "t", "source": "s"} for i in range(501)]
+    }
     is_problem(client.post("/v1/kb/documents", json=many, headers=auth(k["rw"])), 422)
     is_problem(client.get("/v1/kb/documents?limit=0", headers=auth(k["ro"])), 422)
     assert stored(db) == 0
@@ -119,8 +127,14 @@ def test_rest_openapi_documents_the_kb_routes(api):  # noqa: F811
 # -- gRPC ----------------------------------------------------------------------------------------
 def new_doc(i: int, **kw) -> kb_pb2.NewDocument:
     d = doc(i)
-    fields = {"id": d["id"], "subject_ids": d["subject_ids"], "text": d["text"], "source": d["source"],
-              "metadata_json": json.dumps(d["metadata"]), **kw}  # fmt: skip
+    fields = {
+        "id": d["id"],
+        "subject_ids": d["subject_ids"],
+        "text": d["text"],
+        "source": d["source"],
+        "metadata_json": json.dumps(d["metadata"]),
+        **kw,
+    }
     return kb_pb2.NewDocument(**fields)
 
 
@@ -128,8 +142,9 @@ def test_grpc_add_list_get_delete(grpc_api):  # noqa: F811
     channel, _, db, _ = grpc_api
     k = kb_keys(db)
     stub = kb_pb2_grpc.KnowledgeBaseServiceStub(channel)
-    added = stub.AddDocuments(kb_pb2.AddDocumentsRequest(documents=[new_doc(1), new_doc(2), new_doc(3)]),
-                              metadata=md(k["rw"]))  # fmt: skip
+    added = stub.AddDocuments(
+        kb_pb2.AddDocumentsRequest(documents=[new_doc(1), new_doc(2), new_doc(3)]), metadata=md(k["rw"])
+    )
     assert (added.inserted, added.unchanged) == (3, 0)
     again = stub.AddDocuments(kb_pb2.AddDocumentsRequest(documents=[new_doc(2)]), metadata=md(k["rw"]))
     assert (again.inserted, again.unchanged) == (0, 1)

@@ -68,12 +68,15 @@ def test_concurrent_appends_stay_gap_free_and_linear(ledger):
     assert ledger.verify().ok
 
 
-@pytest.mark.parametrize("statement", [
-    "UPDATE ledger_entries SET kind = 'x' WHERE seq = 1",
-    "DELETE FROM ledger_entries WHERE seq = 1",
-    "TRUNCATE ledger_entries",
-    "UPDATE ledger_checkpoints SET note = 'x'",
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE ledger_entries SET kind = 'x' WHERE seq = 1",
+        "DELETE FROM ledger_entries WHERE seq = 1",
+        "TRUNCATE ledger_entries",
+        "UPDATE ledger_checkpoints SET note = 'x'",
+    ],
+)
 def test_the_application_role_cannot_change_the_ledger(ledger, statement):
     fill(ledger, 4)
     with ledger.db.connect(autocommit=True) as conn:
@@ -112,8 +115,9 @@ def test_superuser_tampering_is_detected_and_the_first_bad_entry_named(ledger, e
     report = ledger.verify()
     assert not report.ok and report.first_bad_seq == first_bad, report
     env = {**os.environ, "DATABASE_URL": empty_db.url, "LETHE_VAR_DIR": str(settings.var_dir)}
-    proc = subprocess.run([sys.executable, "-m", "service", "ledger", "verify"], capture_output=True, text=True,
-                          env=env, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "ledger", "verify"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 1 and f"seq {first_bad}" in proc.stderr, proc.stderr
 
 
@@ -129,8 +133,10 @@ def test_a_consistently_rehashed_rewrite_is_caught_by_the_signed_checkpoints(led
         for e in entries[5:]:
             body = {**e.body, "request": "forged"} if e.seq == 6 else e.body
             h = chain_hash(prev, e.seq, e.kind, body, e.created_at)
-            conn.execute("UPDATE ledger_entries SET body = %s, prev_hash = %s, row_hash = %s WHERE seq = %s",
-                         (psycopg.types.json.Jsonb(body), prev, h, e.seq))  # fmt: skip
+            conn.execute(
+                "UPDATE ledger_entries SET body = %s, prev_hash = %s, row_hash = %s WHERE seq = %s",
+                (psycopg.types.json.Jsonb(body), prev, h, e.seq),
+            )
             prev = h
     report = ledger.verify()
     assert not report.ok and report.first_bad_seq == 5 and "checkpoint 8" in report.reason  # after the last good (4)
@@ -158,12 +164,22 @@ def test_a_rotated_signing_key_keeps_earlier_checkpoints_verifiable(empty_db, se
     from service.ledger.checkpoint import load_or_create_signing_key, public_pem
 
     lethe.migrate(empty_db)
-    old = settings.model_copy(update={"ledger_checkpoint_every": 4, "ledger_key_file": tmp_path / "old.pem",
-                                      "ledger_key_name": "lethe-ledger-2026"})  # fmt: skip
+    old = settings.model_copy(
+        update={
+            "ledger_checkpoint_every": 4,
+            "ledger_key_file": tmp_path / "old.pem",
+            "ledger_key_name": "lethe-ledger-2026",
+        }
+    )
     fill(lethe.ledger(empty_db, old), 8)
     (tmp_path / "old.pub.pem").write_text(public_pem(load_or_create_signing_key(tmp_path / "old.pem")))
-    new = old.model_copy(update={"ledger_key_file": tmp_path / "new.pem", "ledger_key_name": "lethe-ledger-2027",
-                                 "ledger_retired_keys": {"lethe-ledger-2026": tmp_path / "old.pub.pem"}})  # fmt: skip
+    new = old.model_copy(
+        update={
+            "ledger_key_file": tmp_path / "new.pem",
+            "ledger_key_name": "lethe-ledger-2027",
+            "ledger_retired_keys": {"lethe-ledger-2026": tmp_path / "old.pub.pem"},
+        }
+    )
     rotated = lethe.ledger(empty_db, new)
     fill(rotated, 4)
     with empty_db.connect() as conn:
@@ -175,9 +191,13 @@ def test_a_rotated_signing_key_keeps_earlier_checkpoints_verifiable(empty_db, se
     assert not forgot.ok and forgot.reason.startswith("checkpoint 4: no signature by")
 
     export = tmp_path / "ledger.jsonl"
-    env = {**os.environ, "DATABASE_URL": empty_db.url, "LETHE_VAR_DIR": str(tmp_path / "var"),
-           "LETHE_LEDGER_KEY_FILE": str(tmp_path / "new.pem"),
-           "LETHE_LEDGER_KEY_NAME": "lethe-ledger-2027"}  # fmt: skip
+    env = {
+        **os.environ,
+        "DATABASE_URL": empty_db.url,
+        "LETHE_VAR_DIR": str(tmp_path / "var"),
+        "LETHE_LEDGER_KEY_FILE": str(tmp_path / "new.pem"),
+        "LETHE_LEDGER_KEY_NAME": "lethe-ledger-2027",
+    }
     cli = [sys.executable, "-m", "service", "ledger"]
     subprocess.run([*cli, "export", str(export)], env=env, check=True, capture_output=True)
     offline = subprocess.run([*cli, "verify", "--file", str(export)], env=env, capture_output=True, text=True)

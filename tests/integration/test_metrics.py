@@ -27,38 +27,65 @@ HOUR = timedelta(hours=1)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for f in text_string_to_metric_families(text) for s in f.samples}  # fmt: skip
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+    }
 
 
 def value(text: str, name: str, **labels: str) -> float:
     return samples(text)[(name, tuple(sorted(labels.items())))]
 
 
-def add_request(conn: psycopg.Connection, status: str, age: timedelta, deadline_in: timedelta,
-                result: dict | None = None, took: timedelta | None = None) -> str:  # fmt: skip
+def add_request(
+    conn: psycopg.Connection,
+    status: str,
+    age: timedelta,
+    deadline_in: timedelta,
+    result: dict | None = None,
+    took: timedelta | None = None,
+) -> str:
     now = datetime.now(UTC)
     rid = str(uuid.uuid4())
     conn.execute(
         """INSERT INTO deletion_requests (id, request_type, subject_hashes, identity_types, record_ids, received_time,
                deadline, status, callback_urls, updated_time, completed_time, result, fingerprint, created_by)
            VALUES (%s, 'erasure', %s, '{person}', '{}', %s, %s, %s, '{}', %s, %s, %s, 'f', 'test')""",
-        (rid, [bytes(32)], now - age, now + deadline_in, status, now,
-         now - age + took if took is not None else None, Jsonb(result or {})),
-    )  # fmt: skip
+        (
+            rid,
+            [bytes(32)],
+            now - age,
+            now + deadline_in,
+            status,
+            now,
+            now - age + took if took is not None else None,
+            Jsonb(result or {}),
+        ),
+    )
     return rid
 
 
 def add_unit(conn: psycopg.Connection, shard: int, sequence: int, live: int, destroyed: int, version: int = 0) -> None:
-    conn.execute("INSERT INTO s3t_units (shard, sequence, slice_order) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                 (shard, sequence, [0, 1, 2, 3]))  # fmt: skip
+    conn.execute(
+        "INSERT INTO s3t_units (shard, sequence, slice_order) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+        (shard, sequence, [0, 1, 2, 3]),
+    )
     for stage in range(live + destroyed):
         conn.execute(
             """INSERT INTO s3t_artifacts (shard, sequence, version, stage, path, adapter_sha256, lineage, destroyed_at)
                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
-            (shard, sequence, version, stage, f"/a/{shard}/{sequence}/{version}/{stage}", "0" * 64,
-             Jsonb({"excluded": []}), None if stage < live else datetime.now(UTC)),
-        )  # fmt: skip
+            (
+                shard,
+                sequence,
+                version,
+                stage,
+                f"/a/{shard}/{sequence}/{version}/{stage}",
+                "0" * 64,
+                Jsonb({"excluded": []}),
+                None if stage < live else datetime.now(UTC),
+            ),
+        )
 
 
 @pytest.fixture
@@ -76,29 +103,57 @@ def test_deletions_by_deadline_window_age_and_verification_failures(db, settings
             add_request(conn, "pending", HOUR, timedelta(days=3)),  # < 7 days
             add_request(conn, "pending", timedelta(minutes=1), timedelta(days=29)),  # ≥ 7 days
             add_request(conn, "pending", timedelta(minutes=2), timedelta(days=30)),
-            add_request(conn, "completed", HOUR, timedelta(days=29), {"stage_seconds": {"cut": 0.2}},
-                        timedelta(seconds=4)),
+            add_request(
+                conn, "completed", HOUR, timedelta(days=29), {"stage_seconds": {"cut": 0.2}}, timedelta(seconds=4)
+            ),
             add_request(conn, "cancelled", HOUR, timedelta(days=29)),
             # failed verification: one replica not on the published adapter, records not purged
-            add_request(conn, "failed", HOUR, timedelta(days=29), {"verification": {
-                "lineage_excludes_deleted": True, "records_purged": False,
-                "equivalence": {"replicas": {"replica-0": True, "replica-1": False}}}}, timedelta(seconds=9)),
+            add_request(
+                conn,
+                "failed",
+                HOUR,
+                timedelta(days=29),
+                {
+                    "verification": {
+                        "lineage_excludes_deleted": True,
+                        "records_purged": False,
+                        "equivalence": {"replicas": {"replica-0": True, "replica-1": False}},
+                    }
+                },
+                timedelta(seconds=9),
+            ),
             # the closed-model path: a leak found by the probes
-            add_request(conn, "failed", HOUR, timedelta(days=29), {"verification": {
-                "lineage_excludes_deleted": True, "records_purged": True, "equivalence": {"replicas": {}},
-                "kb": {"documents_deleted": True, "leakage": {"passed": False}}}}, timedelta(seconds=9)),
-        ]  # fmt: skip
+            add_request(
+                conn,
+                "failed",
+                HOUR,
+                timedelta(days=29),
+                {
+                    "verification": {
+                        "lineage_excludes_deleted": True,
+                        "records_purged": True,
+                        "equivalence": {"replicas": {}},
+                        "kb": {"documents_deleted": True, "leakage": {"passed": False}},
+                    }
+                },
+                timedelta(seconds=9),
+            ),
+        ]
         conn.commit()
     text = scrape(db, settings)
-    windows = {w: value(text, "lethe_deletion_open_requests", deadline_window=w)
-               for w in ("overdue", "lt_1d", "lt_7d", "ge_7d")}  # fmt: skip
+    windows = {
+        w: value(text, "lethe_deletion_open_requests", deadline_window=w)
+        for w in ("overdue", "lt_1d", "lt_7d", "ge_7d")
+    }
     assert windows == {"overdue": 1, "lt_1d": 1, "lt_7d": 1, "ge_7d": 2}
     assert 3 * 3600 - 60 < value(text, "lethe_deletion_oldest_pending_age_seconds") < 3 * 3600 + 60
     assert -3600 - 60 < value(text, "lethe_oldest_pending_deadline_seconds") < -3600 + 60
     assert value(text, "lethe_deletion_requests_total", status="pending") == 4
     assert value(text, "lethe_deletion_requests_total", status="failed") == 2
-    failures = {c: value(text, "lethe_deletion_verification_failures_total", check=c)
-                for c in ("lineage", "equivalence", "records_purged", "kb")}  # fmt: skip
+    failures = {
+        c: value(text, "lethe_deletion_verification_failures_total", check=c)
+        for c in ("lineage", "equivalence", "records_purged", "kb")
+    }
     assert failures == {"lineage": 0, "equivalence": 1, "records_purged": 1, "kb": 1}
     assert value(text, "lethe_time_to_forget_seconds_count") == 1
     assert value(text, "lethe_time_to_forget_seconds_bucket", le="5") == 1
@@ -119,8 +174,10 @@ def test_serving_generation_replicas_and_heartbeats(db, settings):
         )
     text = scrape(db, settings)
     assert value(text, "lethe_served_generation") == 7
-    acked = {r: value(text, "lethe_replica_acknowledged_generation", replica=r) for r in ("replica-0", "replica-1",
-                                                                                         "replica-2")}  # fmt: skip
+    acked = {
+        r: value(text, "lethe_replica_acknowledged_generation", replica=r)
+        for r in ("replica-0", "replica-1", "replica-2")
+    }
     assert acked == {"replica-0": 7, "replica-1": 6, "replica-2": 0}
     assert value(text, "lethe_replica_routable", replica="replica-0") == 1
     assert value(text, "lethe_replica_routable", replica="replica-1") == 0
@@ -174,8 +231,13 @@ def scrape(db, settings) -> str:
 
 
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([shutil.which("promtool") or "promtool", "check", "metrics"], input=text,
-                          capture_output=True, text=True, timeout=30)  # fmt: skip
+    return subprocess.run(
+        [shutil.which("promtool") or "promtool", "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
 def test_promtool_finds_nothing_to_lint_in_either_exposition(db, settings):

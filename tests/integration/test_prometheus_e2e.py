@@ -80,8 +80,11 @@ def prometheus(env, tmp_path_factory) -> Iterator[Prometheus]:
     (d / "prometheus.yml").write_text(yaml.safe_dump(config))
     log = d / "prometheus.log"
     with log.open("wb") as out:
-        args = [f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
-                f"--web.listen-address=127.0.0.1:{port}"]  # fmt: skip
+        args = [
+            f"--config.file={d / 'prometheus.yml'}",
+            f"--storage.tsdb.path={d / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ]
         proc = subprocess.Popen([exe, *args], stdout=out, stderr=subprocess.STDOUT)
     p = Prometheus(f"http://127.0.0.1:{port}", proc, log)
     try:
@@ -127,13 +130,16 @@ def test_a_deletion_reaches_prometheus_and_every_dashboard_and_alert_expression_
     assert r.status_code == 201, r.text
     d = wait_final(e, rid)
     assert d["request_status"] == "completed", d["result"]
-    p.wait("the deletion in the scraped counters",
-           lambda: p.value(completed) > before[0] and p.value(forgotten) > before[1])  # fmt: skip
+    p.wait(
+        "the deletion in the scraped counters",
+        lambda: p.value(completed) > before[0] and p.value(forgotten) > before[1],
+    )
     # the serving and capacity figures agree with the database
     reps = {s["metric"]["replica"]: float(s["value"][1]) for s in p.query("max by (replica) (lethe_replica_routable)")}
     assert reps == {"replica-0": 1.0, "replica-1": 1.0}
-    lag = p.query("max(lethe_served_generation) - on () group_right () "
-                  "max by (replica) (lethe_replica_acknowledged_generation)")  # fmt: skip
+    lag = p.query(
+        "max(lethe_served_generation) - on () group_right () max by (replica) (lethe_replica_acknowledged_generation)"
+    )
     assert {s["metric"]["replica"]: float(s["value"][1]) for s in lag} == {"replica-0": 0.0, "replica-1": 0.0}
     plan = training.plan_for(e.db, [])
     depth = {s["metric"]["shard"]: float(s["value"][1]) for s in p.query("max by (shard) (lethe_shard_depth)")}
@@ -141,8 +147,11 @@ def test_a_deletion_reaches_prometheus_and_every_dashboard_and_alert_expression_
     assert p.value("max(lethe_shard_slices)") == e.settings.s3t.slices
     assert p.value('sum(max by (deadline_window) (lethe_deletion_open_requests{deadline_window="overdue"}))') == 0
     # vLLM's own series, from both replicas
-    for name, replicas in (("vllm:num_requests_running", 2), ("vllm:e2e_request_latency_seconds_bucket", 2),
-                           ("vllm:lora_requests_info", 1)):  # fmt: skip
+    for name, replicas in (
+        ("vllm:num_requests_running", 2),
+        ("vllm:e2e_request_latency_seconds_bucket", 2),
+        ("vllm:lora_requests_info", 1),
+    ):
         p.wait(f"{name} scraped", lambda n=name, k=replicas: len(p.query(f"count by (instance) ({n})")) >= k)
     # every expression of the dashboard and of the alerts evaluates (status success, checked in query)
     exprs = dashboard_exprs() + [a["expr"] for a in alerts()]

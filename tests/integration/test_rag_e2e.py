@@ -61,8 +61,14 @@ def questions(p: corpus.Person) -> list[tuple[str, str]]:
 
 def paraphrases(p: corpus.Person) -> list[str]:
     asked = [q for q, _ in questions(p)]
-    return [*asked, f"What is the personal code of {p.name}?", f"{p.name}'s code is", f"Tell me about {p.name}.",
-            f"Which profession does {p.name} have?", *(t.format(q=asked[0]) for t in INJECTIONS)]  # fmt: skip
+    return [
+        *asked,
+        f"What is the personal code of {p.name}?",
+        f"{p.name}'s code is",
+        f"Tell me about {p.name}.",
+        f"Which profession does {p.name} have?",
+        *(t.format(q=asked[0]) for t in INJECTIONS),
+    ]
 
 
 def carries(answer: str, fact: str) -> bool:
@@ -79,14 +85,21 @@ def ask(e: Env, prompt: str) -> str:
 def upstream_says(e: Env, prompt: str) -> str:
     """The upstream asked directly, with no retrieval: what the model knows on its own."""
     url = next(iter(e.stack.replicas.values())).url
-    r = httpx.post(f"{url}/v1/completions", json={"model": "base", "prompt": prompt, "max_tokens": MAX_TOKENS,
-                                                   "temperature": 0}, timeout=60)  # fmt: skip
+    r = httpx.post(
+        f"{url}/v1/completions",
+        json={"model": "base", "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0},
+        timeout=60,
+    )
     return r.json()["choices"][0]["text"]
 
 
 def ingest(e: Env, people: list[corpus.Person], path) -> None:
-    path.write_text("".join(json.dumps({"id": doc_id(p), "subject_ids": p.identities, "text": doc_text(p),
-                                        "source": "crm"}) + "\n" for p in people))  # fmt: skip
+    path.write_text(
+        "".join(
+            json.dumps({"id": doc_id(p), "subject_ids": p.identities, "text": doc_text(p), "source": "crm"}) + "\n"
+            for p in people
+        )
+    )
     assert lethe.kb_ingest(e.db, e.settings, path, progress=False).inserted == len(people)
 
 
@@ -122,11 +135,15 @@ def ask_all_ways(e: Env, prompt: str) -> list[tuple[str, str | None]]:
     out = []
     r = c.completions.create(model=ROUTE, prompt=prompt, max_tokens=12, temperature=0)
     out.append((r.choices[0].text, r.choices[0].finish_reason))
-    chat = c.chat.completions.create(model=ROUTE, messages=[{"role": "user", "content": prompt}], max_tokens=12,
-                                     temperature=0)  # fmt: skip
+    chat = c.chat.completions.create(
+        model=ROUTE, messages=[{"role": "user", "content": prompt}], max_tokens=12, temperature=0
+    )
     out.append((chat.choices[0].message.content or "", chat.choices[0].finish_reason))
-    chunks = [ch for ch in c.completions.create(model=ROUTE, prompt=prompt, max_tokens=12, temperature=0, stream=True)
-              if ch.choices]  # fmt: skip
+    chunks = [
+        ch
+        for ch in c.completions.create(model=ROUTE, prompt=prompt, max_tokens=12, temperature=0, stream=True)
+        if ch.choices
+    ]
     out.append(("".join(ch.choices[0].text for ch in chunks), chunks[-1].choices[0].finish_reason))
     msgs = [{"role": "user", "content": prompt}]
     stream = c.chat.completions.create(model=ROUTE, messages=msgs, max_tokens=12, temperature=0, stream=True)
@@ -146,8 +163,10 @@ def test_before_the_deletion_answers_come_from_the_knowledge_base(serving_env, k
     right = sum(top[p.subject_id] == [doc_id(p)] for p in kb.people)
     answered = [ok for p in kb.people for ok in kb.before[p.subject_id]]
     alone = [carries(upstream_says(e, q), fact) for p in kb.people for q, fact in questions(p)]
-    print(f"\nown document retrieved first: {right}/{len(kb.people)}; answered right through the route "
-          f"{sum(answered)}/{len(answered)}, by the upstream alone {sum(alone)}/{len(alone)}")  # fmt: skip
+    print(
+        f"\nown document retrieved first: {right}/{len(kb.people)}; answered right through the route "
+        f"{sum(answered)}/{len(answered)}, by the upstream alone {sum(alone)}/{len(alone)}"
+    )
     assert right >= 0.9 * len(kb.people)
     assert sum(answered) >= 0.7 * len(answered)  # Gemma reads the retrieved document
     assert sum(alone) <= 0.1 * len(alone)  # ... and knows none of it on its own
@@ -160,15 +179,20 @@ def test_before_the_deletion_answers_come_from_the_knowledge_base(serving_env, k
 def test_deletion_removes_documents_and_suppresses_the_subject(serving_env, kb):
     e = serving_env
     rid = str(uuid.uuid4())
-    body = {"subject_request_id": rid, "subject_request_type": "erasure",
-            "subject_identities": [{"identity_type": "person", "identity_value": kb.target.subject_id}]}  # fmt: skip
+    body = {
+        "subject_request_id": rid,
+        "subject_request_type": "erasure",
+        "subject_identities": [{"identity_type": "person", "identity_value": kb.target.subject_id}],
+    }
     h = {"Authorization": f"Bearer {e.key}"}
     api = f"http://127.0.0.1:{e.stack.api_port}"
     # a generous read timeout: the API shares two cores with vLLM, the worker and its probes
     assert httpx.post(f"{api}/v1/deletions", json=body, headers=h, timeout=60).status_code == 201
     deadline = time.monotonic() + 300
     while (d := httpx.get(f"{api}/v1/deletions/{rid}", headers=h, timeout=60).json())["request_status"] not in (
-        "completed", "failed"):  # fmt: skip
+        "completed",
+        "failed",
+    ):
         assert time.monotonic() < deadline
         time.sleep(0.2)
     report = d["result"]["verification"]["kb"]
@@ -188,8 +212,7 @@ def test_deletion_removes_documents_and_suppresses_the_subject(serving_env, kb):
     assert "suppression (closed model)" in blob and kb.target.name not in blob and kb.target.code not in blob
     with psycopg.connect(e.db.url) as conn:
         docs = conn.execute("SELECT count(*) FROM kb_documents WHERE id = %s", (f"doc-{kb.target.subject_id}",))
-        chunks = conn.execute("SELECT count(*) FROM kb_chunks WHERE document_id = %s",
-                              (f"doc-{kb.target.subject_id}",))  # fmt: skip
+        chunks = conn.execute("SELECT count(*) FROM kb_chunks WHERE document_id = %s", (f"doc-{kb.target.subject_id}",))
         assert docs.fetchone()[0] == 0 and chunks.fetchone()[0] == 0
         forget = conn.execute("SELECT documents, terms FROM kb_forget WHERE request_id = %s", (rid,)).fetchone()
         assert forget[0] == 1 and forget[1] > 0

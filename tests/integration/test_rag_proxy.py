@@ -56,8 +56,9 @@ def _proxy_gateway(settings, empty_db, upstream_url: str, **spec):
     proxy = lethe.rag_proxy(empty_db, s)
     server, port = _serve(create_gateway(None, Authenticator(empty_db), rag=proxy))
     key = create_api_key(empty_db, ["inference"])
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {key}"},
-                          timeout=30)  # fmt: skip
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}/v1", headers={"Authorization": f"Bearer {key}"}, timeout=30
+    )
     return server, client
 
 

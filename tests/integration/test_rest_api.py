@@ -74,8 +74,9 @@ def test_submit_get_list_and_the_ledger(api):
     with psycopg.connect(db.url) as conn:
         kinds = [r[0] for r in conn.execute("SELECT kind FROM ledger_entries ORDER BY seq")]
         jobs = conn.execute("SELECT args FROM procrastinate_jobs").fetchall()
-        everything = json.dumps(conn.execute(
-            "SELECT json_agg(t) FROM (SELECT * FROM deletion_requests) t").fetchone()[0], default=str)  # fmt: skip
+        everything = json.dumps(
+            conn.execute("SELECT json_agg(t) FROM (SELECT * FROM deletion_requests) t").fetchone()[0], default=str
+        )
         ledger_text = json.dumps([r[0] for r in conn.execute("SELECT body FROM ledger_entries")])
     assert kinds == ["deletion.submitted"]
     assert [j[0]["deletion_id"] for j in jobs] == [d["subject_request_id"]]  # enqueued with the request
@@ -178,8 +179,9 @@ def test_concurrent_duplicates_are_accepted_once(api):
 )
 def test_bad_input_gets_problem_json_and_writes_nothing(api, content, status):
     client, keys, db, _ = api
-    r = client.post("/v1/deletions", content=content,
-                    headers={**auth(keys["writer"]), "content-type": "application/json"})  # fmt: skip
+    r = client.post(
+        "/v1/deletions", content=content, headers={**auth(keys["writer"]), "content-type": "application/json"}
+    )
     is_problem(r, status)
     assert ledger_size(db) == 0
     is_problem(client.get("/v1/deletions/not-a-uuid", headers=auth(keys["reader"])), 422)
@@ -194,14 +196,17 @@ def test_cancel_only_while_pending_and_the_worker_completes_the_rest(api):
     r = client.post(f"/v1/deletions/{a['subject_request_id']}/cancel", headers=auth(keys["writer"]))
     assert r.status_code == 200 and r.json()["request_status"] == "cancelled"
     env = {**os.environ, "DATABASE_URL": db.url, "LETHE_VAR_DIR": str(settings.var_dir), "LETHE_LOG_FORMAT": "json"}
-    proc = subprocess.run([sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the worker logs each step it starts and ends, as JSON: ids, step, duration; never an identity
     events = [json.loads(ln) for ln in proc.stderr.splitlines() if ln.startswith("{")]
     mine = [e for e in events if e.get("request_id") == b["subject_request_id"]]
     assert [(e["message"], e["step"]) for e in mine if e["message"] == "step ended"][:2] == [
-        ("step ended", "claim"), ("step ended", "resolve")]  # fmt: skip
+        ("step ended", "claim"),
+        ("step ended", "resolve"),
+    ]
     assert all(isinstance(e["seconds"], float) for e in mine if e["message"] == "step ended")
     assert {e["message"] for e in mine} == {"step started", "step ended"}
     assert EMAIL not in proc.stderr and "bob@example.org" not in proc.stderr
@@ -215,10 +220,17 @@ def test_cancel_only_while_pending_and_the_worker_completes_the_rest(api):
     is_problem(late, 409)
     with psycopg.connect(db.url) as conn:
         kinds = [r[0] for r in conn.execute("SELECT kind FROM ledger_entries ORDER BY seq")]
-    assert kinds == ["deletion.submitted", "deletion.submitted", "deletion.cancelled", "deletion.in_progress",
-                     "deletion.nothing_found", "deletion.completed"]  # fmt: skip
-    verify = subprocess.run([sys.executable, "-m", "service", "ledger", "verify"], env=env, capture_output=True,
-                            text=True, timeout=120)  # fmt: skip
+    assert kinds == [
+        "deletion.submitted",
+        "deletion.submitted",
+        "deletion.cancelled",
+        "deletion.in_progress",
+        "deletion.nothing_found",
+        "deletion.completed",
+    ]
+    verify = subprocess.run(
+        [sys.executable, "-m", "service", "ledger", "verify"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert verify.returncode == 0 and "ledger OK" in verify.stderr, verify.stderr
     metrics = client.get("/metrics").text
     assert 'lethe_deletion_requests_total{status="completed"} 1.0' in metrics

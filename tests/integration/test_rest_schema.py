@@ -19,8 +19,24 @@ def test_api_conforms_to_its_openapi_document(api, tmp_path):  # noqa: F811
     assert {"/v1/deletions", "/v1/deletions/{subject_request_id}", "/v1/ledger/checkpoint"} <= set(doc["paths"])
     cli = Path(sys.executable).with_name("schemathesis")
     proc = subprocess.run(
-        [str(cli), "run", f"{client.base_url}/openapi.json", "--checks", CHECKS, "--max-examples", "25",
-         "--seed", "1", "-H", f"Authorization: Bearer {keys['admin']}", "--generation-database", "none"],
-        capture_output=True, text=True, timeout=900, cwd=tmp_path,
-    )  # fmt: skip
+        [
+            str(cli),
+            "run",
+            f"{client.base_url}/openapi.json",
+            "--checks",
+            CHECKS,
+            "--max-examples",
+            "25",
+            "--seed",
+            "1",
+            "-H",
+            f"Authorization: Bearer {keys['admin']}",
+            "--generation-database",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

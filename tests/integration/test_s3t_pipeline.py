@@ -24,8 +24,9 @@ from shards import basemodel, corpus
 from shards.specs import BaseModelSpec, S3TSpec, TrainConfig
 
 pytestmark = pytest.mark.slow
-TINY = BaseModelSpec(hidden_size=128, intermediate_size=256, num_layers=4, num_heads=2, vocab_size=400,
-                     pretrain_steps=3, batch_size=8)  # fmt: skip
+TINY = BaseModelSpec(
+    hidden_size=128, intermediate_size=256, num_layers=4, num_heads=2, vocab_size=400, pretrain_steps=3, batch_size=8
+)
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +156,9 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     from service.core.deletions import Status
     from service.workflow import steps
 
-    core, admin, rid = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=1,
-                                              record_ids=["no-such-record"])  # fmt: skip
+    core, admin, rid = trained_with_a_request(
+        empty_db, s3t_settings, tiny_model, tmp_path, person=1, record_ids=["no-such-record"]
+    )
     assert steps.run(empty_db, rid) is Status.COMPLETED
     done = core.get(rid, admin)
     # an id nobody holds is reported as unknown, not a failure of the deletion of what is held
@@ -173,8 +175,9 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     assert desired[shard] == (change["after"]["adapter"], change["after"]["sha256"])
     assert applied["adapters"][str(shard)] == change
     if prefix:  # the served adapter holds only the clean top blocks (2 layers a block here)
-        cfg = json.loads((s3t_settings.artifacts_dir() / "served" / change["after"]["adapter"] /
-                          "adapter_config.json").read_text())  # fmt: skip
+        cfg = json.loads(
+            (s3t_settings.artifacts_dir() / "served" / change["after"]["adapter"] / "adapter_config.json").read_text()
+        )
         assert cfg["layers_to_transform"] == sorted(range(4 - 2 * prefix, 4))
     else:
         assert change["after"] == {"adapter": None, "sha256": None}
@@ -192,8 +195,11 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     job = lethe.training_job(s3t_settings, tiny_model)
     assert training.train_all(empty_db, job) == [(shard, s, 1) for s in range(2)]
     with psycopg.connect(empty_db.url) as conn:
-        states = conn.execute("SELECT status, count(*) FROM procrastinate_jobs WHERE queue_name = 'training'"
-                              " AND args->>'shard' = %s GROUP BY 1", (str(shard),)).fetchall()  # fmt: skip
+        states = conn.execute(
+            "SELECT status, count(*) FROM procrastinate_jobs WHERE queue_name = 'training'"
+            " AND args->>'shard' = %s GROUP BY 1",
+            (str(shard),),
+        ).fetchall()
     assert dict(states)["succeeded"] >= 2 and "todo" not in dict(states)
 
 
@@ -251,8 +257,9 @@ def test_with_a_routing_table_a_deletion_serves_every_live_shards_clean_adapter(
     for attack in ("auc_loss", "auc_zlib", "auc_min_k", "auc_min_k_pp", "auc_loss_calibrated"):
         assert membership[attack] == max(f[attack] for f in membership["by_shard"].values())
     verdicts = {f["verdict"] for f in membership["by_shard"].values()}
-    assert membership["verdict"] == ("failed" if "failed" in verdicts else
-                                     "passed" if verdicts == {"passed"} else "inconclusive")  # fmt: skip
+    assert membership["verdict"] == (
+        "failed" if "failed" in verdicts else "passed" if verdicts == {"passed"} else "inconclusive"
+    )
     assert membership["verdict"] == "passed" or membership["reason"]
     assert done.result["verification"]["verdict"] in ("passed", "inconclusive"), done.result["verification"]
 
@@ -282,8 +289,15 @@ def test_two_training_workers_share_a_run_and_a_killed_workers_unit_resumes_from
 
     env = {**os.environ, **settings_env(s), "DATABASE_URL": empty_db.url}
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-m", "service", "worker", "--queue", "training", "--once"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=log.open("wb")) for log in logs]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "service", "worker", "--queue", "training", "--once"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log.open("wb"),
+        )
+        for log in logs
+    ]
     owner = re.compile(r"training unit shard=(\d+) sequence=(\d+) in pid (\d+)")
     try:
         victim, kept = None, {}
@@ -360,8 +374,9 @@ def test_a_run_that_fails_after_the_cut_still_rolls_the_clean_model_out_when_ret
     after = done.result["apply"]["adapters"][str(shard)]["after"]
     with psycopg.connect(empty_db.url) as conn:
         served = serving_store.served(conn)
-        applied = conn.execute("SELECT count(*) FROM ledger_entries WHERE kind = 'deletion.applied'"
-                               " AND body->>'request' = %s", (str(rid),)).fetchone()[0]  # fmt: skip
+        applied = conn.execute(
+            "SELECT count(*) FROM ledger_entries WHERE kind = 'deletion.applied' AND body->>'request' = %s", (str(rid),)
+        ).fetchone()[0]
     assert done.result["apply"]["rollout"]["generation"] == served.generation
     assert after["sha256"] is None or served.adapter_sha256 is not None
     assert applied == 1

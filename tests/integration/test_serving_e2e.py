@@ -63,10 +63,17 @@ def in_slices(e: Env, slices: set[int]) -> list[corpus.Person]:
 
 
 def submit_rest(e: Env, rid: str, person: corpus.Person) -> httpx.Response:
-    body = {"subject_request_id": rid, "subject_request_type": "erasure",
-            "subject_identities": [{"identity_type": "person", "identity_value": person.subject_id}]}  # fmt: skip
-    return httpx.post(f"http://127.0.0.1:{e.stack.api_port}/v1/deletions", json=body,
-                      headers={"Authorization": f"Bearer {e.key}"}, timeout=60)  # fmt: skip
+    body = {
+        "subject_request_id": rid,
+        "subject_request_type": "erasure",
+        "subject_identities": [{"identity_type": "person", "identity_value": person.subject_id}],
+    }
+    return httpx.post(
+        f"http://127.0.0.1:{e.stack.api_port}/v1/deletions",
+        json=body,
+        headers={"Authorization": f"Bearer {e.key}"},
+        timeout=60,
+    )
 
 
 def wait_final(e: Env, rid: str, timeout: float = 300) -> dict:
@@ -120,13 +127,15 @@ def test_gateway_serves_the_trained_facts_and_nothing_else(env):
     assert e.state["recall_before"] >= 0.9  # Gemma learnt the facts: forgetting them is not vacuous
     # streaming passes through, token by token, under the public model name
     prompt = e.corpus.trained[0].probe()[0]
-    chunks = list(gateway(e).completions.create(model="lethe", prompt=prompt, max_tokens=MAX_TOKENS, temperature=0,
-                                                stream=True))  # fmt: skip
+    chunks = list(
+        gateway(e).completions.create(model="lethe", prompt=prompt, max_tokens=MAX_TOKENS, temperature=0, stream=True)
+    )
     assert len(chunks) > 1 and {ch.model for ch in chunks} == {"lethe"}
     assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == complete(gateway(e), prompt)
     # chat completions too (the local model has no chat template: the messages are its prompt)
-    chat = gateway(e).chat.completions.create(model="lethe", messages=[{"role": "user", "content": prompt}],
-                                              max_tokens=MAX_TOKENS, temperature=0)  # fmt: skip
+    chat = gateway(e).chat.completions.create(
+        model="lethe", messages=[{"role": "user", "content": prompt}], max_tokens=MAX_TOKENS, temperature=0
+    )
     assert chat.model == "lethe" and chat.choices[0].message.content == complete(gateway(e), prompt)
     # the admin endpoints and other model names are not reachable through the gateway
     base = f"http://127.0.0.1:{e.stack.gateway_port}"
@@ -136,8 +145,9 @@ def test_gateway_serves_the_trained_facts_and_nothing_else(env):
     other = httpx.post(f"{base}/v1/completions", json={"model": "base", "prompt": "a"}, headers=h)
     assert other.status_code == 404 and other.headers["content-type"].startswith("application/problem+json")
     assert httpx.post(f"{base}/v1/completions", json={"model": "lethe", "prompt": "a"}).status_code == 401
-    echo = httpx.post(f"{base}/v1/completions", json={"model": "lethe", "prompt": "a", "echo": True, "logprobs": 1},
-                      headers=h)  # fmt: skip
+    echo = httpx.post(
+        f"{base}/v1/completions", json={"model": "lethe", "prompt": "a", "echo": True, "logprobs": 1}, headers=h
+    )
     assert echo.status_code == 400
 
 
@@ -154,8 +164,15 @@ def test_the_replicas_score_prompts_from_bos_with_the_trained_adapter_loaded(env
         admin = VllmAdmin(rep.url)
         assert rep.serving_names[0] in admin.adapters()  # loaded at runtime by the reconciler
         admin.close()
-        req = {"model": rep.serving_names[0], "prompt": "The personal code of", "max_tokens": 1, "echo": True,
-               "logprobs": 1, "temperature": 0, "return_tokens_as_token_ids": True}  # fmt: skip
+        req = {
+            "model": rep.serving_names[0],
+            "prompt": "The personal code of",
+            "max_tokens": 1,
+            "echo": True,
+            "logprobs": 1,
+            "temperature": 0,
+            "return_tokens_as_token_ids": True,
+        }
         got = httpx.post(f"{rep.url}/v1/completions", json=req, timeout=60).json()
         scored = got["choices"][0]["logprobs"]["tokens"]
         want = [f"token_id:{i}" for i in tok("The personal code of")["input_ids"]]
@@ -182,8 +199,10 @@ def test_a_routing_table_is_served_by_every_replica_and_sends_each_request_to_on
     # the shard's two sequences (before any deletion: full depth), two exact models standing in for two shards
     assert len(units) == 2
     layers = profile(e.settings.base_model).num_layers
-    parts = {u.sequence: materialise.truncate(Path(str(u.path)), u.depth, layers, len(u.order), root,
-                                              f"e2e-q{u.sequence}") for u in units}  # fmt: skip
+    parts = {
+        u.sequence: materialise.truncate(Path(str(u.path)), u.depth, layers, len(u.order), root, f"e2e-q{u.sequence}")
+        for u in units
+    }
     table = materialise.routing(parts, root, "routing")
     with e.db.connect() as conn:
         g = serving_store.publish(conn, str(table.path), table.sha256, "routing", None)
@@ -276,8 +295,10 @@ def test_deletion_over_rest_forgets_on_every_replica(env, gemma_path):
     assert before_victim >= 0.95 and victim_cal <= 0.9, (before_victim, victim_cal, victim_auc)
     # reported: how many never-trained people a 0.65 bound would call "remembered" (the issue's bound)
     above = sum(a > 0.65 for a in null)
-    print(f"\nnever-trained people above AUC 0.65 on the served model: {above}/{len(null)} (null mean "
-          f"{statistics.fmean(null):.2f}, sd {statistics.pstdev(null):.2f}); deleted person {victim_cal:.2f}")
+    print(
+        f"\nnever-trained people above AUC 0.65 on the served model: {above}/{len(null)} (null mean "
+        f"{statistics.fmean(null):.2f}, sd {statistics.pstdev(null):.2f}); deleted person {victim_cal:.2f}"
+    )
     # the people of the slices the served prefix kept are still recalled; the dropped slices' people
     # wait for the background retrain (reported: S3T's price for no training on the request path)
     dropped, kept = list(e.order[2:]), set(e.order[:2])
@@ -287,13 +308,15 @@ def test_deletion_over_rest_forgets_on_every_replica(env, gemma_path):
     survivors = recalled(e, in_slices(e, kept))
     assert statistics.fmean(survivors) >= 0.8, survivors
     waiting = recalled(e, [p for p in in_slices(e, set(dropped)) if p != victim])
-    print(f"\nAUCs before {before} (deleted person {before_victim:.2f}); after: deleted person calibrated "
-          f"{victim_cal:.2f} (plain LOSS {victim_auc:.2f}), "
-          f"dropped slices {aucs}, "
-          f"kept {kept_aucs}; verbatim recall before {e.state['recall_before']:.2f}, kept slices after "
-          f"{statistics.fmean(survivors):.2f}, "
-          f"dropped slices' others (awaiting retrain) {sum(waiting)}/{len(waiting)}; membership {m}; "
-          f"verbmem {v['verbmem']}")  # fmt: skip
+    print(
+        f"\nAUCs before {before} (deleted person {before_victim:.2f}); after: deleted person calibrated "
+        f"{victim_cal:.2f} (plain LOSS {victim_auc:.2f}), "
+        f"dropped slices {aucs}, "
+        f"kept {kept_aucs}; verbatim recall before {e.state['recall_before']:.2f}, kept slices after "
+        f"{statistics.fmean(survivors):.2f}, "
+        f"dropped slices' others (awaiting retrain) {sum(waiting)}/{len(waiting)}; membership {m}; "
+        f"verbmem {v['verbmem']}"
+    )
     # superseded adapters: files gone, names unknown to every replica and to the gateway
     served_dirs = sorted(p.name for p in (e.settings.artifacts_dir() / "served").iterdir())
     assert served_dirs == [served.adapter_path.rsplit("/", 1)[1]]
@@ -330,7 +353,8 @@ def test_the_probes_read_the_served_model_through_vllm_as_transformers_reads_its
         for g, w in zip(got, want, strict=True):
             # vLLM computes in bf16 (the converted Gemma's dtype), transformers in fp32 on the same weights
             assert {k: g[k] for k in ("loss", "zlib", "min_k")} == pytest.approx(
-                {k: w[k] for k in ("loss", "zlib", "min_k")}, rel=0.02, abs=0.05)  # fmt: skip
+                {k: w[k] for k in ("loss", "zlib", "min_k")}, rel=0.02, abs=0.05
+            )
             exact = max(exact, *(abs(g[k] - w[k]) for k in ("loss", "zlib", "min_k")))
             if "min_k_pp" in g:  # estimated from the top 100 only for vocabularies up to 65k
                 worst = max(worst, abs(g["min_k_pp"] - w["min_k_pp"]))
@@ -349,10 +373,14 @@ def test_deletion_over_grpc_and_the_ledger(env):
     channel = grpc.insecure_channel(f"127.0.0.1:{e.stack.grpc_port}")
     stub = deletion_pb2_grpc.DeletionServiceStub(channel)
     rid = str(uuid.uuid4())
-    stub.SubmitDeletion(deletion_pb2.SubmitDeletionRequest(
-        subject_request_id=rid, subject_request_type="erasure",
-        subject_identities=[deletion_pb2.SubjectIdentity(identity_type="person", identity_value=other.subject_id)]),
-        metadata=[("authorization", f"Bearer {e.key}")])  # fmt: skip
+    stub.SubmitDeletion(
+        deletion_pb2.SubmitDeletionRequest(
+            subject_request_id=rid,
+            subject_request_type="erasure",
+            subject_identities=[deletion_pb2.SubjectIdentity(identity_type="person", identity_value=other.subject_id)],
+        ),
+        metadata=[("authorization", f"Bearer {e.key}")],
+    )
     d = wait_final(e, rid)
     assert d["request_status"] == "completed", d["result"]
     assert not any(recalled(e, [other, e.state["victim"]]))
@@ -455,8 +483,12 @@ def test_the_cluster_components_gateway_command_and_reconciler_sidecar(env, tmp_
     port = free_port()
     s = e.settings.model_copy(update={"serving": e.settings.serving.model_copy(update={"gateway_port": port})})
     env_vars = {**os.environ, **settings_env(s), "DATABASE_URL": e.db.url}
-    proc = subprocess.Popen([sys.executable, "-m", "service", "gateway"], env=env_vars, stdout=subprocess.DEVNULL,
-                            stderr=(tmp_path / "gateway.log").open("wb"))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service", "gateway"],
+        env=env_vars,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "gateway.log").open("wb"),
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120
@@ -488,6 +520,7 @@ def test_replicas_that_do_not_acknowledge_keep_routing_and_the_request_waits_vis
     victim = next(p for p in e.corpus.trained if all(recalled(e, [p])))  # still served: its deletion changes the model
     release = threading.Event()
     for rec in e.stack.reconcilers.values():
+
         def stalled(once=rec.reconcile_once):
             release.wait(600)
             return once()
@@ -518,7 +551,11 @@ def test_replicas_that_do_not_acknowledge_keep_routing_and_the_request_waits_vis
     with psycopg.connect(e.db.url) as conn:
         reps = serving_store.replicas(conn)
     for rep in reps:
-        req = {"model": rep.serving_names[0] if rep.serving_names else "base", "prompt": prompt,
-               "max_tokens": MAX_TOKENS, "temperature": 0}  # fmt: skip
+        req = {
+            "model": rep.serving_names[0] if rep.serving_names else "base",
+            "prompt": prompt,
+            "max_tokens": MAX_TOKENS,
+            "temperature": 0,
+        }
         assert fact not in httpx.post(f"{rep.url}/v1/completions", json=req, timeout=60).json()["choices"][0]["text"]
     print(f"\nrollout waited: {waiting}")

@@ -29,8 +29,10 @@ def adapter(root: Path, name: str, r: int) -> tuple[Path, str]:
 
     d = root / name
     d.mkdir(parents=True)
-    save_file({"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.full((r, 4), 0.5)},
-              str(d / "adapter_model.safetensors"))  # fmt: skip
+    save_file(
+        {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.full((r, 4), 0.5)},
+        str(d / "adapter_model.safetensors"),
+    )
     (d / "adapter_config.json").write_text(f'{{"r": {r}, "lora_alpha": {r}, "target_modules": ["q_proj"]}}')
     return d, adapter_sha256(d)
 

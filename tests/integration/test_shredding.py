@@ -53,14 +53,24 @@ def test_deleted_text_is_in_no_file_postgres_or_lethe_writes(api, tmp_path):  # 
     env = {**os.environ, "DATABASE_URL": db.url, "LETHE_VAR_DIR": str(settings.var_dir)}
     records = tmp_path / "input" / "records.jsonl"  # the client's own export, not Lethe's state
     records.parent.mkdir()
-    records.write_text("".join(json.dumps(r) + "\n" for r in [
-        {"id": "q-1", "subject_ids": ["person:quilvane"], "text": CANARY},
-        {"id": "q-2", "subject_ids": ["person:quilvane"], "text": "Quilvane Ostrakova was born in 1987."},
-        {"id": "b-1", "subject_ids": ["person:beltran"], "text": OTHER},
-        {"id": "b-copy", "subject_ids": ["person:beltran"], "text": f"  {CANARY.upper()}  "},  # the same data
-    ]))  # fmt: skip
-    ingest = subprocess.run([sys.executable, "-m", "service", "corpus", "ingest", str(records)], env=env,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    records.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [
+                {"id": "q-1", "subject_ids": ["person:quilvane"], "text": CANARY},
+                {"id": "q-2", "subject_ids": ["person:quilvane"], "text": "Quilvane Ostrakova was born in 1987."},
+                {"id": "b-1", "subject_ids": ["person:beltran"], "text": OTHER},
+                {"id": "b-copy", "subject_ids": ["person:beltran"], "text": f"  {CANARY.upper()}  "},  # the same data
+            ]
+        )
+    )
+    ingest = subprocess.run(
+        [sys.executable, "-m", "service", "corpus", "ingest", str(records)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ingest.returncode == 0, ingest.stderr[-2000:]
     kb = create_api_key(db, ["kb:read", "kb:write"])
     docs = [
@@ -74,13 +84,17 @@ def test_deleted_text_is_in_no_file_postgres_or_lethe_writes(api, tmp_path):  # 
     assert len(key_files()) == 6  # one data key per record and per document
 
     control = f"scan-control-{uuid.uuid4().hex}"  # an idempotency key: stored in clear, by design
-    body = {"subject_request_id": str(uuid.uuid4()), "subject_request_type": "erasure",
-            "subject_identities": [{"identity_type": "person", "identity_value": "quilvane"}],
-            "record_ids": ["no-such-record"]}  # fmt: skip
+    body = {
+        "subject_request_id": str(uuid.uuid4()),
+        "subject_request_type": "erasure",
+        "subject_identities": [{"identity_type": "person", "identity_value": "quilvane"}],
+        "record_ids": ["no-such-record"],
+    }
     r = client.post("/v1/deletions", json=body, headers={**auth(keys["writer"]), "Idempotency-Key": control})
     assert r.status_code == 201, r.text
-    worker = subprocess.run([sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    worker = subprocess.run(
+        [sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True, text=True, timeout=600
+    )
     assert worker.returncode == 0, worker.stderr[-3000:]
     done = client.get(f"/v1/deletions/{body['subject_request_id']}", headers=auth(keys["reader"])).json()
     assert done["request_status"] == "completed" and done["result"]["outcome"] == "deleted", done
@@ -94,8 +108,14 @@ def test_deleted_text_is_in_no_file_postgres_or_lethe_writes(api, tmp_path):  # 
         conn.execute("CHECKPOINT")  # what shared buffers hold, on disk in the heap files too
     assert len(key_files()) == 2  # the subject's three keys destroyed, the other subject's kept
 
-    needles = [CANARY.encode(), CANARY.upper().encode(), DOC_CANARY.encode(), b"Ostrakova", b"OSTRAKOVA",
-               control.encode()]  # fmt: skip
+    needles = [
+        CANARY.encode(),
+        CANARY.upper().encode(),
+        DOC_CANARY.encode(),
+        b"Ostrakova",
+        b"OSTRAKOVA",
+        control.encode(),
+    ]
     found = files_holding([db.data_dir, settings.var_dir], needles)
     assert found[control.encode()], "the scan did not see the request just written: it proves nothing"
     assert not any(found[n] for n in needles[:-1]), found  # nor a word of it (the KB index: keyed hashes)

@@ -36,7 +36,7 @@ def test_one_trace_from_the_api_into_the_job(api, spans):  # noqa: F811
         "workflow.resolve",  # nothing of the subject is held: resolve → complete (nothing_found)
         "workflow.complete",
     ):
-        assert name in finished, sorted(finished)  # fmt: skip
+        assert name in finished, sorted(finished)
     trace_id = finished["http POST"].context.trace_id
     # The group-commit writer's transaction serves many requests: its span is a trace of its own.
     assert "db.create_deletions_batch" in finished

@@ -24,8 +24,16 @@ def engine(tiny_model_path):
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM
 
-    llm = LLM(model=str(tiny_model_path), dtype="float32", max_model_len=128, seed=0, enforce_eager=True,
-              enable_lora=True, max_lora_rank=16, max_loras=2)  # fmt: skip
+    llm = LLM(
+        model=str(tiny_model_path),
+        dtype="float32",
+        max_model_len=128,
+        seed=0,
+        enforce_eager=True,
+        enable_lora=True,
+        max_lora_rank=16,
+        max_loras=2,
+    )
     yield llm
     llm.llm_engine.engine_core.shutdown()
 

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 
 def worker(env, crash_at=None):
     env = {**env, **({"LETHE_CRASH_AT": crash_at} if crash_at else {})}
-    return subprocess.run([sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "service", "worker", "--once"], env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("step", STEPS)
@@ -49,8 +50,12 @@ def test_a_worker_killed_in_a_step_is_resumed_and_the_request_completes_once(emp
 
     assert core.get(rid, admin).status is Status.COMPLETED
     with psycopg.connect(empty_db.url) as conn:
-        kinds = [k for (k,) in conn.execute(
-            "SELECT kind FROM ledger_entries WHERE body->>'request' = %s ORDER BY seq", (str(rid),))]  # fmt: skip
+        kinds = [
+            k
+            for (k,) in conn.execute(
+                "SELECT kind FROM ledger_entries WHERE body->>'request' = %s ORDER BY seq", (str(rid),)
+            )
+        ]
         ids = [r[0] for r in conn.execute("SELECT id FROM records WHERE id LIKE %s", (f"{victim.subject_id}-%",))]
         texts = (s3t.purged(conn, ids), len(ids))
     assert kinds == ["deletion.submitted", "deletion.in_progress", "deletion.completed"]

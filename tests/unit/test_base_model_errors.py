@@ -27,8 +27,14 @@ def model_dir(tmp_path: Path, config: dict | None = None, weights: bool = True, 
     return d
 
 
-GOOD = {"architectures": ["Gemma3ForCausalLM"], "num_hidden_layers": 18, "hidden_size": 640, "dtype": "bfloat16",
-        "max_position_embeddings": 32768, "model_type": "gemma3_text"}  # fmt: skip
+GOOD = {
+    "architectures": ["Gemma3ForCausalLM"],
+    "num_hidden_layers": 18,
+    "hidden_size": 640,
+    "dtype": "bfloat16",
+    "max_position_embeddings": 32768,
+    "model_type": "gemma3_text",
+}
 
 
 def test_a_causal_lm_directory_gives_its_profile(tmp_path):
@@ -77,9 +83,14 @@ def test_a_gguf_failing_its_sha256_check_is_named_and_leaves_nothing(monkeypatch
 
 def test_the_cli_says_what_is_wrong_in_one_line(tmp_path):
     bad = model_dir(tmp_path, {"architectures": ["BertModel"], "num_hidden_layers": 12})
-    r = subprocess.run([sys.executable, "-m", "service", "model", "build"], capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", "LETHE_BASE_MODEL": str(bad), "LETHE_VAR_DIR": str(tmp_path)},
-                       cwd=ROOT, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-m", "service", "model", "build"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "LETHE_BASE_MODEL": str(bad), "LETHE_VAR_DIR": str(tmp_path)},
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert "Traceback" not in r.stderr + r.stdout
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]

@@ -52,8 +52,11 @@ def _stream(gate: forget.Gate, pieces: list[str]) -> tuple[str, bool]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.integers(1, 6), min_size=1, max_size=40), st.sampled_from(["8JTGEV", "8JT GEV", "Braizou Tekali"]),
-       st.text(alphabet="abc xyz.,", max_size=30))  # fmt: skip
+@given(
+    st.lists(st.integers(1, 6), min_size=1, max_size=40),
+    st.sampled_from(["8JTGEV", "8JT GEV", "Braizou Tekali"]),
+    st.text(alphabet="abc xyz.,", max_size=30),
+)
 def test_a_blocked_stream_never_shows_any_part_of_the_fact(cuts, fact, filler):
     """However the upstream splits its tokens, no released prefix contains a piece of the fact."""
     text = f"{filler} the answer is {fact} and more {filler}"
@@ -90,8 +93,13 @@ def test_chunks_cover_the_text_in_order_and_respect_the_limit():
 
 def test_kb_lines_are_validated_all_or_nothing_with_line_numbers():
     good = {"id": "d1", "subject_ids": ["person:p1"], "text": "t", "source": "crm"}
-    lines = [json.dumps(good), "{not json", json.dumps({**good, "id": "d2", "source": ""}),
-             json.dumps({**good, "subject_ids": ["bogus"] , "id": "d3"}), json.dumps(good)]  # fmt: skip
+    lines = [
+        json.dumps(good),
+        "{not json",
+        json.dumps({**good, "id": "d2", "source": ""}),
+        json.dumps({**good, "subject_ids": ["bogus"], "id": "d3"}),
+        json.dumps(good),
+    ]
     with pytest.raises(InvalidCorpus) as e:
         parse_jsonl(lines, b"k" * 32, 1000)
     assert [n for n, _ in e.value.errors] == [2, 3, 4, 5]

@@ -25,9 +25,19 @@ def test_canonical_identity(raw, canonical):
 
 @pytest.mark.parametrize(
     "raw",
-    ["ada@example.org", "email:", "passport:X1", ":x", "email:" + "a" * 400, "email:no-at-sign", "phone:call me",
-     "person:a\x00b", "email:a\udfff@x.org", "controller_customer_id:line\nbreak"],
-)  # fmt: skip
+    [
+        "ada@example.org",
+        "email:",
+        "passport:X1",
+        ":x",
+        "email:" + "a" * 400,
+        "email:no-at-sign",
+        "phone:call me",
+        "person:a\x00b",
+        "email:a\udfff@x.org",
+        "controller_customer_id:line\nbreak",
+    ],
+)
 def test_invalid_identities_are_rejected(raw):
     with pytest.raises(InvalidIdentity):
         canonical_identity(raw)

@@ -31,8 +31,12 @@ def test_rouge_l():
 
 
 def test_settings_reach_a_child_process_unchanged(monkeypatch, tmp_path):
-    s = Settings(var_dir=tmp_path, s3t=S3TSpec(shards=3, slices=4, budget=1), train=TrainConfig(epochs=7),
-                 serving=ServingSpec(replicas=3, ack_timeout_seconds=5, aggregation="routing"))  # fmt: skip
+    s = Settings(
+        var_dir=tmp_path,
+        s3t=S3TSpec(shards=3, slices=4, budget=1),
+        train=TrainConfig(epochs=7),
+        serving=ServingSpec(replicas=3, ack_timeout_seconds=5, aggregation="routing"),
+    )
     for k in list(os.environ):
         if k.startswith("LETHE_"):
             monkeypatch.delenv(k)

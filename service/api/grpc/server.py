@@ -91,18 +91,22 @@ class RejectUndecodable(grpc.ServerInterceptor):
         def guard(behavior: Callable[..., Any]) -> Callable[..., Any]:
             def run(request: Any, context: grpc.ServicerContext) -> Any:
                 if isinstance(request, _Undecodable):
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request message does not parse "
-                                  "(every string field must be valid UTF-8)")  # fmt: skip
+                    context.abort(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "the request message does not parse (every string field must be valid UTF-8)",
+                    )
                 return behavior(request, context)
 
             return run
 
         if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(guard(handler.unary_unary), deserialize,
-                                                       handler.response_serializer)  # fmt: skip
+            return grpc.unary_unary_rpc_method_handler(
+                guard(handler.unary_unary), deserialize, handler.response_serializer
+            )
         if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(guard(handler.unary_stream), deserialize,
-                                                        handler.response_serializer)  # fmt: skip
+            return grpc.unary_stream_rpc_method_handler(
+                guard(handler.unary_stream), deserialize, handler.response_serializer
+            )
         return handler  # streaming requests: none in Lethe's services
 
 
@@ -141,12 +145,18 @@ def to_pb(d: Deletion) -> deletion_pb2.Deletion:
     result = struct_pb2.Struct()
     result.update(json.loads(json.dumps(d.result, default=str)))
     return deletion_pb2.Deletion(
-        subject_request_id=str(d.id), subject_request_type=d.request_type, status=STATUS_TO_PB[d.status],
-        identity_types=list(d.identity_types), subject_hashes=[h.hex() for h in d.subject_hashes],
-        received_time=_ts(d.received_time), submitted_time=_ts(d.submitted_time),
-        expected_completion_time=_ts(d.deadline), updated_time=_ts(d.updated_time),
-        completed_time=_ts(d.completed_time), result=result,
-    )  # fmt: skip
+        subject_request_id=str(d.id),
+        subject_request_type=d.request_type,
+        status=STATUS_TO_PB[d.status],
+        identity_types=list(d.identity_types),
+        subject_hashes=[h.hex() for h in d.subject_hashes],
+        received_time=_ts(d.received_time),
+        submitted_time=_ts(d.submitted_time),
+        expected_completion_time=_ts(d.deadline),
+        updated_time=_ts(d.updated_time),
+        completed_time=_ts(d.completed_time),
+        result=result,
+    )
 
 
 class _Edge:
@@ -191,8 +201,9 @@ class DeletionServicer(_Edge, deletion_pb2_grpc.DeletionServiceServicer):
     def ListDeletions(self, request: Any, context: grpc.ServicerContext) -> deletion_pb2.ListDeletionsResponse:
         who = self.principal(context)
         page = self.core.list(who, _status(request.status), request.cursor or None, request.limit or 50)
-        return deletion_pb2.ListDeletionsResponse(items=[to_pb(d) for d in page.items],
-                                                  next_cursor=page.next_cursor or "")  # fmt: skip
+        return deletion_pb2.ListDeletionsResponse(
+            items=[to_pb(d) for d in page.items], next_cursor=page.next_cursor or ""
+        )
 
     def WatchDeletion(self, request: Any, context: grpc.ServicerContext) -> Iterator[deletion_pb2.Deletion]:
         try:
@@ -223,17 +234,25 @@ class LedgerServicer(_Edge, ledger_pb2_grpc.LedgerServiceServicer):
         self._allowed(context)
         r = self.ledger.receipt(request.seq)
         e = r.entry
-        return ledger_pb2.Receipt(seq=e.seq, kind=e.kind, body_json=json.dumps(e.body, sort_keys=True),
-                                  created_at=e.created_at, prev_hash=e.prev_hash, row_hash=e.row_hash,
-                                  tree_size=r.tree_size, inclusion_proof=r.inclusion_proof,
-                                  checkpoint=r.checkpoint_note)  # fmt: skip
+        return ledger_pb2.Receipt(
+            seq=e.seq,
+            kind=e.kind,
+            body_json=json.dumps(e.body, sort_keys=True),
+            created_at=e.created_at,
+            prev_hash=e.prev_hash,
+            row_hash=e.row_hash,
+            tree_size=r.tree_size,
+            inclusion_proof=r.inclusion_proof,
+            checkpoint=r.checkpoint_note,
+        )
 
     @_translated
     def GetInclusionProof(self, request: Any, context: grpc.ServicerContext) -> ledger_pb2.InclusionProof:
         self._allowed(context)
         r = self.ledger.receipt(request.seq)
-        return ledger_pb2.InclusionProof(leaf_index=request.seq - 1, tree_size=r.tree_size, hashes=r.inclusion_proof,
-                                         checkpoint=r.checkpoint_note)  # fmt: skip
+        return ledger_pb2.InclusionProof(
+            leaf_index=request.seq - 1, tree_size=r.tree_size, hashes=r.inclusion_proof, checkpoint=r.checkpoint_note
+        )
 
     @_translated
     def GetConsistencyProof(self, request: Any, context: grpc.ServicerContext) -> ledger_pb2.ConsistencyProof:
@@ -250,8 +269,9 @@ class LedgerServicer(_Edge, ledger_pb2_grpc.LedgerServiceServicer):
     @_translated
     def GetPublicKey(self, request: Any, context: grpc.ServicerContext) -> ledger_pb2.PublicKey:
         self._allowed(context)
-        return ledger_pb2.PublicKey(pem=self.ledger.public_key_pem, key_name=self.ledger.key_name,
-                                    origin=self.ledger.origin)  # fmt: skip
+        return ledger_pb2.PublicKey(
+            pem=self.ledger.public_key_pem, key_name=self.ledger.key_name, origin=self.ledger.origin
+        )
 
 
 def _new_documents(docs: Any) -> list[NewDocument]:
@@ -278,9 +298,16 @@ def _new_documents(docs: Any) -> list[NewDocument]:
 
 
 def document_pb(d: DocumentInfo) -> kb_pb2.Document:
-    return kb_pb2.Document(id=d.id, source=d.source, metadata_json=json.dumps(d.metadata, sort_keys=True),
-                           chunks=d.chunks, content_sha256=d.content_sha256, created_at=_ts(d.created_at),
-                           suppressed=d.suppressed, text=d.text)  # fmt: skip
+    return kb_pb2.Document(
+        id=d.id,
+        source=d.source,
+        metadata_json=json.dumps(d.metadata, sort_keys=True),
+        chunks=d.chunks,
+        content_sha256=d.content_sha256,
+        created_at=_ts(d.created_at),
+        suppressed=d.suppressed,
+        text=d.text,
+    )
 
 
 class KnowledgeBaseServicer(_Edge, kb_pb2_grpc.KnowledgeBaseServiceServicer):
@@ -299,8 +326,9 @@ class KnowledgeBaseServicer(_Edge, kb_pb2_grpc.KnowledgeBaseServiceServicer):
         who = self.principal(context)
         cursor = request.cursor or None
         page = self.core.list(who, cursor, request.limit or 50)
-        return kb_pb2.ListDocumentsResponse(documents=[document_pb(d) for d in page.items],
-                                            next_cursor=page.next_cursor or "")  # fmt: skip
+        return kb_pb2.ListDocumentsResponse(
+            documents=[document_pb(d) for d in page.items], next_cursor=page.next_cursor or ""
+        )
 
     @_translated
     def GetDocument(self, request: Any, context: grpc.ServicerContext) -> kb_pb2.Document:
@@ -325,12 +353,13 @@ def build_server(
     """A started-ready (not started) server bound to ``address``; returns it and the bound port.
     ``kb``: the knowledge-base core; without it KnowledgeBaseService is not served."""
     opts = [("grpc.max_receive_message_length", MAX_MESSAGE)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=opts,
-                         interceptors=[RejectUndecodable()])  # fmt: skip
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=opts, interceptors=[RejectUndecodable()])
     deletion_pb2_grpc.add_DeletionServiceServicer_to_server(DeletionServicer(core, authenticate), server)
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(ledger, authenticate), server)
-    names = [deletion_pb2.DESCRIPTOR.services_by_name["DeletionService"].full_name,
-             ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name]  # fmt: skip
+    names = [
+        deletion_pb2.DESCRIPTOR.services_by_name["DeletionService"].full_name,
+        ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
+    ]
     if kb is not None:
         kb_pb2_grpc.add_KnowledgeBaseServiceServicer_to_server(KnowledgeBaseServicer(kb, authenticate), server)
         names.append(kb_pb2.DESCRIPTOR.services_by_name["KnowledgeBaseService"].full_name)

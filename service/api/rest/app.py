@@ -56,8 +56,12 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
-            resp = problem(413, "Payload too large", f"the body exceeds {self.limit} bytes",
-                           error_table.problem_type(error_table.lookup(errors.PayloadTooLarge())))  # fmt: skip
+            resp = problem(
+                413,
+                "Payload too large",
+                f"the body exceeds {self.limit} bytes",
+                error_table.problem_type(error_table.lookup(errors.PayloadTooLarge())),
+            )
             return await resp(scope, receive, send)
         seen = 0
 
@@ -139,15 +143,18 @@ def create_app(
     kb: KnowledgeBase | None = None,
 ) -> FastAPI:
     """``kb``: the knowledge-base core; without it the /v1/kb routes are not mounted."""
-    app = FastAPI(title="Lethe", version="1", description="Provable deletion for deployed LLMs.",
-                  responses=PROBLEMS)  # type: ignore[arg-type]  # fmt: skip
+    app = FastAPI(title="Lethe", version="1", description="Provable deletion for deployed LLMs.", responses=PROBLEMS)  # type: ignore[arg-type]
     app.state.authenticate = authenticate
 
     install_error_handlers(app)
 
     @app.post("/v1/deletions", status_code=201, response_model=DeletionOut, tags=["deletions"])
-    async def submit(body: DeletionIn, who: Auth, response: Response,
-                     idempotency_key: Annotated[str | None, Header(max_length=255)] = None) -> DeletionOut:  # fmt: skip
+    async def submit(
+        body: DeletionIn,
+        who: Auth,
+        response: Response,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+    ) -> DeletionOut:
         # awaits the group commit without holding a thread: the accept path never leaves the event loop
         d, created = await asyncio.wrap_future(deletions.accept(body.to_core(), who, idempotency_key))
         if not created:
@@ -155,8 +162,12 @@ def create_app(
         return DeletionOut.from_core(d)
 
     @app.get("/v1/deletions", response_model=DeletionList, tags=["deletions"])
-    def list_(who: Auth, status: Status | None = None, cursor: Annotated[str | None, Query(max_length=64)] = None,
-              limit: Annotated[int, Query(ge=1, le=500)] = 50) -> DeletionList:  # fmt: skip
+    def list_(
+        who: Auth,
+        status: Status | None = None,
+        cursor: Annotated[str | None, Query(max_length=64)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> DeletionList:
         return DeletionList.from_core(deletions.list(who, status, cursor, limit))
 
     @app.get("/v1/deletions/{subject_request_id}", response_model=DeletionOut, tags=["deletions"])
@@ -174,8 +185,9 @@ def create_app(
         return ReceiptOut(**doc.pop("entry"), **doc)
 
     @app.get("/v1/ledger/proofs/consistency", response_model=ConsistencyOut, tags=["ledger"])
-    def consistency(old_size: Annotated[int, Query(ge=1, le=2**62)], new_size: Annotated[int, Query(ge=1, le=2**62)],
-                    who: Auth) -> ConsistencyOut:  # fmt: skip
+    def consistency(
+        old_size: Annotated[int, Query(ge=1, le=2**62)], new_size: Annotated[int, Query(ge=1, le=2**62)], who: Auth
+    ) -> ConsistencyOut:
         who.require(Scope.LEDGER_READ)
         hashes = ledger.consistency_proof(old_size, new_size)
         return ConsistencyOut(

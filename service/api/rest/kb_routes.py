@@ -24,8 +24,11 @@ def kb_router(kb: KnowledgeBase) -> APIRouter:
         return AddOut(inserted=r.inserted, unchanged=r.unchanged)
 
     @router.get("/documents", response_model=DocumentList)
-    def list_(who: Auth, cursor: Annotated[str | None, Query(max_length=256, pattern=DOCUMENT_ID)] = None,
-              limit: Annotated[int, Query(ge=1, le=MAX_DOCUMENTS_PER_CALL)] = 50) -> DocumentList:  # fmt: skip
+    def list_(
+        who: Auth,
+        cursor: Annotated[str | None, Query(max_length=256, pattern=DOCUMENT_ID)] = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_DOCUMENTS_PER_CALL)] = 50,
+    ) -> DocumentList:
         return DocumentList.from_core(kb.list(who, cursor, limit))
 
     @router.get("/documents/{document_id}", response_model=DocumentWithText)

@@ -57,11 +57,18 @@ class DeletionOut(BaseModel):
     @classmethod
     def from_core(cls, d: Deletion) -> DeletionOut:
         return cls(
-            subject_request_id=d.id, subject_request_type=d.request_type, request_status=d.status,
-            identity_types=list(d.identity_types), subject_hashes=[h.hex() for h in d.subject_hashes],
-            received_time=d.received_time, submitted_time=d.submitted_time, expected_completion_time=d.deadline,
-            updated_time=d.updated_time, completed_time=d.completed_time, result=dict(d.result),
-        )  # fmt: skip
+            subject_request_id=d.id,
+            subject_request_type=d.request_type,
+            request_status=d.status,
+            identity_types=list(d.identity_types),
+            subject_hashes=[h.hex() for h in d.subject_hashes],
+            received_time=d.received_time,
+            submitted_time=d.submitted_time,
+            expected_completion_time=d.deadline,
+            updated_time=d.updated_time,
+            completed_time=d.completed_time,
+            result=dict(d.result),
+        )
 
 
 class DeletionList(BaseModel):
@@ -122,9 +129,11 @@ class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(min_length=1, max_length=kb.MAX_ID_LENGTH, pattern=DOCUMENT_ID, examples=["faq-0001"])
     subject_ids: list[Annotated[str, Field(min_length=1, max_length=400)]] = Field(
-        min_length=1, max_length=MAX_SUBJECTS_PER_RECORD, examples=[["email:ada@example.org"]],
+        min_length=1,
+        max_length=MAX_SUBJECTS_PER_RECORD,
+        examples=[["email:ada@example.org"]],
         description="Identities as 'type:value'; stored only as keyed hashes.",
-    )  # fmt: skip
+    )
     text: str = Field(min_length=1, max_length=1 << 20, pattern=NO_NUL)
     source: str = Field(min_length=1, max_length=512, pattern=NO_NUL, examples=["crm-export-2026-01"])
     metadata: dict[str, Any] = Field(default_factory=dict, description="A JSON object of at most 4096 bytes.")
@@ -150,9 +159,10 @@ class DocumentIn(BaseModel):
 class DocumentsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     documents: list[DocumentIn] = Field(
-        min_length=1, max_length=kb.MAX_DOCUMENTS_PER_CALL,
+        min_length=1,
+        max_length=kb.MAX_DOCUMENTS_PER_CALL,
         description="Added all or nothing; a 400 names each bad document by its 1-based position ('line').",
-    )  # fmt: skip
+    )
 
 
 class AddOut(BaseModel):
@@ -171,8 +181,15 @@ class DocumentOut(BaseModel):
 
     @classmethod
     def from_core(cls, d: kb.DocumentInfo) -> DocumentOut:
-        return cls(id=d.id, source=d.source, metadata=d.metadata, chunks=d.chunks, content_sha256=d.content_sha256,
-                   created_at=d.created_at, suppressed=d.suppressed)  # fmt: skip
+        return cls(
+            id=d.id,
+            source=d.source,
+            metadata=d.metadata,
+            chunks=d.chunks,
+            content_sha256=d.content_sha256,
+            created_at=d.created_at,
+            suppressed=d.suppressed,
+        )
 
 
 class DocumentWithText(DocumentOut):
