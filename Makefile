@@ -20,11 +20,13 @@ test: setup tools
 	$(BIN)/ruff check service shards tests
 	$(BIN)/ruff format --check service shards tests
 	$(BIN)/mypy service shards
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check service shards tests
 	$(BIN)/ruff format --check service shards tests
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy service shards

@@ -1,10 +1,18 @@
-"""Composition root: builds the stores and the model from one Settings object."""
+"""Composition root: the object graph of a process, built once from one Settings object.
+
+``Lethe(settings, db)`` holds the parts every entry point shares (the deletion and knowledge-base
+cores, the ledger writer, the API-key cache, the data-key store) and builds the edges from them:
+the REST app, the gRPC server, the worker's saga dependencies. ``lethe api`` serves REST and gRPC
+from one graph, so both transports call the same core object. The module's functions are the
+one-part shortcuts (a CLI command, a test) and build a graph each.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,8 +36,10 @@ if TYPE_CHECKING:
     from service.ledger.log import Ledger
     from service.rag.embed import MiniLM
     from service.rag.proxy import RagProxy
+    from service.store.deletions import Authenticator
     from service.training import TrainingJob
     from service.verify.probes import ProbeConfig
+    from service.workflow.deps import DeletionDeps, TrainingDeps
     from shards.basemodel import BuiltModel
 
 
@@ -63,46 +73,6 @@ class SystemClock:
         return datetime.now(UTC)
 
 
-def deletions_core(db: _database.DatabaseInfo, settings: Settings) -> Deletions:
-    from service.core.deletions import Deletions
-    from service.store.deletions import PgDeletionStore
-    from service.workflow.queue import enqueue_callbacks, enqueue_deletions
-
-    key = keyfile.load_or_create(settings.resolved_hmac_key_file())
-    return Deletions(
-        PgDeletionStore(db, enqueue_deletions, enqueue_callbacks),
-        SystemClock(),
-        key,
-        timedelta(days=settings.deletion_deadline_days),
-    )
-
-
-def rest_app(
-    db: _database.DatabaseInfo, settings: Settings, serving_ready: Callable[[], bool] | None = None
-) -> FastAPI:
-    """``serving_ready``: under ``lethe serve``, ready also needs every replica on the current adapters."""
-    from service.api.rest.app import create_app
-    from service.store.deletions import Authenticator
-
-    def ready() -> bool:
-        try:
-            with db.connect(connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-        except Exception:
-            return False
-        return serving_ready() if serving_ready is not None else True
-
-    import prometheus_client
-
-    from service.metrics import LetheCollector
-
-    registry = prometheus_client.CollectorRegistry()
-    registry.register(LetheCollector(db))
-    return create_app(
-        deletions_core(db, settings), ledger(db, settings), Authenticator(db), ready, registry, kb_core(db, settings)
-    )
-
-
 def holdings(db: _database.DatabaseInfo) -> _records.Holdings:
     with db.connect() as conn:
         return _records.holdings(conn)
@@ -129,47 +99,6 @@ def resolve_records(
     hashes = [subject_hash(key, s) for s in subjects]
     with db.connect() as conn:
         return sorted(set(records) | set(s3t.record_ids_of_subjects(conn, hashes)))
-
-
-def grpc_server(db: _database.DatabaseInfo, settings: Settings, address: str | None = None) -> tuple[Server, int]:
-    """The gRPC server (not started) over the same core as REST; TLS/mTLS when configured."""
-    import grpc
-
-    from service.api.grpc.server import build_server
-    from service.store.deletions import Authenticator
-
-    creds = None
-    if settings.grpc_tls_cert and settings.grpc_tls_key:
-        ca = settings.grpc_client_ca.read_bytes() if settings.grpc_client_ca else None
-        creds = grpc.ssl_server_credentials(
-            [(settings.grpc_tls_key.read_bytes(), settings.grpc_tls_cert.read_bytes())],
-            root_certificates=ca,
-            require_client_auth=ca is not None,
-        )
-    return build_server(
-        deletions_core(db, settings),
-        ledger(db, settings),
-        Authenticator(db),
-        address or settings.grpc_address,
-        creds,
-        kb_core(db, settings),
-    )
-
-
-def ledger(db: _database.DatabaseInfo, settings: Settings) -> Ledger:
-    from service.ledger.checkpoint import load_or_create_signing_key
-    from service.ledger.log import Ledger
-
-    key = load_or_create_signing_key(settings.resolved_ledger_key_file())
-    return Ledger(
-        db,
-        key,
-        settings.ledger_origin,
-        settings.ledger_key_name,
-        settings.ledger_checkpoint_every,
-        settings.ledger_checkpoint_seconds,
-        retired_ledger_keys(settings),
-    )
 
 
 def retired_ledger_keys(settings: Settings) -> list[tuple[str, Ed25519PublicKey]]:
@@ -214,17 +143,6 @@ def embedder() -> MiniLM:
 _EMBEDDER: MiniLM | None = None
 
 
-def kb_core(db: _database.DatabaseInfo, settings: Settings) -> KnowledgeBase:
-    from service.core.kb import KnowledgeBase
-    from service.store.kb import PgDocumentStore
-
-    key = keyfile.load_or_create(settings.resolved_hmac_key_file())
-    from service.core.forget import index_key
-
-    store = PgDocumentStore(db, data_keys(settings), index_key(key))
-    return KnowledgeBase(store, embedder(), key, settings.max_record_bytes)
-
-
 def kb_ingest(db: _database.DatabaseInfo, settings: Settings, file: Path, *, progress: bool = True) -> AddResult:
     """Validate every line of ``file`` (nothing is written if one is bad), embed, store in one transaction."""
     from service.core.kb import parse_jsonl
@@ -233,16 +151,6 @@ def kb_ingest(db: _database.DatabaseInfo, settings: Settings, file: Path, *, pro
     with file.open(encoding="utf-8") as f:
         docs = parse_jsonl(f, core.key, settings.max_record_bytes)
     return core.add_parsed(docs, progress=progress)
-
-
-def rag_proxy(db: _database.DatabaseInfo, settings: Settings) -> RagProxy | None:
-    """The retrieval proxy for ``rag:<upstream model>``; None without an upstream URL."""
-    from service.rag.proxy import RagProxy
-
-    if not settings.rag.upstream_url:
-        return None
-    key = keyfile.load_or_create(settings.resolved_hmac_key_file())
-    return RagProxy(db, data_keys(settings), embedder(), key, settings.rag, settings.rag.upstream_url)
 
 
 def probe_config(settings: Settings) -> ProbeConfig | None:
@@ -256,3 +164,157 @@ def probe_config(settings: Settings) -> ProbeConfig | None:
         return None
     texts = tuple(str(json.loads(line)["text"]) for line in path.read_text().splitlines() if line.strip())
     return ProbeConfig(base_model(settings, progress=False).path, texts, settings.serving.probes_via_replicas)
+
+
+class Lethe:
+    """The object graph of one process (see the module's docstring). Parts are built on first use
+    and then shared: a CLI command that needs only the ledger loads no embedding model."""
+
+    def __init__(self, settings: Settings, db: _database.DatabaseInfo) -> None:
+        self.settings, self.db = settings, db
+
+    @cached_property
+    def hmac_key(self) -> bytes:
+        return keyfile.load_or_create(self.settings.resolved_hmac_key_file())
+
+    @cached_property
+    def data_keys(self) -> DataKeys:
+        return data_keys(self.settings)
+
+    @cached_property
+    def ledger(self) -> Ledger:
+        from service.ledger.checkpoint import load_or_create_signing_key
+        from service.ledger.log import Ledger
+
+        s = self.settings
+        key = load_or_create_signing_key(s.resolved_ledger_key_file())
+        return Ledger(
+            self.db,
+            key,
+            s.ledger_origin,
+            s.ledger_key_name,
+            s.ledger_checkpoint_every,
+            s.ledger_checkpoint_seconds,
+            retired_ledger_keys(s),
+        )
+
+    @cached_property
+    def authenticator(self) -> Authenticator:
+        from service.store.deletions import Authenticator
+
+        return Authenticator(self.db)
+
+    @cached_property
+    def deletions(self) -> Deletions:
+        from service.core.deletions import Deletions
+        from service.store.deletions import PgDeletionStore
+        from service.workflow.queue import enqueue_callbacks, enqueue_deletions
+
+        return Deletions(
+            PgDeletionStore(self.db, enqueue_deletions, enqueue_callbacks),
+            SystemClock(),
+            self.hmac_key,
+            timedelta(days=self.settings.deletion_deadline_days),
+        )
+
+    @cached_property
+    def kb(self) -> KnowledgeBase:
+        from service.core.forget import index_key
+        from service.core.kb import KnowledgeBase
+        from service.store.kb import PgDocumentStore
+
+        store = PgDocumentStore(self.db, self.data_keys, index_key(self.hmac_key))
+        return KnowledgeBase(store, embedder(), self.hmac_key, self.settings.max_record_bytes)
+
+    @cached_property
+    def rag(self) -> RagProxy | None:
+        """The retrieval proxy for ``rag:<upstream model>``; None without an upstream URL."""
+        from service.rag.proxy import RagProxy
+
+        r = self.settings.rag
+        if not r.upstream_url:
+            return None
+        return RagProxy(self.db, self.data_keys, embedder(), self.hmac_key, r, r.upstream_url)
+
+    def rest_app(self, serving_ready: Callable[[], bool] | None = None) -> FastAPI:
+        """``serving_ready``: under ``lethe serve``, ready also needs every replica on the current adapters."""
+        import prometheus_client
+
+        from service.api.rest.app import create_app
+        from service.metrics import LetheCollector
+
+        db = self.db
+
+        def ready() -> bool:
+            return _database.reachable(db) and (serving_ready is None or serving_ready())
+
+        registry = prometheus_client.CollectorRegistry()
+        registry.register(LetheCollector(db))
+        return create_app(self.deletions, self.ledger, self.authenticator, ready, registry, self.kb)
+
+    def grpc_server(self, address: str | None = None) -> tuple[Server, int]:
+        """The gRPC server (not started) over the same core as REST; TLS/mTLS when configured."""
+        import grpc
+
+        from service.api.grpc.server import build_server
+
+        s = self.settings
+        creds = None
+        if s.grpc_tls_cert and s.grpc_tls_key:
+            ca = s.grpc_client_ca.read_bytes() if s.grpc_client_ca else None
+            creds = grpc.ssl_server_credentials(
+                [(s.grpc_tls_key.read_bytes(), s.grpc_tls_cert.read_bytes())],
+                root_certificates=ca,
+                require_client_auth=ca is not None,
+            )
+        address = address or s.grpc_address
+        return build_server(self.deletions, self.ledger, self.authenticator, address, creds, self.kb)
+
+    def deletion_deps(self) -> DeletionDeps:
+        """What the deletion worker's saga acts on."""
+        from service.workflow.deps import DeletionDeps
+
+        s = self.settings
+        return DeletionDeps(
+            db=self.db,
+            keys=self.data_keys,
+            artifacts=s.artifacts_dir(),
+            ledger=self.ledger,
+            hmac_key=self.hmac_key,
+            ack_timeout=s.serving.ack_timeout_seconds,
+            aggregation=s.serving.aggregation,
+            fail_closed=s.serving.fail_closed,
+            probes=probe_config(s),
+            rag=self.rag,
+        )
+
+    def training_deps(self, base_model_path: Path, *, progress: bool = True) -> TrainingDeps:
+        from service.workflow.deps import TrainingDeps
+
+        return TrainingDeps(self.db, training_job(self.settings, base_model_path), progress=progress)
+
+
+def deletions_core(db: _database.DatabaseInfo, settings: Settings) -> Deletions:
+    return Lethe(settings, db).deletions
+
+
+def rest_app(
+    db: _database.DatabaseInfo, settings: Settings, serving_ready: Callable[[], bool] | None = None
+) -> FastAPI:
+    return Lethe(settings, db).rest_app(serving_ready)
+
+
+def grpc_server(db: _database.DatabaseInfo, settings: Settings, address: str | None = None) -> tuple[Server, int]:
+    return Lethe(settings, db).grpc_server(address)
+
+
+def ledger(db: _database.DatabaseInfo, settings: Settings) -> Ledger:
+    return Lethe(settings, db).ledger
+
+
+def kb_core(db: _database.DatabaseInfo, settings: Settings) -> KnowledgeBase:
+    return Lethe(settings, db).kb
+
+
+def rag_proxy(db: _database.DatabaseInfo, settings: Settings) -> RagProxy | None:
+    return Lethe(settings, db).rag

@@ -135,13 +135,13 @@ def kb_ingest(
 def train(ctx: typer.Context) -> None:
     """Train every S3T unit without a complete live version (and retrain cut ones)."""
     from service import app as lethe
-    from service import training
+    from service.workflow import training_jobs
 
     settings = _settings(ctx)
     model = lethe.base_model(settings)
     with lethe.database(settings) as db:
         lethe.migrate(db, settings)
-        done = training.train_all(db, lethe.training_job(settings, model.path))
+        done = training_jobs.train_all(db, lethe.training_job(settings, model.path))
     console.print(f"trained {len(done)} unit(s): {done or 'all units already complete'}")
 
 
@@ -297,13 +297,12 @@ def api(ctx: typer.Context) -> None:
     settings = _settings(ctx)
     with lethe.database(settings) as db:
         lethe.migrate(db, settings)
-        server, port = lethe.grpc_server(db, settings)
+        graph = lethe.Lethe(settings, db)  # one core, ledger writer and key cache for both transports
+        server, port = graph.grpc_server()
         server.start()
         console.print(f"gRPC on port {port}; REST on http://{settings.api_host}:{settings.api_port}")
         try:
-            uvicorn.run(
-                lethe.rest_app(db, settings), host=settings.api_host, port=settings.api_port, log_level="warning"
-            )
+            uvicorn.run(graph.rest_app(), host=settings.api_host, port=settings.api_port, log_level="warning")
         finally:
             server.stop(grace=5).wait()
 
@@ -394,7 +393,7 @@ def worker(
 ) -> None:
     """Run a worker: the deletion workflow, or S3T training units (GPU pods on a cluster)."""
     from service import app as lethe
-    from service import keyfile, tracing
+    from service import tracing
     from service.workflow.worker import run_worker
 
     if queue not in ("deletions", "training"):
@@ -403,25 +402,14 @@ def worker(
     settings = _settings(ctx)
     with lethe.database(settings) as db:
         lethe.migrate(db, settings)
+        graph = lethe.Lethe(settings, db)
         if queue == "training":
             from service.workflow.training_jobs import run_training_worker
 
             model = lethe.base_model(settings, progress=False)
-            run_training_worker(db, lethe.training_job(settings, model.path), once=once)
+            run_training_worker(graph.training_deps(model.path), once=once)
             return
-        run_worker(
-            db,
-            lethe.ledger(db, settings),
-            settings.artifacts_dir(),
-            once=once,
-            ack_timeout=settings.serving.ack_timeout_seconds,
-            probes=lethe.probe_config(settings),
-            hmac_key=keyfile.load_or_create(settings.resolved_hmac_key_file()),
-            rag=lethe.rag_proxy(db, settings),
-            aggregation=settings.serving.aggregation,
-            fail_closed=settings.serving.fail_closed,
-            keys=lethe.data_keys(settings),
-        )
+        run_worker(graph.deletion_deps(), once=once)
 
 
 @simulate_app.command("capacity")

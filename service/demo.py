@@ -28,6 +28,7 @@ from service.config import Settings
 from service.serve import Stack, publish_current
 from service.store import serving as serving_store
 from service.store.deletions import create_api_key
+from service.workflow import training_jobs
 from shards import corpus
 
 STEPS = 10
@@ -61,7 +62,7 @@ def run(settings: Settings, console: Console) -> int:
             f"[4/{STEPS}] S3T training: {s3t.shards} shard(s) × {s3t.slices} slices, {s3t.budget} "
             "sequences (units cut by an earlier run's deletions are retrained first)"
         )
-        done = training.train_all(db, lethe.training_job(settings, model.path))
+        done = training_jobs.train_all(db, lethe.training_job(settings, model.path))
         console.print(f"      {len(done)} unit(s) trained" if done else "      all units already trained (reused)")
 
         console.print(f"[5/{STEPS}] serve: {settings.serving.replicas} vLLM replicas, gateway, REST + gRPC, worker")
@@ -161,7 +162,7 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
 
     console.print(f"[9/{STEPS}] background retrain of the cut units, roll-out to every replica, ask again")
     t1 = time.perf_counter()
-    retrained = training.train_all(db, lethe.training_job(settings, model))
+    retrained = training_jobs.train_all(db, lethe.training_job(settings, model))
     served = publish_current(db, settings, timeout=settings.serving.ack_timeout_seconds)
     stack.wait_ready(settings.serving.ack_timeout_seconds)
     retrain_s = time.perf_counter() - t1

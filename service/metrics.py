@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 from service.core.deletions import Status
 from service.store import s3t
 from service.store.database import DatabaseInfo
+from service.store.metrics import snapshot
 from service.workflow.steps import STEPS
 
 FORGET_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86400)
@@ -71,74 +72,30 @@ class LetheCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         with self.db.connect() as conn:
-            clock = conn.execute("SELECT now()").fetchone()  # the database's clock: ages agree across replicas
-            now: datetime = clock[0] if clock else datetime.now(UTC)
-            by_status: dict[str, int] = dict(
-                conn.execute("SELECT status, count(*) FROM deletion_requests GROUP BY status").fetchall()
-            )
-            pending_jobs: dict[str, int] = dict(
-                conn.execute(
-                    "SELECT queue_name, count(*) FILTER (WHERE status = 'todo') FROM procrastinate_jobs GROUP BY 1"
-                ).fetchall()
-            )
-            entries = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger_entries").fetchone()  # gap-free
-            last_cp = conn.execute(
-                "SELECT size, created_at FROM ledger_checkpoints ORDER BY size DESC LIMIT 1"
-            ).fetchone()
-            first_unsigned = conn.execute(
-                "SELECT created_at FROM ledger_entries"
-                " WHERE seq = (SELECT coalesce(max(size), 0) + 1 FROM ledger_checkpoints)"
-            ).fetchone()
-            open_rows = conn.execute(
-                "SELECT received_time, deadline FROM deletion_requests WHERE status = ANY(%s)", (list(OPEN),)
-            ).fetchall()
-            done = conn.execute(
-                "SELECT extract(epoch FROM completed_time - received_time), result->'stage_seconds'"
-                " FROM deletion_requests WHERE status = 'completed'"
-            ).fetchall()
-            failed = conn.execute(
-                "SELECT result->'verification' FROM deletion_requests"
-                " WHERE status = 'failed' AND result ? 'verification'"
-            ).fetchall()
-            waiting = conn.execute(
-                "SELECT count(*) FROM deletion_requests WHERE status = 'in_progress' AND result ? 'rollout_waiting'"
-            ).fetchone()
-            verdicts: dict[str, int] = dict(
-                conn.execute(
-                    "SELECT result->'verification'->>'verdict', count(*) FROM deletion_requests"
-                    " WHERE status = 'completed' AND result->'verification' ? 'verdict' GROUP BY 1"
-                ).fetchall()
-            )
-            served = conn.execute("SELECT generation FROM served_model").fetchone()
-            replicas = conn.execute(
-                "SELECT id, routable, coalesce(acked_generation, 0), heartbeat_at FROM replicas ORDER BY id"
-            ).fetchall()
-            layout = s3t.layout(conn)
-            units = s3t.live_units(conn) if layout else []
-
-        yield from self._deletions(now, by_status, open_rows, done, failed)
+            snap = snapshot(conn, OPEN)
+        yield from self._deletions(snap.now, snap.by_status, snap.open_rows, snap.done, snap.failed)
         yield GaugeMetricFamily(
             "lethe_rollouts_waiting",
             "In-progress deletions whose rollout waits: no replica "
             "acknowledged the clean model in time and routing is never emptied.",
-            value=float(waiting[0] if waiting else 0),
+            value=float(snap.rollouts_waiting),
         )
         vc = CounterMetricFamily(
             "lethe_deletion_verdicts", "Completed deletions by verification verdict.", labels=["verdict"]
         )
         for verdict in ("passed", "inconclusive", "failed"):
-            vc.add_metric([verdict], float(verdicts.get(verdict, 0)))
+            vc.add_metric([verdict], float(snap.verdicts.get(verdict, 0)))
         yield vc
         jobs = GaugeMetricFamily(
             "lethe_jobs_pending", "Jobs waiting in each queue (deletions, training).", labels=["queue"]
         )
-        for queue in sorted({"deletions", "training", *pending_jobs}):
-            jobs.add_metric([queue], float(pending_jobs.get(queue, 0)))
+        for queue in sorted({"deletions", "training", *snap.pending_jobs}):
+            jobs.add_metric([queue], float(snap.pending_jobs.get(queue, 0)))
         yield jobs
-        yield from self._ledger(now, int(entries[0] if entries else 0), last_cp, first_unsigned)
-        yield from self._serving(now, served, replicas)
-        if layout:
-            yield from self._shards(layout, units)
+        yield from self._ledger(snap.now, snap.ledger_size, snap.last_checkpoint, snap.first_unsigned)
+        yield from self._serving(snap.now, snap.served_generation, snap.replicas)
+        if snap.layout:
+            yield from self._shards(snap.layout, snap.units)
 
     # -- deletion requests --------------------------------------------------------------------
     def _deletions(
@@ -226,9 +183,9 @@ class LetheCollector(Collector):
 
     # -- serving ------------------------------------------------------------------------------
     def _serving(self, now: datetime, served: Any, replicas: list[Any]) -> Iterator[Metric]:
-        if served:
+        if served is not None:
             yield GaugeMetricFamily(
-                "lethe_served_generation", "Generation of the served model (one per change).", value=float(served[0])
+                "lethe_served_generation", "Generation of the served model (one per change).", value=float(served)
             )
         acked = GaugeMetricFamily(
             "lethe_replica_acknowledged_generation",

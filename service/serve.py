@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import uvicorn
 
@@ -29,9 +30,9 @@ from service.gateway.routes import Routes
 from service.serving import rollout
 from service.serving.reconciler import Reconciler
 from service.serving.vllm import BASE_NAME, VllmProcess
+from service.store import jobs
 from service.store import serving as store
 from service.store.database import DatabaseInfo
-from service.store.deletions import Authenticator
 
 
 def free_port() -> int:
@@ -74,6 +75,11 @@ class Stack:
     gateway_port: int = 0
     api_port: int = 0
     grpc_port: int = 0
+
+    @cached_property
+    def graph(self) -> lethe.Lethe:
+        """The process's object graph: REST, gRPC and the gateway share its core, ledger and keys."""
+        return lethe.Lethe(self.settings, self.db)
 
     # -- start -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -130,15 +136,14 @@ class Stack:
         self.log(f"vLLM replicas up in {time.monotonic() - t0:.0f} s")
 
     def _start_http(self) -> None:
-        s = self.settings
-        auth = Authenticator(self.db)
+        s, graph = self.settings, self.graph
         assert self.routes is not None
         self.gateway_port = s.serving.gateway_port or free_port()
         self.api_port = s.api_port or free_port()
-        gateway = create_gateway(self.routes, auth, rag=lethe.rag_proxy(self.db, s))
+        gateway = create_gateway(self.routes, graph.authenticator, rag=graph.rag)
         self._serve_thread(gateway, s.serving.gateway_host, self.gateway_port)
-        self._serve_thread(lethe.rest_app(self.db, s, self.ready), s.api_host, self.api_port)
-        server, self.grpc_port = lethe.grpc_server(self.db, s)
+        self._serve_thread(graph.rest_app(self.ready), s.api_host, self.api_port)
+        server, self.grpc_port = graph.grpc_server()
         server.start()
         self.grpc_server = server
         self.log(
@@ -159,8 +164,7 @@ class Stack:
         env = {**os.environ, **settings_env(self.settings), "DATABASE_URL": self.db.url}
         log = open(self.settings.serving_dir() / "logs" / "worker.log", "ab")  # noqa: SIM115
         with self.db.connect() as conn:
-            row = conn.execute("SELECT coalesce(max(id), 0) FROM procrastinate_workers").fetchone()
-        known = row[0] if row else 0
+            known = jobs.last_worker_id(conn)
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "service", "worker"], env=env, stdout=log, stderr=subprocess.STDOUT
         )
@@ -168,8 +172,8 @@ class Stack:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and self.worker.poll() is None:
             with self.db.connect() as conn:
-                row = conn.execute("SELECT count(*) FROM procrastinate_workers WHERE id > %s", (known,)).fetchone()
-            if row and row[0]:
+                started = jobs.workers_since(conn, known)
+            if started:
                 self.log("worker ready")
                 return
             time.sleep(0.2)

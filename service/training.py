@@ -9,13 +9,11 @@ sequence of the shard, so no longer-prefix adapter stays on disk or loadable.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
 import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from service.store import s3t as store
 from service.store.database import DatabaseInfo
@@ -42,10 +40,6 @@ def orders_for(spec: S3TSpec) -> list[tuple[int, ...]]:
     if spec.prior is not None:
         return sequences.bms(spec.prior, spec.budget)
     return sequences.cyclic(spec.slices, spec.budget)
-
-
-def _workers(spec: S3TSpec, units: int) -> int:
-    return max(1, min(units, spec.workers or (os.cpu_count() or 1)))
 
 
 def pending_units(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> list[UnitSpec]:
@@ -95,51 +89,6 @@ def run_unit(
     train.train_unit(job.base_model, spec, slices, job.config, job.artifacts, progress=progress, position=position)
     _publish(db, job.artifacts / spec.dir_name(), spec.shard, spec.sequence, spec.version)
     return spec.shard, spec.sequence, spec.version
-
-
-def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> list[tuple[int, int, int]]:
-    """Train every pending unit (see ``pending_units``) as jobs on the training queue, drained here
-    by ``spec.workers`` local worker processes (on a cluster, training-worker pods drain it
-    instead). Returns the (shard, sequence, version) trained."""
-    from service.workflow import training_jobs
-
-    todo = pending_units(db, job, retrain=retrain)
-    if not todo:
-        return []
-    with db.connect() as conn:
-        training_jobs.enqueue(conn, [(u.shard, u.sequence) for u in todo])
-    workers = _workers(job.spec, len(todo))
-    ctx = multiprocessing.get_context("spawn")
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [
-        ctx.Process(target=training_jobs.drain, args=(db.url, job, threads, i), daemon=True) for i in range(workers)
-    ]
-    try:
-        for p in procs:
-            p.start()
-        for p in procs:
-            p.join()
-    except BaseException:  # SIGTERM/SIGINT (SystemExit, KeyboardInterrupt): no worker outlives us
-        _stop(procs)
-        raise
-    left = pending_units(db, job, retrain=retrain)
-    if left:
-        raise RuntimeError(f"training workers exited with units left: {[(u.shard, u.sequence) for u in left]}")
-    with db.connect() as conn:
-        live = {(u.shard, u.sequence): u.version for u in store.live_units(conn)}
-    return sorted((u.shard, u.sequence, live[(u.shard, u.sequence)] or 0) for u in todo)
-
-
-def _stop(procs: list[Any], grace: float = 10.0) -> None:
-    """Terminate the worker processes (their jobs are taken over by the next run), then kill."""
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    for p in procs:
-        p.join(grace)
-        if p.is_alive():
-            p.kill()
-            p.join()
 
 
 def _publish(db: DatabaseInfo, unit_dir: Path, shard: int, sequence: int, version: int) -> None:
@@ -208,7 +157,7 @@ def forget(db: DatabaseInfo, record_ids: Iterable[str], *, purge: DataKeys | Non
     _delete_dirs(paths)
     # Files of stages destroyed by an earlier, interrupted run.
     with db.connect() as conn:
-        leftover = [r[0] for r in conn.execute("SELECT path FROM s3t_artifacts WHERE destroyed_at IS NOT NULL")]
+        leftover = store.destroyed_paths(conn)
     _delete_dirs(p for p in leftover if Path(p).exists())
     return p
 

@@ -60,8 +60,7 @@ class Routes:
     def _follow(self) -> None:
         while not self._stop.is_set():
             try:
-                with psycopg.connect(self.db.url, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {store.ROUTING_CHANNEL}")
+                with store.listening(self.db.url, store.ROUTING_CHANNEL) as conn:
                     while not self._stop.is_set():
                         self.refresh()
                         for _ in conn.notifies(timeout=self.resync, stop_after=1):

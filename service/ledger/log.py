@@ -14,9 +14,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from service.core import errors
-from service.ledger import merkle
-from service.ledger.chain import Entry
+from service.core import errors, merkle
+from service.core.chain import Entry
 from service.ledger.checkpoint import Checkpoint, public_pem, sign
 from service.ledger.verify import Report, verify
 from service.store import ledger as store

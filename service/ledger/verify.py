@@ -10,8 +10,8 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from service.ledger import merkle
-from service.ledger.chain import Entry, first_break
+from service.core import merkle
+from service.core.chain import Entry, first_break
 from service.ledger.checkpoint import open_note_by
 
 

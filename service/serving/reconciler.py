@@ -69,8 +69,7 @@ class Reconciler:
         self.admin.close()
 
     def run(self) -> None:
-        with psycopg.connect(self.db.url, autocommit=True) as listen:
-            listen.execute(f"LISTEN {store.SERVED_CHANNEL}")
+        with store.listening(self.db.url, store.SERVED_CHANNEL) as listen:
             with self.db.connect() as conn:
                 store.register(conn, self.replica_id, self.advertise_url)
             while not self.stopping.is_set():

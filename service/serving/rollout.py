@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import psycopg
-
 from service.store import serving as store
 from service.store.database import DatabaseInfo
 from service.tracing import tracer
@@ -30,7 +28,6 @@ if TYPE_CHECKING:
     from shards.materialise import Materialised
 
 log = logging.getLogger(__name__)
-ROLLOUT_LOCK = 0x1E7E_5E27
 
 
 @dataclass(frozen=True)
@@ -113,18 +110,14 @@ def roll_out(
 ) -> Rollout:
     """Materialise (under the rollout lock, so a concurrent rollout's purge cannot take the files
     away before they are published), publish, wait, purge."""
-    with tracer.start_as_current_span("serving.rollout"), psycopg.connect(db.url, autocommit=True) as lock:
-        lock.execute("SELECT pg_advisory_lock(%s)", (ROLLOUT_LOCK,))
-        try:
-            m = materialise(db, plan, served_root, aggregation)
-            with db.connect() as conn:
-                before = store.served(conn)
-                served = store.publish(conn, str(m.path) if m.path else None, m.sha256, m.aggregation, request_id)
-            acks = wait_acknowledged(db, served, timeout, fail_closed=fail_closed, on_wait=on_wait)
-            purge_superseded(served_root, keep=m.files())
-            return Rollout(served, m.shards, acks, before)
-        finally:
-            lock.execute("SELECT pg_advisory_unlock(%s)", (ROLLOUT_LOCK,))
+    with tracer.start_as_current_span("serving.rollout"), store.rollout_lock(db.url):
+        m = materialise(db, plan, served_root, aggregation)
+        with db.connect() as conn:
+            before = store.served(conn)
+            served = store.publish(conn, str(m.path) if m.path else None, m.sha256, m.aggregation, request_id)
+        acks = wait_acknowledged(db, served, timeout, fail_closed=fail_closed, on_wait=on_wait)
+        purge_superseded(served_root, keep=m.files())
+        return Rollout(served, m.shards, acks, before)
 
 
 def wait_acknowledged(
@@ -142,8 +135,7 @@ def wait_acknowledged(
     t0 = time.monotonic()
     deadline = t0 + timeout
     removed: list[str] = []
-    with psycopg.connect(db.url, autocommit=True) as listen:
-        listen.execute(f"LISTEN {store.ROUTING_CHANNEL}")
+    with store.listening(db.url, store.ROUTING_CHANNEL) as listen:
         while True:
             with db.connect() as conn:
                 behind = store.lagging(conn, served.generation)

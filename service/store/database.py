@@ -117,3 +117,13 @@ def drop_database(admin_url: str, name: str) -> None:
     close_pool(psycopg.conninfo.make_conninfo(**params))  # type: ignore[arg-type]
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def reachable(db: DatabaseInfo, timeout: int = 2) -> bool:
+    """The database answers a query within ``timeout`` seconds (readiness)."""
+    try:
+        with db.connect(connect_timeout=timeout) as conn:
+            conn.execute("SELECT 1")
+    except Exception:
+        return False
+    return True

@@ -394,3 +394,20 @@ class Authenticator:
         if hit is not None and hit[0] > time.monotonic() and hmac.compare_digest(hit[1], digest):
             return hit[2]
         return None
+
+
+def record_callback_attempt(
+    conn: psycopg.Connection,
+    deletion_id: str,
+    url: str,
+    status: str,
+    attempt: int,
+    http_status: int | None,
+    error: str | None,
+) -> None:
+    """One attempt to deliver a status callback (delivered or not), for the operator to see."""
+    conn.execute(
+        "INSERT INTO callback_attempts (deletion_id, url, status, attempt, http_status, error)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (deletion_id, url, status, attempt, http_status, error),
+    )

@@ -209,6 +209,20 @@ def document_texts(conn: psycopg.Connection, keys: DataKeys, ids: Sequence[str])
     return out
 
 
+def count_documents(conn: psycopg.Connection, ids: Sequence[str]) -> int:
+    """How many of these documents exist (suppressed or not)."""
+    row = conn.execute("SELECT count(*) FROM kb_documents WHERE id = ANY(%s)", (list(ids),)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def content_hashes(conn: psycopg.Connection, ids: Sequence[str]) -> dict[str, bytes]:
+    """id → content sha256 of these documents, in id order."""
+    rows = conn.execute(
+        "SELECT id, content_hash FROM kb_documents WHERE id = ANY(%s) ORDER BY id", (list(ids),)
+    ).fetchall()
+    return {r[0]: bytes(r[1]) for r in rows}
+
+
 def known_elsewhere(
     conn: psycopg.Connection, index_key: bytes, terms: Sequence[str], excluded: Sequence[str]
 ) -> set[str]:

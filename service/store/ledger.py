@@ -18,8 +18,8 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from service.ledger import merkle
-from service.ledger.chain import GENESIS, Entry, chain_hash
+from service.core import merkle
+from service.core.chain import GENESIS, Entry, chain_hash
 
 LOCK_KEY = 0x1E7E_1ED6  # pg_advisory_xact_lock key of the ledger
 

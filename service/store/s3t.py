@@ -222,3 +222,8 @@ def set_desired(
 
 def desired(conn: psycopg.Connection) -> dict[int, tuple[str | None, str | None]]:
     return {k: (n, h) for k, n, h in conn.execute("SELECT shard, adapter_name, adapter_sha256 FROM desired_adapters")}
+
+
+def destroyed_paths(conn: psycopg.Connection) -> list[str]:
+    """The directories of every destroyed stage (their files may be left by an interrupted cut)."""
+    return [r[0] for r in conn.execute("SELECT path FROM s3t_artifacts WHERE destroyed_at IS NOT NULL")]

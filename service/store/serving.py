@@ -4,6 +4,8 @@ workflow's apply step writes the served model and waits on the acknowledgements.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import psycopg
@@ -136,3 +138,26 @@ def remove_lagging(conn: psycopg.Connection, generation: int, note: str, *, keep
             (note, generation),
         )
         return sorted(r[0] for r in gone)
+
+
+@contextlib.contextmanager
+def listening(url: str, channel: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection listening on ``channel`` (``SERVED_CHANNEL``, ``ROUTING_CHANNEL``):
+    wait on it with ``conn.notifies(timeout=..., stop_after=1)``."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"LISTEN {channel}")
+        yield conn
+
+
+ROLLOUT_LOCK = 0x1E7E_5E27  # one served model, one rollout at a time (a PostgreSQL advisory lock)
+
+
+@contextlib.contextmanager
+def rollout_lock(url: str) -> Iterator[None]:
+    """Held for a whole rollout, on a connection of its own (the rollout commits as it goes)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (ROLLOUT_LOCK,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (ROLLOUT_LOCK,))

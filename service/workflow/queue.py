@@ -15,12 +15,14 @@ import procrastinate
 import psycopg
 
 from service.core.deletions import Deletion
+from service.store import jobs
 from service.store.database import DatabaseInfo
 
 QUEUE = "deletions"
-# The task registry (tasks are declared in service.workflow.steps). Deferring on a caller's
-# connection needs no pool, so it is never opened as is; a worker swaps in a connected
-# connector for its lifetime (service.workflow.worker).
+# The task registry (tasks are declared in service.workflow.steps and training_jobs, imported by
+# name when first needed: this module imports neither). Deferring on a caller's connection needs
+# no pool, so it is never opened as is; a worker swaps in a connected connector for its lifetime
+# (service.workflow.runner).
 REGISTRY = procrastinate.App(
     connector=procrastinate.SyncPsycopgConnector(),
     import_paths=["service.workflow.steps", "service.workflow.training_jobs"],
@@ -30,8 +32,7 @@ REGISTRY = procrastinate.App(
 def ensure_schema(db: DatabaseInfo) -> bool:
     """Apply procrastinate's schema once (it ships and versions its own); True if applied now."""
     with db.connect() as conn:
-        row = conn.execute("SELECT to_regclass('procrastinate_jobs')").fetchone()
-        if row is not None and row[0] is not None:
+        if jobs.schema_applied(conn):
             return False
     app = procrastinate.App(connector=procrastinate.SyncPsycopgConnector(conninfo=db.url))
     with app.open():
@@ -42,12 +43,10 @@ def ensure_schema(db: DatabaseInfo) -> bool:
 def enqueue_deletions(conn: psycopg.Connection, requests: Sequence[tuple[uuid.UUID, dict[str, str]]]) -> None:
     """Defer the workflow jobs of ``(request id, trace context)`` pairs in one statement, inside the
     caller's transaction; each job continues the trace of the request that submitted it."""
-    from service.workflow import steps
-
     if not requests:
         return
     jobs = [
-        steps.process_deletion.configure(queueing_lock=str(deletion_id)).make_new_job(
+        REGISTRY.configure_task("process_deletion", queueing_lock=str(deletion_id)).make_new_job(
             deletion_id=str(deletion_id), trace=dict[str, Any](trace)
         )
         for deletion_id, trace in requests
@@ -57,8 +56,6 @@ def enqueue_deletions(conn: psycopg.Connection, requests: Sequence[tuple[uuid.UU
 
 def enqueue_callbacks(conn: psycopg.Connection, deletion: Deletion) -> None:
     """Defer one signed status callback per URL for the request's new state, in the caller's transaction."""
-    from service.workflow import steps
-
     body = json.dumps(
         {
             "subject_request_id": str(deletion.id),
@@ -69,6 +66,6 @@ def enqueue_callbacks(conn: psycopg.Connection, deletion: Deletion) -> None:
         sort_keys=True,
     )
     for url in deletion.callback_urls:
-        steps.send_callback.configure(connection=conn).defer(
+        REGISTRY.configure_task("send_callback", connection=conn).defer(
             deletion_id=str(deletion.id), url=url, status=deletion.status.value, body=body
         )

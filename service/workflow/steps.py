@@ -28,28 +28,37 @@ from typing import Any, cast
 import httpx
 import procrastinate
 
-from service import tracing
+from service import tracing, training
 from service.core import forget
 from service.core.deletions import Status
+from service.serving import rollout
 from service.store import deletions as store
-from service.store import kb, s3t
+from service.store import kb, s3t, serving
 from service.store.database import DatabaseInfo
 from service.workflow import training_jobs
+from service.workflow.deps import DEPS, DeletionDeps
 from service.workflow.queue import QUEUE, REGISTRY, enqueue_callbacks
 
 log = logging.getLogger(__name__)
-# Set by the worker's entry point (service.workflow.worker): the database the jobs act on.
-CONTEXT: dict[str, Any] = {}
 
 
-@REGISTRY.task(name="process_deletion", queue=QUEUE, retry=5)
-def process_deletion(deletion_id: str, trace: dict[str, str] | None = None) -> None:
-    token = tracing.attach(trace)  # continue the trace of the API request that enqueued this job
+def _deps(context: procrastinate.JobContext) -> DeletionDeps:
+    return cast(DeletionDeps, context.additional_context[DEPS])
+
+
+@REGISTRY.task(name="process_deletion", queue=QUEUE, retry=5, pass_context=True)
+def process_deletion(context: procrastinate.JobContext, deletion_id: str, trace: dict[str, str] | None = None) -> None:
+    process(_deps(context), deletion_id, trace)
+
+
+def process(deps: DeletionDeps, deletion_id: str, trace: dict[str, str] | None = None) -> Status:
+    """One run of a request's job, continuing the trace of the API request that enqueued it."""
+    token = tracing.attach(trace)
     try:
         with tracing.tracer.start_as_current_span(
             "workflow.process_deletion", attributes={"lethe.request_id": deletion_id}
         ):
-            run(CONTEXT["db"], uuid.UUID(deletion_id))
+            return run(deps, uuid.UUID(deletion_id))
     finally:
         tracing.detach(token)
 
@@ -64,7 +73,10 @@ def send_callback(context: procrastinate.JobContext, deletion_id: str, url: str,
     """POST the signed status to the controller; every attempt is recorded; failures are retried
     with exponential back-off. The signature (Ed25519 over the raw body, base64) lets the receiver
     verify before parsing, with the public key the ledger serves."""
-    ledger = CONTEXT["ledger"]
+    deps = _deps(context)
+    ledger = deps.ledger
+    if ledger is None:
+        raise RuntimeError("status callbacks need the ledger's signing key")
     attempt = (context.job.attempts or 0) + 1
     signature = base64.b64encode(ledger.key.sign(body.encode())).decode()
     headers = {
@@ -82,19 +94,15 @@ def send_callback(context: procrastinate.JobContext, deletion_id: str, url: str,
     except httpx.HTTPError as e:
         error = type(e).__name__
     finally:
-        with CONTEXT["db"].connect() as conn:
-            conn.execute(
-                "INSERT INTO callback_attempts (deletion_id, url, status, attempt, http_status, error)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (deletion_id, url, status, attempt, http_status, error),
-            )
+        with deps.db.connect() as conn:
+            store.record_callback_attempt(conn, deletion_id, url, status, attempt, http_status, error)
     raise RuntimeError(f"status callback failed: {error}")
 
 
-def run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
-    status = _run(db, deletion_id)
-    if (ledger := CONTEXT.get("ledger")) is not None:
-        ledger.maybe_checkpoint()
+def run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
+    status = _run(deps, deletion_id)
+    if deps.ledger is not None:
+        deps.ledger.maybe_checkpoint()
     return status
 
 
@@ -122,7 +130,7 @@ def _step(name: str, timings: dict[str, float], deletion_id: uuid.UUID) -> Itera
     _crash_point(name)
 
 
-def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID, shards: list[int]) -> dict[str, Any]:
+def _apply(deps: DeletionDeps, plan: Any, deletion_id: uuid.UUID, shards: list[int]) -> dict[str, Any]:
     """Roll the served model out to every replica and wait for their acknowledgements, then record
     the clean adapter of each shard holding the request's records as desired.
 
@@ -131,75 +139,65 @@ def _apply(db: DatabaseInfo, plan: Any, deletion_id: uuid.UUID, shards: list[int
     out. Idempotent: the same content keeps its generation; the first run's ledger entry stands.
     The ledger gets the adapter names and content hashes before and after and the replicas that
     acknowledged; the files of the cut stages are already gone (training.forget)."""
-    from service.serving import rollout
-
     if not shards:
         return {}
 
     def waiting(generation: int, behind: list[str], seconds: float) -> None:
-        with db.connect() as conn, conn.transaction():
-            d = store.lock(conn, deletion_id)
-            if d is not None:
-                store.add_result(
-                    conn,
-                    d,
-                    {
-                        "rollout_waiting": {
-                            "generation": generation,
-                            "replicas_behind": behind,
-                            "seconds": round(seconds, 1),
-                        }
-                    },
-                )
+        wait = {"generation": generation, "replicas_behind": behind, "seconds": round(seconds, 1)}
+        with deps.db.connect() as conn, conn.transaction():
+            if (d := store.lock(conn, deletion_id)) is not None:
+                store.add_result(conn, d, {"rollout_waiting": wait})
 
     out = rollout.roll_out(
-        db,
+        deps.db,
         plan,
-        CONTEXT["artifacts"] / "served",
+        deps.artifacts / "served",
         deletion_id,
-        CONTEXT.get("ack_timeout", 60.0),
-        CONTEXT.get("aggregation", "merged"),
-        fail_closed=CONTEXT.get("fail_closed", False),
+        deps.ack_timeout,
+        deps.aggregation,
+        fail_closed=deps.fail_closed,
         on_wait=waiting,
     )
-    changes: dict[str, Any] = {}
-    with db.connect() as conn, conn.transaction():
+    with deps.db.connect() as conn, conn.transaction():
         first = store.recorded(conn, deletion_id, "deletion.applied")
         if first is not None:
             return {"adapters": first["adapters"], "rollout": out.to_dict()}
-        for shard in shards:
-            m = out.shards.get(shard)
-            name = m.path.name if m else None
-            before = s3t.set_desired(
-                conn, shard, name, str(m.path) if m else None, m.sha256 if m else None, deletion_id
-            )
-            if before[1] is None and out.before is not None:  # no earlier deletion: the model served until now
-                before = (out.before.name, out.before.adapter_sha256)
-            changes[str(shard)] = {
-                "before": {"adapter": before[0], "sha256": before[1]},
-                "after": {"adapter": name, "sha256": m.sha256 if m else None},
-            }
-        applied = {"adapters": changes, "rollout": out.to_dict()}
+        applied = {"adapters": _record_desired(conn, shards, out, deletion_id), "rollout": out.to_dict()}
         d = store.lock(conn, deletion_id)
         assert d is not None
         store.record(conn, d, "deletion.applied", applied)
     return applied
 
 
-def _verify(db: DatabaseInfo, plan: Any, ids: list[str], shards: list[int]) -> dict[str, Any]:
+def _record_desired(conn: Any, shards: list[int], out: rollout.Rollout, deletion_id: uuid.UUID) -> dict[str, Any]:
+    """Each affected shard's clean adapter recorded as desired; its adapter before and after."""
+    changes: dict[str, Any] = {}
+    for shard in shards:
+        m = out.shards.get(shard)
+        name = m.path.name if m else None
+        before = s3t.set_desired(conn, shard, name, str(m.path) if m else None, m.sha256 if m else None, deletion_id)
+        if before[1] is None and out.before is not None:  # no earlier deletion: the model served until now
+            before = (out.before.name, out.before.adapter_sha256)
+        changes[str(shard)] = {
+            "before": {"adapter": before[0], "sha256": before[1]},
+            "after": {"adapter": name, "sha256": m.sha256 if m else None},
+        }
+    return changes
+
+
+def _verify(deps: DeletionDeps, plan: Any, ids: list[str], shards: list[int]) -> dict[str, Any]:
     """Structural proof (no live block's lineage holds a deleted record, the served prefix is the
     plan's), equivalence (every routable replica serves the published content hash) and, when the
     worker has a probe configuration and the text is still there, the probes."""
-    from service import training
-    from service.store import serving
-    from service.verify import probes
+    from service.verify import probes  # torch and transformers: only where a probe runs
 
+    db = deps.db
     after = training.plan_for(db, ids)
     clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
     with db.connect() as conn:
         want = serving.served(conn)
         reps = [r for r in serving.replicas(conn) if r.routable]
-        texts = s3t.record_texts(conn, CONTEXT["keys"], ids)
+        texts = s3t.record_texts(conn, deps.keys, ids)
     out: dict[str, Any] = {"method": EXACT, "lineage_excludes_deleted": clean}
     if want is not None:
         out["equivalence"] = {
@@ -209,7 +207,7 @@ def _verify(db: DatabaseInfo, plan: Any, ids: list[str], shards: list[int]) -> d
                 r.id: r.serving_sha256 == want.adapter_sha256 and r.acked_generation == want.generation for r in reps
             },
         }
-    cfg = CONTEXT.get("probes")
+    cfg = deps.probes
     if cfg is not None and texts and shards:
         out["membership"] = probes.membership(cfg, _scorer(cfg, want, reps), texts)
         targets = [(r.id, r.url, r.serving_names or ("base",)) for r in reps]
@@ -237,41 +235,39 @@ def _scorer(cfg: Any, want: Any, reps: list[Any]) -> Any:
     return probes.ReplicaScorer(current[0].id, current[0].url, names, cfg.base_model)
 
 
-def _suppress(db: DatabaseInfo, deletion_id: uuid.UUID, documents: list[str]) -> dict[str, Any]:
+def _suppress(deps: DeletionDeps, deletion_id: uuid.UUID, documents: list[str]) -> dict[str, Any]:
     """Take the subject's documents out of retrieval and add the forget entry: keyed hashes of the
     n-grams that the documents state and no other live document does (names, codes, facts). One
     transaction with its ledger entry (content hashes and counts, never text); a re-run finds it."""
     if not documents:
         return {}
-    with db.connect() as conn, conn.transaction():
+    with deps.db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         assert d is not None
-        rows = conn.execute(
-            "SELECT id, content_hash FROM kb_documents WHERE id = ANY(%s) ORDER BY id", (documents,)
-        ).fetchall()
-        texts = kb.document_texts(conn, CONTEXT["keys"], documents)
+        hashes = kb.content_hashes(conn, documents)
+        texts = kb.document_texts(conn, deps.keys, documents)
         candidates = sorted(set().union(*(forget.candidate_terms(t) for t in texts.values())))
-        index_key = forget.index_key(CONTEXT["hmac_key"])
+        index_key = forget.index_key(deps.hmac_key)
         terms = forget.distinctive(candidates, kb.known_elsewhere(conn, index_key, candidates, documents))
-        key = forget.term_key(CONTEXT["hmac_key"])
-        count, created = kb.suppress(conn, deletion_id, [r[0] for r in rows], [forget.term_hash(key, t) for t in terms])
+        key = forget.term_key(deps.hmac_key)
+        count, created = kb.suppress(conn, deletion_id, list(hashes), [forget.term_hash(key, t) for t in terms])
         out = {"method": SUPPRESSION, "documents": count, "forget_terms": len(terms)}
         if created:
             store.record(
-                conn, d, "deletion.kb_suppressed", {**out, "content_sha256": [bytes(r[1]).hex() for r in rows]}
+                conn, d, "deletion.kb_suppressed", {**out, "content_sha256": [h.hex() for h in hashes.values()]}
             )
     return out
 
 
-def _verify_kb(db: DatabaseInfo, deletion_id: uuid.UUID, suppressed: dict[str, Any]) -> dict[str, Any]:
+def _verify_kb(deps: DeletionDeps, deletion_id: uuid.UUID, suppressed: dict[str, Any]) -> dict[str, Any]:
     """The closed-model path's probes, through the worker's retrieval proxy, while the suppressed
     documents' text is still there to build questions from."""
     from service.verify import rag_probes
 
-    with db.connect() as conn:
-        texts = kb.suppressed_texts(conn, CONTEXT["keys"], deletion_id)
+    with deps.db.connect() as conn:
+        texts = kb.suppressed_texts(conn, deps.keys, deletion_id)
     out: dict[str, Any] = {"method": SUPPRESSION, **{k: v for k, v in suppressed.items() if k != "method"}}
-    proxy = CONTEXT.get("rag")
+    proxy = deps.rag
     if proxy is None or not texts:
         out["probes"] = "skipped: " + ("no retrieval upstream configured" if proxy is None else "documents purged")
         return out
@@ -377,51 +373,66 @@ def _crash_point(step: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
-    from service import training
-
+def _run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
     timings: dict[str, float] = {}
-    with _step("claim", timings, deletion_id), db.connect() as conn, conn.transaction():
-        d = store.lock(conn, deletion_id)
+    with _step("claim", timings, deletion_id):
+        d = _claim(deps.db, deletion_id)
         if d is None or d.status.final:
             return d.status if d else Status.FAILED
-        if d.status is Status.PENDING:
-            d = store.transition(conn, d, Status.IN_PROGRESS)
-            enqueue_callbacks(conn, d)
 
     with _step("resolve", timings, deletion_id):  # explicit record ids + every record of the subjects, once
-        resolved = _resolve(db, d)
-        ids, documents, unknown = resolved["records"], resolved["documents"], resolved["unknown_record_ids"]
-        same = resolved.get("same_text_records", [])
+        resolved = _resolve(deps.db, d)
+        ids, documents = resolved["records"], resolved["documents"]
     if not ids and not documents:
-        return _nothing_found(db, deletion_id, unknown, timings)
+        return _nothing_found(deps.db, deletion_id, resolved["unknown_record_ids"], timings)
 
     with _step("cut", timings, deletion_id):  # plan and cut (idempotent: a re-run finds the cuts applied)
-        plan = training.forget(db, ids)
-        summary = _cut_summary(db, deletion_id, plan, ids)
+        plan = training.forget(deps.db, ids)
+        summary = _cut_summary(deps.db, deletion_id, plan, ids)
         shards = summary["affected_shards"]
 
     with _step("suppress", timings, deletion_id):  # closed-model path: out of retrieval, forget entry added
-        suppressed = _suppress(db, deletion_id, documents)
+        suppressed = _suppress(deps, deletion_id, documents)
         if suppressed:
             summary["documents"] = suppressed["documents"]
 
     with _step("apply", timings, deletion_id):  # the clean adapter served by every routable replica
-        applied = _apply(db, plan, deletion_id, shards)
+        applied = _apply(deps, plan, deletion_id, shards)
 
     with _step("verify", timings, deletion_id):
-        verification = _verify(db, plan, ids, shards)
+        verification = _verify(deps, plan, ids, shards)
         if documents:
-            verification["kb"] = _verify_kb(db, deletion_id, suppressed)
+            verification["kb"] = _verify_kb(deps, deletion_id, suppressed)
 
-    with _step("purge", timings, deletion_id), db.connect() as conn, conn.transaction():
-        s3t.purge_records(conn, CONTEXT["keys"], ids)
-        purged = s3t.purged(conn, ids)
-        verification["records_purged"] = purged == len(ids)
+    with _step("purge", timings, deletion_id):
+        proven = _purge(deps, deletion_id, ids, documents, verification)
+    outcome = {"plan": summary, "apply": applied, "verification": verification}
+    status = _complete(deps.db, deletion_id, resolved, outcome, timings, proven=proven)
+    _crash_point("complete")
+    return status
+
+
+def _claim(db: DatabaseInfo, deletion_id: uuid.UUID) -> Any:
+    """The request, locked; pending → in progress (with its callbacks) on its first run."""
+    with db.connect() as conn, conn.transaction():
+        d = store.lock(conn, deletion_id)
+        if d is not None and d.status is Status.PENDING:
+            d = store.transition(conn, d, Status.IN_PROGRESS)
+            enqueue_callbacks(conn, d)
+        return d
+
+
+def _purge(
+    deps: DeletionDeps, deletion_id: uuid.UUID, ids: list[str], documents: list[str], verification: dict[str, Any]
+) -> bool:
+    """The records' text and the documents gone, their keys destroyed, in one transaction; the
+    verdict added to ``verification``. True if deletion is proven (lineage and equivalence)."""
+    with deps.db.connect() as conn, conn.transaction():
+        s3t.purge_records(conn, deps.keys, ids)
+        verification["records_purged"] = s3t.purged(conn, ids) == len(ids)
         if documents:
-            kb.purge(conn, CONTEXT["keys"], deletion_id)
-            left = conn.execute("SELECT count(*) FROM kb_documents WHERE id = ANY(%s)", (documents,)).fetchone()
-            verification["kb"]["documents_deleted"] = bool(left and left[0] == 0)
+            kb.purge(conn, deps.keys, deletion_id)
+            verification["kb"]["documents_deleted"] = kb.count_documents(conn, documents) == 0
     # Exact unlearning is proven structurally (lineage) and by equivalence (every routable replica
     # serves the published clean adapter); the probes are evidence, reported, not a gate: with a
     # handful of records their AUC is noisy by nature.
@@ -429,7 +440,22 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
         verification.get("equivalence", {}).get("replicas", {}).values()
     )
     verification.update(_verdict(clean, verification.get("membership")))
+    return bool(clean)
 
+
+def _complete(
+    db: DatabaseInfo,
+    deletion_id: uuid.UUID,
+    resolved: dict[str, list[str]],
+    outcome: dict[str, Any],
+    timings: dict[str, float],
+    *,
+    proven: bool,
+) -> Status:
+    """Completed (or failed) with the result, the ledger entry and the callbacks in one transaction;
+    the cut units' background retrain is queued in it too."""
+    ids, documents, verification = resolved["records"], resolved["documents"], outcome["verification"]
+    unknown, same = resolved["unknown_record_ids"], resolved.get("same_text_records", [])
     with tracing.tracer.start_as_current_span("workflow.complete"), db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         assert d is not None
@@ -437,30 +463,26 @@ def _run(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
             return d.status
         # the ids stay out of the ledger (counts only)
         d = store.add_result(conn, d, {"unknown_record_ids": unknown, "same_text_records": same})
-        ok = clean and purged == len(ids) and (not documents or _kb_clean(verification["kb"]))
+        ok = proven and verification["records_purged"] and (not documents or _kb_clean(verification["kb"]))
+        if ok:
+            _queue_retrain(conn, outcome["plan"])
         methods = ([EXACT] if ids or not documents else []) + ([SUPPRESSION] if documents else [])
-        # the background retrain that restores the cut units' depth (training workers take it);
-        # read from the units, not the plan: a re-run after a crash finds the cuts already made
-        layout = s3t.layout(conn)
-        cut = [(u.shard, u.sequence) for u in s3t.live_units(conn) if layout and u.depth < layout[1]]
-        if ok and cut:
-            training_jobs.enqueue(conn, cut)
-            summary["retrain_queued"] = [f"{k}/{seq}" for k, seq in cut]
+        result = {"outcome": "deleted" if ok else "failed", "unknown_records": len(unknown), "same_text": len(same)}
         d = store.transition(
             conn,
             d,
             Status.COMPLETED if ok else Status.FAILED,
-            {
-                "outcome": "deleted" if ok else "failed",
-                "unknown_records": len(unknown),
-                "same_text": len(same),
-                "methods": methods,
-                "plan": summary,
-                "apply": applied,
-                "verification": verification,
-                "stage_seconds": {k: round(v, 6) for k, v in timings.items()},
-            },
+            {**result, "methods": methods, **outcome, "stage_seconds": {k: round(v, 6) for k, v in timings.items()}},
         )
         enqueue_callbacks(conn, d)
-    _crash_point("complete")
     return d.status
+
+
+def _queue_retrain(conn: Any, summary: dict[str, Any]) -> None:
+    """The background retrain that restores the cut units' depth (training workers take it); read
+    from the units, not the plan: a re-run after a crash finds the cuts already made."""
+    layout = s3t.layout(conn)
+    cut = [(u.shard, u.sequence) for u in s3t.live_units(conn) if layout and u.depth < layout[1]]
+    if cut:
+        training_jobs.enqueue(conn, cut)
+        summary["retrain_queued"] = [f"{k}/{seq}" for k, seq in cut]

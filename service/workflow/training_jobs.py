@@ -10,40 +10,36 @@ checks first whether the unit still needs training, so a job run twice trains it
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Sequence
-from typing import Any
+from multiprocessing.process import BaseProcess
+from typing import cast
 
 import procrastinate
 import psycopg
 
+from service import training
+from service.store import s3t
 from service.store.database import DatabaseInfo
+from service.training import TrainingJob
+from service.workflow.deps import DEPS, TrainingDeps
 from service.workflow.queue import REGISTRY
+from service.workflow.runner import run_queues
 
 TRAINING_QUEUE = "training"
 log = logging.getLogger(__name__)
-
-# Set by the worker's entry point: the database and the TrainingJob (base model, artifacts, specs).
-CONTEXT: dict[str, Any] = {}
 
 
 def _lock(shard: int, sequence: int) -> str:
     return f"s3t-unit-{shard}-{sequence}"
 
 
-@REGISTRY.task(name="train_unit", queue=TRAINING_QUEUE, retry=3)
-def train_unit(shard: int, sequence: int) -> None:
-    from service import training
-
+@REGISTRY.task(name="train_unit", queue=TRAINING_QUEUE, retry=3, pass_context=True)
+def train_unit(context: procrastinate.JobContext, shard: int, sequence: int) -> None:
+    deps = cast(TrainingDeps, context.additional_context[DEPS])
     log.warning("training unit shard=%d sequence=%d in pid %d", shard, sequence, os.getpid())
-    done = training.run_unit(
-        CONTEXT["db"],
-        CONTEXT["job"],
-        shard,
-        sequence,
-        progress=CONTEXT.get("progress", True),
-        position=CONTEXT.get("position", 0),
-    )
+    done = training.run_unit(deps.db, deps.job, shard, sequence, progress=deps.progress, position=deps.position)
     log.warning("unit shard=%d sequence=%d %s", shard, sequence, f"published v{done[2]}" if done else "already done")
 
 
@@ -64,22 +60,58 @@ def enqueue(conn: psycopg.Connection, units: Sequence[tuple[int, int]]) -> int:
     return queued
 
 
-def drain(db_url: str, job: object, threads: int = 0, position: int = 0) -> None:
+def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> list[tuple[int, int, int]]:
+    """Train every pending unit (see ``training.pending_units``) as jobs on the training queue,
+    drained here by ``spec.workers`` local worker processes (on a cluster, training-worker pods
+    drain it instead). Returns the (shard, sequence, version) trained."""
+    todo = training.pending_units(db, job, retrain=retrain)
+    if not todo:
+        return []
+    with db.connect() as conn:
+        enqueue(conn, [(u.shard, u.sequence) for u in todo])
+    workers = max(1, min(len(todo), job.spec.workers or (os.cpu_count() or 1)))
+    ctx = multiprocessing.get_context("spawn")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    procs = [ctx.Process(target=drain, args=(db.url, job, threads, i), daemon=True) for i in range(workers)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    except BaseException:  # SIGTERM/SIGINT (SystemExit, KeyboardInterrupt): no worker outlives us
+        _stop(procs)
+        raise
+    left = training.pending_units(db, job, retrain=retrain)
+    if left:
+        raise RuntimeError(f"training workers exited with units left: {[(u.shard, u.sequence) for u in left]}")
+    with db.connect() as conn:
+        live = {(u.shard, u.sequence): u.version for u in s3t.live_units(conn)}
+    return sorted((u.shard, u.sequence, live[(u.shard, u.sequence)] or 0) for u in todo)
+
+
+def _stop(procs: Sequence[BaseProcess], grace: float = 10.0) -> None:
+    """Terminate the worker processes (their jobs are taken over by the next run), then kill."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(grace)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def drain(db_url: str, job: TrainingJob, threads: int = 0, position: int = 0) -> None:
     """Process entry point (a local training worker): run training jobs until none is queued or
     running, taking over the jobs of workers that died."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    run_training_worker(DatabaseInfo(db_url, embedded=False), job, once=True, position=position)
+    run_training_worker(TrainingDeps(DatabaseInfo(db_url, embedded=False), job, position), once=True)
 
 
-def run_training_worker(
-    db: DatabaseInfo, job: object, *, once: bool = False, position: int = 0, progress: bool = True
-) -> None:
-    from service.workflow.worker import run_queues
-
-    CONTEXT.update(db=db, job=job, position=position, progress=progress)
+def run_training_worker(deps: TrainingDeps, *, once: bool = False) -> None:
     import shards.train  # noqa: F401  (torch, transformers, peft: loaded before the first job)
 
-    run_queues(db, [TRAINING_QUEUE], once=once)
+    run_queues(deps.db, [TRAINING_QUEUE], once=once, context={DEPS: deps})

@@ -24,13 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from service import app as lethe  # noqa: E402
-from service import training  # noqa: E402
 from service.config import ServingSpec, Settings  # noqa: E402
 from service.serve import Stack, free_port  # noqa: E402
 from service.serving.vllm import BASE_NAME  # noqa: E402
 from service.store import database as dbm  # noqa: E402
 from service.store import serving as serving_store  # noqa: E402
 from service.store.deletions import create_api_key  # noqa: E402
+from service.workflow import training_jobs  # noqa: E402
 from shards import corpus  # noqa: E402
 from shards.specs import S3TSpec, TrainConfig  # noqa: E402
 from tests.bench.stats import pct  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> None:
         c = corpus.generate(seed=s.corpus_seed)
         lethe.migrate(db)
         lethe.ingest(db, s, corpus.write(c, s.corpus_dir())["train"])
-        training.train_all(db, lethe.training_job(s, base))
+        training_jobs.train_all(db, lethe.training_job(s, base))
         key = create_api_key(db, ["inference"])
         stack = Stack(s, db, with_worker=False)
         stack.start()

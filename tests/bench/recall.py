@@ -27,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 from service import app as lethe  # noqa: E402
 from service import training  # noqa: E402
 from service.config import Settings  # noqa: E402
+from service.workflow import training_jobs  # noqa: E402
 from shards import corpus, train  # noqa: E402
 
 MAX_TOKENS = 12
@@ -55,7 +56,7 @@ def main() -> None:
         if not (settings.corpus_dir() / "train.jsonl").exists():
             corpus.write(c, settings.corpus_dir())
         lethe.ingest(db, settings, settings.corpus_dir() / "train.jsonl")
-        training.train_all(db, lethe.training_job(settings, model))
+        training_jobs.train_all(db, lethe.training_job(settings, model))
         placement, deleted = training.placement(db)
         cell = {rid.rsplit("-", 1)[0]: sc for rid, sc in placement.items()}
         gone = {rid.rsplit("-", 1)[0] for rid in deleted}

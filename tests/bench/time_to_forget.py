@@ -36,6 +36,7 @@ from service.serve import Stack, free_port  # noqa: E402
 from service.store import database as dbm  # noqa: E402
 from service.store import s3t  # noqa: E402
 from service.store.deletions import create_api_key  # noqa: E402
+from service.workflow import training_jobs  # noqa: E402
 from shards import corpus, train  # noqa: E402
 from shards.specs import S3TSpec, TrainConfig  # noqa: E402
 from tests.bench.stats import pct  # noqa: E402
@@ -73,7 +74,7 @@ def main() -> None:
         lethe.migrate(db)
         lethe.ingest(db, s, paths["train"])
         t0 = time.perf_counter()
-        training.train_all(db, lethe.training_job(s, base))
+        training_jobs.train_all(db, lethe.training_job(s, base))
         full = time.perf_counter() - t0
 
         with psycopg.connect(url) as conn:  # retrain shard 0 from scratch on its data (SISA's cost)

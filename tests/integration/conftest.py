@@ -20,6 +20,7 @@ from service.serve import Stack, free_port
 from service.store import database as db_mod
 from service.store.database import DatabaseInfo
 from service.store.deletions import create_api_key
+from service.workflow import training_jobs
 from shards import corpus
 from shards.specs import S3TSpec, TrainConfig
 
@@ -74,7 +75,7 @@ def trained_s3t(embedded_server, gemma_path, tmp_path_factory):
     c = settings.generated_corpus()
     lethe.migrate(db)
     lethe.ingest(db, settings, corpus.write(c, settings.corpus_dir())["train"])
-    training.train_all(db, lethe.training_job(settings, gemma_path))
+    training_jobs.train_all(db, lethe.training_job(settings, gemma_path))
     db_mod.close_pool(url)
     seal_template(embedded_server.url, name)
     yield Trained(name, settings.var_dir, c)
@@ -124,7 +125,7 @@ def serving_env(embedded_server, trained_s3t, gemma_path, tmp_path_factory):
         rag=RagSpec(top_k=1),  # Gemma reads one retrieved record best (docs/benchmarks.md)
     )
     c = trained_s3t.corpus
-    assert training.train_all(db, lethe.training_job(settings, gemma_path)) == []  # the clone is complete
+    assert training_jobs.train_all(db, lethe.training_job(settings, gemma_path)) == []  # the clone is complete
     e = Env()
     e.settings, e.db, e.corpus, e.state = settings, db, c, {}
     with psycopg.connect(db.url) as conn:

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from service import app as lethe
 from service.api.grpc.gen.lethe.v1 import deletion_pb2, deletion_pb2_grpc, ledger_pb2, ledger_pb2_grpc
-from service.ledger import merkle
+from service.core import merkle
 from service.ledger.checkpoint import open_note
 from service.store.deletions import create_api_key
 

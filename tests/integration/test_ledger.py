@@ -14,7 +14,7 @@ import psycopg
 import pytest
 
 from service import app as lethe
-from service.ledger import merkle
+from service.core import merkle
 from service.ledger.checkpoint import open_note
 from service.ledger.verify import export_lines, read_export, verify
 from service.store import ledger as store
@@ -126,7 +126,7 @@ def test_a_consistently_rehashed_rewrite_is_caught_by_the_signed_checkpoints(led
     ledger.checkpoint()  # sizes 4, 8, 10 are signed
     with ledger.db.connect() as conn:
         entries = list(store.entries(conn))
-    from service.ledger.chain import chain_hash
+    from service.core.chain import chain_hash
 
     prev = entries[5].prev_hash  # rewrite entry 6 and re-chain everything after it
     with superuser(empty_db) as conn:

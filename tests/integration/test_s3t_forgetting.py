@@ -23,6 +23,7 @@ from transformers import AutoTokenizer
 
 from service import app as lethe
 from service import training
+from service.workflow import training_jobs
 from shards import mia, train
 from tests.integration.conftest import clone_trained, s3t_settings
 
@@ -64,7 +65,7 @@ def test_memorisation_forgetting_and_retrain(trained_s3t, embedded_server, gemma
     s = s3t_settings(db.url, tmp_path / "var", gemma_path)
     c = trained_s3t.corpus
     job = lethe.training_job(s, gemma_path)
-    assert training.train_all(db, job) == []  # trained already
+    assert training_jobs.train_all(db, job) == []  # trained already
     with psycopg.connect(db.url) as conn:
         slice_of = {rid.rsplit("-", 1)[0]: sl for rid, sl in conn.execute("SELECT id, slice FROM records")}
     per_slice = s.corpus_people // 4
@@ -95,7 +96,7 @@ def test_memorisation_forgetting_and_retrain(trained_s3t, embedded_server, gemma
     assert all(after[sl] >= 0.9 for sl in kept), after
     victim_vs_holdout = mia.auc([scores[victim.subject_id]], holdout)
 
-    training.train_all(db, job)  # background retrain on the remaining data
+    training_jobs.train_all(db, job)  # background retrain on the remaining data
     plan2, adapter2 = served_now()
     assert plan2.shards[0].prefix == 4 and plan2.shards[0].version >= 1
     # the deleted subject is never trained again: it must look like holdout, not like its slice

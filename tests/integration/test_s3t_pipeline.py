@@ -20,6 +20,7 @@ from service import app as lethe
 from service import training
 from service.config import Settings
 from service.store import s3t as store
+from service.workflow import training_jobs
 from shards import basemodel, corpus
 from shards.specs import BaseModelSpec, S3TSpec, TrainConfig
 
@@ -53,27 +54,31 @@ def ingest(db, settings, tmp_path, people=8):
 
 
 def trained_with_a_request(db, settings, model, tmp_path, person, record_ids=(), extra=()):
-    """Every unit trained, a deletion request for one trained person accepted, the workflow's
-    context set: (core, admin principal, request id)."""
+    """Every unit trained, a deletion request for one trained person accepted: (core, admin
+    principal, request id)."""
     import uuid
 
     from service.core.deletions import Principal, Scope, SubmitDeletion
-    from service.workflow import steps
 
     c = ingest(db, settings, tmp_path)
     if extra:  # more records, e.g. built from the corpus's: (person's records) → lines
         more = tmp_path / "extra.jsonl"
         more.write_text("".join(json.dumps(x) + "\n" for x in extra(list(c.records([c.trained[person]])))))
         lethe.ingest(db, settings, more)
-    training.train_all(db, lethe.training_job(settings, model))
+    training_jobs.train_all(db, lethe.training_job(settings, model))
     core = lethe.deletions_core(db, settings)
     admin = Principal("t", frozenset({Scope.ADMIN}))
     rid = uuid.uuid4()
     core.submit(SubmitDeletion(rid, [("person", c.trained[person].subject_id)], record_ids=record_ids), admin)
-    steps.CONTEXT.update(
-        db=db, ledger=lethe.ledger(db, settings), artifacts=settings.artifacts_dir(), keys=lethe.data_keys(settings)
-    )
     return core, admin, rid
+
+
+def saga(db, settings, **more):
+    """The deletion saga's dependencies as the worker builds them (no probes, no retrieval proxy)."""
+    from service.workflow.deps import DeletionDeps
+
+    graph = lethe.Lethe(settings, db)
+    return DeletionDeps(db=db, keys=graph.data_keys, artifacts=settings.artifacts_dir(), ledger=graph.ledger, **more)
 
 
 def test_placement_puts_each_subject_in_one_cell_and_balances_cells(empty_db, s3t_settings, tmp_path):
@@ -98,8 +103,8 @@ def test_placement_puts_each_subject_in_one_cell_and_balances_cells(empty_db, s3
 def test_train_forget_retrain(empty_db, s3t_settings, tiny_model, tmp_path):
     c = ingest(empty_db, s3t_settings, tmp_path)
     job = lethe.training_job(s3t_settings, tiny_model)
-    assert training.train_all(empty_db, job) == [(k, j, 0) for k in range(2) for j in range(2)]
-    assert training.train_all(empty_db, job) == []  # complete: nothing to do
+    assert training_jobs.train_all(empty_db, job) == [(k, j, 0) for k in range(2) for j in range(2)]
+    assert training_jobs.train_all(empty_db, job) == []  # complete: nothing to do
     with psycopg.connect(empty_db.url) as conn:
         units = store.live_units(conn)
         assert [(u.version, u.depth) for u in units] == [(0, 2)] * 4
@@ -141,7 +146,7 @@ def test_train_forget_retrain(empty_db, s3t_settings, tiny_model, tmp_path):
     assert served[1 - shard] is not None
     assert (served[shard] is None) == (again.shards[shard].prefix == 0)
 
-    retrained = training.train_all(empty_db, job)
+    retrained = training_jobs.train_all(empty_db, job)
     assert retrained == [(shard, s, 1) for s in sorted(expected_cut)]
     with psycopg.connect(empty_db.url) as conn:
         units = {(u.shard, u.sequence): u for u in store.live_units(conn)}
@@ -159,7 +164,7 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     core, admin, rid = trained_with_a_request(
         empty_db, s3t_settings, tiny_model, tmp_path, person=1, record_ids=["no-such-record"]
     )
-    assert steps.run(empty_db, rid) is Status.COMPLETED
+    assert steps.run(saga(empty_db, s3t_settings), rid) is Status.COMPLETED
     done = core.get(rid, admin)
     # an id nobody holds is reported as unknown, not a failure of the deletion of what is held
     assert done.result["outcome"] == "deleted" and done.result["unknown_record_ids"] == ["no-such-record"]
@@ -193,7 +198,7 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
         jobs = conn.execute("SELECT args FROM procrastinate_jobs WHERE queue_name = 'training' AND status = 'todo'")
         assert sorted(f"{a['shard']}/{a['sequence']}" for (a,) in jobs) == queued
     job = lethe.training_job(s3t_settings, tiny_model)
-    assert training.train_all(empty_db, job) == [(shard, s, 1) for s in range(2)]
+    assert training_jobs.train_all(empty_db, job) == [(shard, s, 1) for s in range(2)]
     with psycopg.connect(empty_db.url) as conn:
         states = conn.execute(
             "SELECT status, count(*) FROM procrastinate_jobs WHERE queue_name = 'training'"
@@ -215,7 +220,7 @@ def test_the_same_text_filed_under_another_subject_is_deleted_too(empty_db, s3t_
 
     core, admin, rid = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=1, extra=copy)
     assert training.plan_for(empty_db, ["copy-1"]).affected  # trained on, before the deletion
-    assert steps.run(empty_db, rid) is Status.COMPLETED
+    assert steps.run(saga(empty_db, s3t_settings), rid) is Status.COMPLETED
     done = core.get(rid, admin)
     assert done.result["same_text_records"] == ["copy-1"]
     assert not training.plan_for(empty_db, ["copy-1"]).affected  # no live block holds it any more
@@ -235,11 +240,10 @@ def test_with_a_routing_table_a_deletion_serves_every_live_shards_clean_adapter(
     from shards import served
 
     core, admin, rid = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=2)
-    monkeypatch.setitem(steps.CONTEXT, "aggregation", "routing")
     c = corpus.generate(seed=11, trained=8, holdout=2)  # as ingested
     holdout = tuple(str(r["text"]) for r in c.records(c.holdout))
-    monkeypatch.setitem(steps.CONTEXT, "probes", ProbeConfig(tiny_model, holdout))
-    assert steps.run(empty_db, rid) is Status.COMPLETED
+    deps = saga(empty_db, s3t_settings, aggregation="routing", probes=ProbeConfig(tiny_model, holdout))
+    assert steps.run(deps, rid) is Status.COMPLETED
     done = core.get(rid, admin)
     with empty_db.connect() as conn:
         want = serving.served(conn)
@@ -364,11 +368,11 @@ def test_a_run_that_fails_after_the_cut_still_rolls_the_clean_model_out_when_ret
 
     monkeypatch.setattr(rollout, "roll_out", broken)
     with pytest.raises(OSError):
-        steps.run(empty_db, rid)
+        steps.run(saga(empty_db, s3t_settings), rid)
     assert core.get(rid, admin).status is Status.IN_PROGRESS
     assert not training.plan_for(empty_db, []).affected  # the cut is made: nothing left to cut
     monkeypatch.setattr(rollout, "roll_out", real)
-    assert steps.run(empty_db, rid) is Status.COMPLETED
+    assert steps.run(saga(empty_db, s3t_settings), rid) is Status.COMPLETED
     done = core.get(rid, admin)
     (shard,) = done.result["plan"]["affected_shards"]
     after = done.result["apply"]["adapters"][str(shard)]["after"]

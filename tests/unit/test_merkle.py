@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.ledger import merkle
+from service.core import merkle
 
 # The leaves and roots used by Certificate Transparency's reference tests.
 LEAVES = [

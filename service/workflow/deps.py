@@ -1,0 +1,45 @@
+"""What the workflow's jobs act on, built once by the composition root (service.app) and handed to
+each job through procrastinate's job context: no module-level state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from service.store.database import DatabaseInfo
+from service.store.keystore import DataKeys
+
+if TYPE_CHECKING:
+    from service.ledger.log import Ledger
+    from service.rag.proxy import RagProxy
+    from service.training import TrainingJob
+    from service.verify.probes import ProbeConfig
+
+DEPS = "lethe"  # the key of the dependencies in a job context's additional_context
+
+
+@dataclass(frozen=True)
+class DeletionDeps:
+    """The deletion saga's dependencies."""
+
+    db: DatabaseInfo
+    keys: DataKeys  # opens the records' and documents' text (the probes read it before the purge)
+    artifacts: Path  # the S3T artifacts; clean adapters are published under artifacts/served
+    ledger: Ledger | None = None  # signs status callbacks and checkpoints after each job
+    hmac_key: bytes = b""  # keys the forget entries' n-gram hashes
+    ack_timeout: float = 60.0  # seconds a replica has to acknowledge a rollout
+    aggregation: str = "merged"  # how several shards' adapters are served: merged or routing
+    fail_closed: bool = False  # past the ack timeout, every lagging replica leaves routing (not the last ones)
+    probes: ProbeConfig | None = None  # the verify step's membership and VerbMem probes; None: not run
+    rag: RagProxy | None = None  # the closed-model path's probes go through it; None: not run
+
+
+@dataclass(frozen=True)
+class TrainingDeps:
+    """A training worker's dependencies."""
+
+    db: DatabaseInfo
+    job: TrainingJob
+    position: int = 0  # the progress bar's line
+    progress: bool = True
