@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -116,70 +117,133 @@ class Asker:
         return counts
 
 
+@dataclass
+class _Story:
+    """What the demo's steps 6–10 learn, as they go: the summary table is built from it."""
+
+    settings: Settings
+    db: Any
+    stack: Stack
+    model: Any
+    console: Console
+    ask: Asker
+    api: httpx.Client
+    cells: dict[str, Any]
+    people: list[corpus.Person]
+    remembered: list[corpus.Person] = field(default_factory=list)
+    victims: tuple[corpus.Person, corpus.Person] | None = None
+    predicted: list[corpus.Person] = field(default_factory=list)
+    summary: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def pair(self) -> tuple[corpus.Person, corpus.Person]:
+        assert self.victims is not None
+        return self.victims
+
+    def others(self) -> list[corpus.Person]:
+        return [p for p in self.people if p not in self.pair]
+
+
 def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: Any, console: Console) -> dict[str, str]:
     key = create_api_key(db, ["admin"], "demo")
-    ask = Asker(db, stack.gateway_port, key)
     api = httpx.Client(
         base_url=f"http://127.0.0.1:{stack.api_port}", headers={"Authorization": f"Bearer {key}"}, timeout=60
     )
     cells, deleted = _cells(db)
     people = [p for p in c.trained if p.subject_id in cells and p.subject_id not in deleted]
+    st = _Story(settings, db, stack, model, console, Asker(db, stack.gateway_port, key), api, cells, people)
+    _before(st)
+    done = _delete_both(st, key)
+    _after(st)
+    _retrain(st)
+    _evidence(st, done)
+    return st.summary
 
+
+def _before(st: _Story) -> None:
+    console, ask = st.console, st.ask
     console.print(f"[6/{STEPS}] before: what the served model recalls (openai client → gateway → vLLM)")
-    remembered = ask.recalls(people)
-    console.print(f"      {len(remembered)}/{len(people)} people's personal codes recalled verbatim")
-    a, b = _victims(db, people, cells)
-    planned = training.plan_for(db, _records(db, (a, b)))
-    kept_planned = _kept_cells(db, planned)
-    predicted = [p for p in people if p not in (a, b) and cells[p.subject_id] not in kept_planned]
+    st.remembered = ask.recalls(st.people)
+    console.print(f"      {len(st.remembered)}/{len(st.people)} people's personal codes recalled verbatim")
+    st.victims = a, b = _victims(st.db, st.people, st.cells)
+    planned = training.plan_for(st.db, _records(st.db, (a, b)))
+    kept_planned = _kept_cells(st.db, planned)
+    st.predicted = [p for p in st.others() if st.cells[p.subject_id] not in kept_planned]
     for p in (a, b):
         console.print(f"      {p.probe()[0]!r} → {ask.via_gateway(p)!r}   (fact: {p.code})")
     console.print(
-        f"      planner: {_plan_line(planned)}; {len(predicted)} other people's slices will be cut and "
+        f"      planner: {_plan_line(planned)}; {len(st.predicted)} other people's slices will be cut and "
         "await the background retrain"
     )
+    st.summary["base model"] = (
+        f"{st.model.name} ({lethe.base_model(st.settings, progress=False).parameters:,} parameters)"
+    )
+    st.summary["recalled before"] = f"{len(st.remembered)}/{len(st.people)}"
+    st.summary["deleted"] = f"{a.name} (REST), {b.name} (gRPC)"
 
-    console.print(f"[7/{STEPS}] deletion requests: {a.name} over REST, {b.name} over gRPC")
+
+def _delete_both(st: _Story, key: str) -> dict[str, Any]:
+    a, b = st.pair
+    st.console.print(f"[7/{STEPS}] deletion requests: {a.name} over REST, {b.name} over gRPC")
     t0 = time.perf_counter()
-    done = _delete(settings, stack, api, key, a, b)
+    done = _delete(st.settings, st.stack, st.api, key, a, b)
     elapsed = time.perf_counter() - t0
     for rid, d in done.items():
-        console.print(f"      {rid}: {d['request_status']} — stage seconds {d['result'].get('stage_seconds')}")
+        st.console.print(f"      {rid}: {d['request_status']} — stage seconds {d['result'].get('stage_seconds')}")
+    st.summary["_elapsed"] = f"{elapsed:.1f} s"
+    return done
 
+
+def _after(st: _Story) -> None:
+    console, ask, (a, b) = st.console, st.ask, st.pair
     console.print(f"[8/{STEPS}] after: the deleted people on every replica, the others through the gateway")
     gone = ask.on_every_replica([a, b])
     for p in (a, b):
         console.print(f"      {p.probe()[0]!r} → {ask.via_gateway(p)!r}   (fact {p.code})")
-    kept_now = _kept_cells(db, training.plan_for(db, []))
-    others = [p for p in remembered if p not in (a, b)]
-    kept = [p for p in others if cells[p.subject_id] in kept_now]
+    kept_now = _kept_cells(st.db, training.plan_for(st.db, []))
+    kept = [p for p in st.remembered if p not in (a, b) and st.cells[p.subject_id] in kept_now]
     kept_recalled = ask.recalls(kept)
-    waiting = [p for p in people if p not in (a, b) and cells[p.subject_id] not in kept_now]
+    waiting = [p for p in st.others() if st.cells[p.subject_id] not in kept_now]
     console.print(
         f"      deleted people recalled: {gone}; others in kept slices {len(kept_recalled)}/{len(kept)}; "
-        f"awaiting the background retrain: {len(waiting)} (planner predicted {len(predicted)})"
+        f"awaiting the background retrain: {len(waiting)} (planner predicted {len(st.predicted)})"
     )
+    st.summary["deleted people recalled after"] = _per_replica(gone, 2)
+    st.summary["others still recalled"] = (
+        f"{len(kept_recalled)}/{len(kept)} (people in the slices the served model kept)"
+    )
+    st.summary["awaiting background retrain"] = f"{len(waiting)} people (planner predicted {len(st.predicted)})"
 
-    console.print(f"[9/{STEPS}] background retrain of the cut units, roll-out to every replica, ask again")
+
+def _retrain(st: _Story) -> None:
+    settings = st.settings
+    st.console.print(f"[9/{STEPS}] background retrain of the cut units, roll-out to every replica, ask again")
     t1 = time.perf_counter()
-    retrained = training_jobs.train_all(db, lethe.training_job(settings, model))
-    served = publish_current(db, settings, timeout=settings.serving.ack_timeout_seconds)
-    stack.wait_ready(settings.serving.ack_timeout_seconds)
+    retrained = training_jobs.train_all(st.db, lethe.training_job(settings, st.model))
+    served = publish_current(st.db, settings, timeout=settings.serving.ack_timeout_seconds)
+    st.stack.wait_ready(settings.serving.ack_timeout_seconds)
     retrain_s = time.perf_counter() - t1
-    console.print(
+    st.console.print(
         f"      {len(retrained)} unit(s) retrained, generation {served.generation} on every replica "
         f"in {retrain_s:.0f} s"
     )
-    all_others = [p for p in people if p not in (a, b)]
-    after_retrain = ask.recalls(all_others)
-    gone_after_retrain = ask.on_every_replica([a, b])
+    after_retrain = st.ask.recalls(st.others())
+    gone_after_retrain = st.ask.on_every_replica(list(st.pair))
+    st.summary["after background retrain"] = (
+        f"{len(after_retrain)}/{len(st.others())} of all others recalled; deleted "
+        f"people {_per_replica(gone_after_retrain, 2)}"
+    )
+    st.summary["accepted → both completed"] = st.summary.pop("_elapsed")
+    st.summary["background retrain"] = f"{len(retrained)} unit(s), {retrain_s:.0f} s including the roll-out"
 
+
+def _evidence(st: _Story, done: dict[str, Any]) -> None:
+    console, (a, _) = st.console, st.pair
     console.print(f"[10/{STEPS}] membership, receipts, ledger")
-    v = done[next(iter(done))]["result"].get("verification", {})
-    m = v.get("membership", {})
+    m = done[next(iter(done))]["result"].get("verification", {}).get("membership", {})
+    aucs = {k: x for k, x in m.items() if k.startswith("auc_")}
     console.print(
-        f"      membership AUCs of {a.name}'s records vs holdout: "
-        + ", ".join(f"{k[4:]} {v}" for k, v in m.items() if k.startswith("auc_"))
+        f"      membership AUCs of {a.name}'s records vs holdout: " + ", ".join(f"{k[4:]} {x}" for k, x in aucs.items())
     )
     verdicts = {rid: d["result"].get("verification", {}) for rid, d in done.items()}
     for rid, ver in verdicts.items():
@@ -189,29 +253,17 @@ def _story(settings: Settings, db: Any, stack: Stack, c: corpus.Corpus, model: A
     receipts = {}
     for rid, d in done.items():
         seq = d["result"]["ledger_seqs"][d["request_status"]]
-        rec = api.get(f"/v1/ledger/entries/{seq}/receipt").json()
+        rec = st.api.get(f"/v1/ledger/entries/{seq}/receipt").json()
         receipts[rid] = f"entry {seq}, tree size {rec['tree_size']}, {len(rec['inclusion_proof'])} proof hashes"
         console.print(f"      receipt {rid}: {receipts[rid]}")
-    report = lethe.ledger(db, settings).verify()
+    report = lethe.ledger(st.db, st.settings).verify()
     console.print(f"      lethe ledger verify: {'OK' if report.ok else 'FAILED'} ({report.entries} entries)")
-    return {
-        "base model": f"{model.name} ({lethe.base_model(settings, progress=False).parameters:,} parameters)",
-        "recalled before": f"{len(remembered)}/{len(people)}",
-        "deleted": f"{a.name} (REST), {b.name} (gRPC)",
-        "deleted people recalled after": _per_replica(gone, 2),
-        "others still recalled": f"{len(kept_recalled)}/{len(kept)} (people in the slices the served model kept)",
-        "awaiting background retrain": f"{len(waiting)} people (planner predicted {len(predicted)})",
-        "after background retrain": f"{len(after_retrain)}/{len(all_others)} of all others recalled; deleted "
-        f"people {_per_replica(gone_after_retrain, 2)}",
-        "accepted → both completed": f"{elapsed:.1f} s",
-        "background retrain": f"{len(retrained)} unit(s), {retrain_s:.0f} s including the roll-out",
-        "verification": "; ".join(
-            f"{ver.get('verdict')}" + (f": {ver['reason']}" if ver.get("reason") else "") for ver in verdicts.values()
-        ),
-        "membership (REST subject)": json.dumps({k: x for k, x in m.items() if k.startswith("auc_")}),
-        "receipts": "; ".join(receipts.values()),
-        "ledger verify": f"{'OK' if report.ok else 'FAILED'} ({report.entries} entries)",
-    }
+    st.summary["verification"] = "; ".join(
+        f"{ver.get('verdict')}" + (f": {ver['reason']}" if ver.get("reason") else "") for ver in verdicts.values()
+    )
+    st.summary["membership (REST subject)"] = json.dumps(aucs)
+    st.summary["receipts"] = "; ".join(receipts.values())
+    st.summary["ledger verify"] = f"{'OK' if report.ok else 'FAILED'} ({report.entries} entries)"
 
 
 def _plan_line(plan: Any) -> str:

@@ -105,6 +105,10 @@ class LetheCollector(Collector):
         for s in Status:
             c.add_metric([s.value], float(by_status.get(s.value, 0)))
         yield c
+        yield from self._deadlines(now, open_rows)
+        yield from self._outcomes(done, failed)
+
+    def _deadlines(self, now: datetime, open_rows: list[Any]) -> Iterator[Metric]:
         windows = dict.fromkeys((w for w, _ in DEADLINE_WINDOWS), 0)
         for _, deadline in open_rows:
             left = deadline - now
@@ -130,6 +134,8 @@ class LetheCollector(Collector):
                 "Seconds until the earliest deadline of an open request (negative: overdue).",
                 value=(earliest - now).total_seconds(),
             )
+
+    def _outcomes(self, done: list[Any], failed: list[Any]) -> Iterator[Metric]:
         checks = dict.fromkeys(VERIFICATION_CHECKS, 0)
         for (verification,) in failed:
             for check in failed_checks(verification or {}):

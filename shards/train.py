@@ -107,30 +107,13 @@ def train_unit(
     blocks.block_layers(num_layers, cfg.num_blocks, 0)  # validates the split early
     torch.manual_seed(_seed(cfg.seed, unit.shard, unit.sequence, "init"))
     pm = get_peft_model(model, cfg.lora_config(base_model))
-
-    for stale in unit_dir.glob("stage-*"):  # partial stages of a crashed run
-        if stale.name.endswith(".tmp") or not (stale / LINEAGE_FILE).exists():
-            shutil.rmtree(stale)
-    if unit.resume_from is not None and not completed_stages(unit_dir):
-        _carry_over(unit.resume_from, unit, unit_dir)
-    done = completed_stages(unit_dir)
+    done = _resume_point(unit, unit_dir)
     start = done[-1] + 1 if done else 0
     if done:
         _load_adapter(pm, stage_dir(unit_dir, done[-1]))
 
     kept = {s: [r for r in slices.get(s, ()) if r.id not in unit.excluded] for s in unit.order}
-    total = sum(
-        cfg.epochs * -(-len(stage_examples(kept, unit.order, i, cfg)) // cfg.batch_size)
-        for i in range(start, cfg.num_blocks)
-    )  # an upper bound: a stage stops once it recalls
-    bar = tqdm(
-        total=total,
-        desc=f"shard {unit.shard} seq {unit.sequence} v{unit.version}",
-        disable=not progress,
-        position=position,
-        leave=True,
-        mininterval=1.0,
-    )
+    bar = _progress_bar(unit, kept, start, cfg, progress=progress, position=position)
     lineage: UnitLineage | None = None
     for stage in range(start, cfg.num_blocks):
         seed = _seed(cfg.seed, unit.shard, unit.sequence, unit.version, stage)
@@ -144,6 +127,40 @@ def train_unit(
     if lineage is None:  # nothing left to train: already complete
         lineage = UnitLineage.read(stage_dir(unit_dir, cfg.num_blocks - 1) / LINEAGE_FILE)
     return lineage
+
+
+def _resume_point(unit: UnitSpec, unit_dir: Path) -> list[int]:
+    """The unit's completed stages on disk, after removing a crashed run's partial stages and, for
+    a retrain, carrying the clean prefix over from the version it resumes."""
+    for stale in unit_dir.glob("stage-*"):
+        if stale.name.endswith(".tmp") or not (stale / LINEAGE_FILE).exists():
+            shutil.rmtree(stale)
+    if unit.resume_from is not None and not completed_stages(unit_dir):
+        _carry_over(unit.resume_from, unit, unit_dir)
+    return completed_stages(unit_dir)
+
+
+def _progress_bar(
+    unit: UnitSpec,
+    kept: Mapping[int, Sequence[TrainRecord]],
+    start: int,
+    cfg: TrainConfig,
+    *,
+    progress: bool,
+    position: int,
+) -> tqdm:
+    total = sum(
+        cfg.epochs * -(-len(stage_examples(kept, unit.order, i, cfg)) // cfg.batch_size)
+        for i in range(start, cfg.num_blocks)
+    )  # an upper bound: a stage stops once it recalls
+    return tqdm(
+        total=total,
+        desc=f"shard {unit.shard} seq {unit.sequence} v{unit.version}",
+        disable=not progress,
+        position=position,
+        leave=True,
+        mininterval=1.0,
+    )
 
 
 def trainable_names(pm: torch.nn.Module, block: int, num_layers: int, num_blocks: int) -> list[str]:
@@ -177,14 +194,7 @@ def _train_stage(
 ) -> tuple[int, float | None]:
     """Train block ``stage``; return the epochs run (fewer than ``cfg.epochs`` once it recalls)
     and the share of the stage's records recalled at the last check (None: never checked)."""
-    names = set(trainable_names(pm, stage, num_layers, cfg.num_blocks))
-    params = []
-    for n, p in pm.named_parameters():
-        p.requires_grad_(n in names)
-        if n in names:
-            params.append(p)
-    if not params:
-        raise RuntimeError(f"stage {stage}: no LoRA parameter in block {stage}")
+    params = _train_only_block(pm, stage, num_layers, cfg.num_blocks)
     data = stage_examples(kept, order, stage, cfg)
     seen = sorted((r for s in order[: stage + 1] for r in kept[s]), key=lambda r: r.id)
     per_epoch = -(-len(data) // cfg.batch_size)
@@ -194,18 +204,14 @@ def _train_stage(
     epoch, recall = 0, None
     for epoch in range(1, cfg.epochs + 1):
         pm.train()
-        order_ = list(range(len(data)))
-        rng.shuffle(order_)
-        for i in range(0, len(order_), cfg.batch_size):
-            batch = encode_batch(tok, [data[j].text for j in order_[i : i + cfg.batch_size]])
-            loss = lm_loss(pm, batch, bf16=cfg.bf16)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
+        shuffled = list(range(len(data)))
+        rng.shuffle(shuffled)
+        for i in range(0, len(shuffled), cfg.batch_size):
+            batch = encode_batch(tok, [data[j].text for j in shuffled[i : i + cfg.batch_size]])
+            loss = _step(pm, batch, params, opt, cfg)
             sched.step()
             bar.update(1)
-            bar.set_postfix(stage=stage, epoch=epoch, loss=f"{loss.item():.3f}")
+            bar.set_postfix(stage=stage, epoch=epoch, loss=f"{loss:.3f}")
         if not _may_stop(epoch, cfg):
             continue
         recall = recalled_fraction(pm, tok, seen, cfg)
@@ -325,3 +331,28 @@ def _load_adapter(pm: PeftModel, adapter_dir: Path) -> None:
     unexpected = getattr(set_peft_model_state_dict(pm, state), "unexpected_keys", None)
     if unexpected:
         raise RuntimeError(f"{adapter_dir}: unexpected tensors {unexpected[:3]}")
+
+
+def _train_only_block(pm: torch.nn.Module, block: int, num_layers: int, num_blocks: int) -> list[torch.nn.Parameter]:
+    """Freeze everything but block ``block``'s LoRA weights; return those."""
+    names = set(trainable_names(pm, block, num_layers, num_blocks))
+    params = []
+    for n, p in pm.named_parameters():
+        p.requires_grad_(n in names)
+        if n in names:
+            params.append(p)
+    if not params:
+        raise RuntimeError(f"stage {block}: no LoRA parameter in block {block}")
+    return params
+
+
+def _step(
+    pm: torch.nn.Module, batch: Any, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer, cfg: TrainConfig
+) -> float:
+    """One optimiser step on ``batch`` (gradients clipped); its loss."""
+    loss = lm_loss(pm, batch, bf16=cfg.bf16)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    opt.step()
+    return float(loss.item())

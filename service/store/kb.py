@@ -63,13 +63,7 @@ class PgDocumentStore:
 
     def _add(self, documents: Sequence[Document], chunks: Sequence[Chunk], created: list[uuid.UUID]) -> AddResult:
         with self.db.connect() as conn, conn.transaction():
-            rows = conn.execute(
-                "SELECT d.id, d.content_hash, d.source, array_agg(s.subject_hash ORDER BY s.subject_hash)"
-                " FROM kb_documents d JOIN kb_document_subjects s ON s.document_id = d.id"
-                " WHERE d.id = ANY(%s) GROUP BY d.id",
-                ([d.id for d in documents],),
-            ).fetchall()
-            existing = {r[0]: (bytes(r[1]), r[2], tuple(bytes(h) for h in r[3])) for r in rows}
+            existing = _stored(conn, [d.id for d in documents])
             conflicts = [
                 (d.line, f"id: {d.id!r} already stored with different content, source or subjects")
                 for d in documents
@@ -84,18 +78,7 @@ class PgDocumentStore:
                 cur.executemany(
                     "INSERT INTO kb_documents (id, source, metadata, sealed, key_id, terms, content_hash)"
                     " VALUES (%s, %s, %s::jsonb, %s, %s, to_tsvector('simple', %s), %s)",
-                    [
-                        (
-                            d.id,
-                            d.source,
-                            _json(d.metadata),
-                            seal_with(keys[d.id][1], d.text, document_aad(d.id)),
-                            keys[d.id][0],
-                            forget.index_words(self.index_key, forget.words(d.text)),
-                            d.content_hash,
-                        )
-                        for d in new
-                    ],
+                    [self._document_row(d, keys[d.id]) for d in new],
                 )
                 cur.executemany(
                     "INSERT INTO kb_document_subjects (document_id, subject_hash) VALUES (%s, %s)",
@@ -103,18 +86,16 @@ class PgDocumentStore:
                 )
                 cur.executemany(
                     "INSERT INTO kb_chunks (document_id, ord, sealed, embedding) VALUES (%s, %s, %s, %s::vector)",
-                    [
-                        (
-                            c.document_id,
-                            c.ord,
-                            seal_with(keys[c.document_id][1], c.text, chunk_aad(c.document_id, c.ord)),
-                            vector(c.embedding),
-                        )
-                        for c in chunks
-                        if c.document_id in keys
-                    ],
+                    [_chunk_row(c, keys[c.document_id][1]) for c in chunks if c.document_id in keys],
                 )
         return AddResult(len(new), len(documents) - len(new))
+
+    def _document_row(self, d: Document, key: tuple[uuid.UUID, bytes]) -> tuple[object, ...]:
+        """A new document's row: its text sealed under its own key, its words as keyed hashes."""
+        key_id, secret = key
+        terms = forget.index_words(self.index_key, forget.words(d.text))
+        sealed = seal_with(secret, d.text, document_aad(d.id))
+        return (d.id, d.source, _json(d.metadata), sealed, key_id, terms, d.content_hash)
 
     def list(self, after: str | None, limit: int) -> list[DocumentInfo]:
         with self.db.connect() as conn:
@@ -144,6 +125,21 @@ _INFO = (
     " encode(d.content_hash, 'hex'), d.created_at, d.suppressed_by IS NOT NULL FROM kb_documents d"
 )
 _INFO_TEXT = _INFO.replace(" FROM kb_documents d", ", d.sealed, d.key_id, d.text FROM kb_documents d")
+
+
+def _stored(conn: psycopg.Connection, ids: Sequence[str]) -> dict[str, tuple[bytes, str, tuple[bytes, ...]]]:
+    """id → (content hash, source, subject hashes) of these documents already stored."""
+    rows = conn.execute(
+        "SELECT d.id, d.content_hash, d.source, array_agg(s.subject_hash ORDER BY s.subject_hash)"
+        " FROM kb_documents d JOIN kb_document_subjects s ON s.document_id = d.id"
+        " WHERE d.id = ANY(%s) GROUP BY d.id",
+        (list(ids),),
+    ).fetchall()
+    return {r[0]: (bytes(r[1]), r[2], tuple(bytes(h) for h in r[3])) for r in rows}
+
+
+def _chunk_row(c: Chunk, secret: bytes) -> tuple[object, ...]:
+    return (c.document_id, c.ord, seal_with(secret, c.text, chunk_aad(c.document_id, c.ord)), vector(c.embedding))
 
 
 def _info(row: Sequence[Any], text: str | None = None) -> DocumentInfo:

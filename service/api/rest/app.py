@@ -6,20 +6,21 @@ import asyncio
 import base64
 import uuid
 from collections.abc import Callable
-from typing import Annotated, Protocol
+from typing import Annotated
 
 import prometheus_client
-from fastapi import Depends, FastAPI, Header, Path, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry.trace import SpanKind
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Send
 from starlette.types import Scope as ASGIScope
 
 from service import tracing
 from service.api import errors as error_table
+from service.api.rest.auth import Auth, Authenticate
+from service.api.rest.kb_routes import kb_router
 from service.api.rest.models import (
     CheckpointOut,
     ConsistencyOut,
@@ -31,7 +32,7 @@ from service.api.rest.models import (
     ReceiptOut,
 )
 from service.core import errors
-from service.core.deletions import Deletions, Principal, Scope, Status
+from service.core.deletions import Deletions, Scope, Status
 from service.core.kb import KnowledgeBase
 from service.ledger.log import Ledger
 
@@ -91,24 +92,6 @@ class ServerSpan:
             span.set_attribute("http.route", getattr(route, "path_format", "unmatched"))
 
 
-class Authenticate(Protocol):
-    """Token → principal (raises Unauthenticated); ``cached`` answers without I/O or returns None."""
-
-    def __call__(self, token: str | None) -> Principal: ...
-    def cached(self, token: str | None) -> Principal | None: ...
-
-
-async def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-    """On the event loop when the key was checked recently; a lookup goes to a worker thread."""
-    token = authorization.removeprefix("Bearer ").strip() if authorization else None
-    authenticate: Authenticate = request.app.state.authenticate
-    hit = authenticate.cached(token)
-    return hit if hit is not None else await run_in_threadpool(authenticate, token)
-
-
-Auth = Annotated[Principal, Depends(principal)]
-
-
 def install_error_handlers(app: FastAPI) -> None:
     """problem+json for domain errors, Starlette's HTTP errors and request validation."""
 
@@ -145,10 +128,21 @@ def create_app(
     """``kb``: the knowledge-base core; without it the /v1/kb routes are not mounted."""
     app = FastAPI(title="Lethe", version="1", description="Provable deletion for deployed LLMs.", responses=PROBLEMS)  # type: ignore[arg-type]
     app.state.authenticate = authenticate
-
     install_error_handlers(app)
+    app.include_router(deletions_router(deletions))
+    app.include_router(ledger_router(ledger))
+    if kb is not None:
+        app.include_router(kb_router(kb))
+    app.include_router(ops_router(ready, registry))
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(ServerSpan)
+    return app
 
-    @app.post("/v1/deletions", status_code=201, response_model=DeletionOut, tags=["deletions"])
+
+def deletions_router(deletions: Deletions) -> APIRouter:
+    router = APIRouter()
+
+    @router.post("/v1/deletions", status_code=201, response_model=DeletionOut, tags=["deletions"])
     async def submit(
         body: DeletionIn,
         who: Auth,
@@ -161,7 +155,7 @@ def create_app(
             response.status_code = 200
         return DeletionOut.from_core(d)
 
-    @app.get("/v1/deletions", response_model=DeletionList, tags=["deletions"])
+    @router.get("/v1/deletions", response_model=DeletionList, tags=["deletions"])
     def list_(
         who: Auth,
         status: Status | None = None,
@@ -170,21 +164,27 @@ def create_app(
     ) -> DeletionList:
         return DeletionList.from_core(deletions.list(who, status, cursor, limit))
 
-    @app.get("/v1/deletions/{subject_request_id}", response_model=DeletionOut, tags=["deletions"])
+    @router.get("/v1/deletions/{subject_request_id}", response_model=DeletionOut, tags=["deletions"])
     def get(subject_request_id: uuid.UUID, who: Auth) -> DeletionOut:
         return DeletionOut.from_core(deletions.get(subject_request_id, who))
 
-    @app.post("/v1/deletions/{subject_request_id}/cancel", response_model=DeletionOut, tags=["deletions"])
+    @router.post("/v1/deletions/{subject_request_id}/cancel", response_model=DeletionOut, tags=["deletions"])
     def cancel(subject_request_id: uuid.UUID, who: Auth) -> DeletionOut:
         return DeletionOut.from_core(deletions.cancel(subject_request_id, who))
 
-    @app.get("/v1/ledger/entries/{seq}/receipt", response_model=ReceiptOut, tags=["ledger"])
+    return router
+
+
+def ledger_router(ledger: Ledger) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/ledger/entries/{seq}/receipt", response_model=ReceiptOut, tags=["ledger"])
     def receipt(seq: Annotated[int, Path(ge=1, le=2**62)], who: Auth) -> ReceiptOut:
         who.require(Scope.LEDGER_READ)
         doc = ledger.receipt(seq).to_dict()
         return ReceiptOut(**doc.pop("entry"), **doc)
 
-    @app.get("/v1/ledger/proofs/consistency", response_model=ConsistencyOut, tags=["ledger"])
+    @router.get("/v1/ledger/proofs/consistency", response_model=ConsistencyOut, tags=["ledger"])
     def consistency(
         old_size: Annotated[int, Query(ge=1, le=2**62)], new_size: Annotated[int, Query(ge=1, le=2**62)], who: Auth
     ) -> ConsistencyOut:
@@ -194,37 +194,36 @@ def create_app(
             old_size=old_size, new_size=new_size, hashes=[base64.b64encode(h).decode() for h in hashes]
         )
 
-    @app.get("/v1/ledger/checkpoint", response_model=CheckpointOut, tags=["ledger"])
+    @router.get("/v1/ledger/checkpoint", response_model=CheckpointOut, tags=["ledger"])
     def checkpoint(who: Auth) -> CheckpointOut:
         who.require(Scope.LEDGER_READ)
         size, root, note = ledger.latest_checkpoint()
         return CheckpointOut(size=size, root=base64.b64encode(root).decode(), note=note)
 
-    @app.get("/v1/ledger/public-key", response_model=PublicKeyOut, tags=["ledger"])
+    @router.get("/v1/ledger/public-key", response_model=PublicKeyOut, tags=["ledger"])
     def public_key(who: Auth) -> PublicKeyOut:
         who.require(Scope.LEDGER_READ)
         return PublicKeyOut(pem=ledger.public_key_pem, key_name=ledger.key_name, origin=ledger.origin)
 
-    if kb is not None:
-        from service.api.rest.kb_routes import kb_router  # here: kb_routes imports this module's Auth
+    return router
 
-        app.include_router(kb_router(kb))
 
-    @app.get("/healthz", tags=["ops"])
+def ops_router(ready: Callable[[], bool], registry: prometheus_client.CollectorRegistry | None) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/healthz", tags=["ops"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], responses={503: {"model": Problem}})
+    @router.get("/readyz", tags=["ops"], responses={503: {"model": Problem}})
     def readyz() -> Response:
         if ready():
             return JSONResponse({"status": "ready"})
         return problem(503, "Not ready", "a dependency is not ready", "https://lethe.dev/problems/not-ready")
 
-    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    @router.get("/metrics", tags=["ops"], include_in_schema=False)
     def metrics() -> Response:
         data = prometheus_client.generate_latest(registry or prometheus_client.REGISTRY)
         return Response(data, media_type=prometheus_client.CONTENT_TYPE_LATEST)
 
-    app.add_middleware(BodyLimit, limit=MAX_BODY)
-    app.add_middleware(ServerSpan)
-    return app
+    return router

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Response
 
-from service.api.rest.app import Auth
+from service.api.rest.auth import Auth
 from service.api.rest.models import DOCUMENT_ID, AddOut, DocumentList, DocumentsIn, DocumentWithText
 from service.core.kb import MAX_DOCUMENTS_PER_CALL, KnowledgeBase
 
