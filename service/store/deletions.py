@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from service import tracing
-from service.core import errors
+from service.core import errors, rules
 from service.core.deletions import Deletion, Principal, Status
 from service.store import ledger
 from service.store.database import DatabaseInfo
@@ -157,48 +157,26 @@ class PgDeletionStore:
         self, conn: psycopg.Connection, batch: list[_Pending], stored: dict[uuid.UUID, str]
     ) -> list[tuple[Deletion, bool] | BaseException]:
         """Each request's outcome: (the request, True) to insert, (an earlier one, False) to replay, or the
-        error it gets. ``stored`` maps the batch's ids already in the table to their fingerprints;
-        earlier requests of the same batch count as existing too."""
-        fresh: dict[uuid.UUID, tuple[str, Deletion]] = {}  # accepted earlier in this batch
-        keys: dict[tuple[str, str], tuple[str, uuid.UUID]] = {}  # idempotency keys taken earlier in this batch
+        error it gets (the rules: service.core.rules.decide). ``stored`` maps the batch's ids already in
+        the table to their fingerprints."""
+        taken = sorted({(p.principal.key_id, p.idempotency_key) for p in batch if p.idempotency_key is not None})
+        keys = {k: found for k in taken if (found := _stored_key(conn, *k)) is not None}
+        subs = [rules.Submission(p.deletion, p.principal.key_id, p.idempotency_key, p.fingerprint) for p in batch]
+        decisions = rules.decide(subs, stored, keys)
+        accepted = {
+            p.deletion.id: p.deletion for p, d in zip(batch, decisions, strict=True) if isinstance(d, rules.Insert)
+        }
         out: list[tuple[Deletion, bool] | BaseException] = []
-        for p in batch:
-            try:
-                out.append(self._decide_one(conn, p, stored, fresh, keys))
-            except errors.LetheError as e:
-                out.append(e)
+        for p, decision in zip(batch, decisions, strict=True):
+            if isinstance(decision, BaseException):
+                out.append(decision)
+            elif isinstance(decision, rules.Insert):
+                out.append((p.deletion, True))
+            else:
+                earlier = accepted.get(decision.deletion_id) or fetch(conn, decision.deletion_id)
+                assert earlier is not None
+                out.append((earlier, False))
         return out
-
-    @staticmethod
-    def _decide_one(
-        conn: psycopg.Connection,
-        p: _Pending,
-        stored: dict[uuid.UUID, str],
-        fresh: dict[uuid.UUID, tuple[str, Deletion]],
-        keys: dict[tuple[str, str], tuple[str, uuid.UUID]],
-    ) -> tuple[Deletion, bool]:
-        d, key = p.deletion, p.idempotency_key
-
-        def existing(deletion_id: uuid.UUID) -> Deletion:
-            found = fresh[deletion_id][1] if deletion_id in fresh else fetch(conn, deletion_id)
-            assert found is not None
-            return found
-
-        if key is not None:
-            seen = keys.get((p.principal.key_id, key)) or _stored_key(conn, p.principal.key_id, key)
-            if seen is not None:
-                if seen[0] != p.fingerprint:
-                    raise errors.IdempotencyKeyReused()
-                return existing(seen[1]), False
-        fingerprint = fresh[d.id][0] if d.id in fresh else stored.get(d.id)
-        if fingerprint is not None:
-            if fingerprint != p.fingerprint:
-                raise errors.Conflict(f"deletion request {d.id} already exists with other content")
-            return existing(d.id), False
-        fresh[d.id] = (p.fingerprint, d)
-        if key is not None:
-            keys[(p.principal.key_id, key)] = (p.fingerprint, d.id)
-        return d, True
 
     def _insert(self, conn: psycopg.Connection, new: list[tuple[_Pending, Deletion]], at: ledger.Tail) -> None:
         """Every write of the batch, sent in one go (the job insert is the only statement waited on)."""
@@ -245,10 +223,8 @@ class PgDeletionStore:
             d = lock(conn, deletion_id)
             if d is None:
                 raise errors.NotFound(f"no deletion request {deletion_id}")
-            if d.status is Status.CANCELLED:
+            if not rules.cancellable(d):
                 return d
-            if d.status is not Status.PENDING:
-                raise errors.NotCancellable(f"deletion request {deletion_id} is {d.status.value}")
             d = transition(conn, d, Status.CANCELLED, {"cancelled_by": principal.key_id})
             self.notify(conn, d)
         return d
@@ -295,6 +271,7 @@ def transition(conn: psycopg.Connection, d: Deletion, status: Status, result: di
     """Change a request's status and record it in the ledger, in the caller's transaction. The
     entry comes first so the row is written once, with the entry's seq in ``result.ledger_seqs``
     (what a receipt is asked for: GET /v1/ledger/entries/{seq}/receipt)."""
+    rules.check_transition(d.status, status)
     body = {**ledger_body(d.evolve(status=status)), **(result or {})}
     (entry,) = ledger.append(conn, [(f"deletion.{status.value}", body)])
     merged = {**d.result, **(result or {})}
