@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -37,16 +38,16 @@ class Materialised:
     rank: int
 
 
-def _read(adapter_dir: Path) -> tuple[dict[str, torch.Tensor], dict]:
+def _read(adapter_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return load_file(str(adapter_dir / WEIGHTS)), json.loads((adapter_dir / CONFIG).read_text())
 
 
-def _scaling(cfg: dict) -> float:
-    r, alpha = cfg["r"], cfg["lora_alpha"]
+def _scaling(cfg: dict[str, Any]) -> float:
+    r, alpha = float(cfg["r"]), float(cfg["lora_alpha"])
     return alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
 
 
-def _publish(tensors: dict[str, torch.Tensor], cfg: dict, out_root: Path, prefix: str) -> Materialised:
+def _publish(tensors: dict[str, torch.Tensor], cfg: dict[str, Any], out_root: Path, prefix: str) -> Materialised:
     """Write to a temporary directory, hash, then rename to ``<prefix>-<hash12>`` (idempotent)."""
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = out_root / f".tmp-{prefix}"

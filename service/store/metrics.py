@@ -32,7 +32,7 @@ class Snapshot:
 
 
 def _one(conn: psycopg.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
-    return conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+    return conn.execute(sql, params).fetchone()
 
 
 def snapshot(conn: psycopg.Connection, open_statuses: Sequence[str]) -> Snapshot:

@@ -110,7 +110,7 @@ class ReplicaScorer:
         # Min-K%++'s moments from the top 100 of a 262k vocabulary (Gemma) were off by 143 against
         # the full-vocabulary figure (0.34 on a 2k one): beyond MAX_MOMENTS_VOCAB it is not reported
         moments = moments and self.vocab_size <= MAX_MOMENTS_VOCAB
-        ids = [encode_batch(self.tokenizer, [t])["input_ids"][0].tolist() for t in texts]  # type: ignore[arg-type]
+        ids = [encode_batch(self.tokenizer, [t])["input_ids"][0].tolist() for t in texts]
         with httpx.Client(base_url=self.url, timeout=120) as client, ThreadPoolExecutor(self.concurrency) as pool:
             top_k = MAX_LOGPROBS if moments else 0
             rows = list(pool.map(lambda seq: prompt_logprobs(client, model, seq, top_k), ids))

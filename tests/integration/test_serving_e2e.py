@@ -186,7 +186,7 @@ def test_a_routing_table_is_served_by_every_replica_and_sends_each_request_to_on
     from pathlib import Path
 
     from service import training
-    from service.gateway.app import routing_key
+    from service.gateway.forward import routing_key
     from service.serving import rollout
     from service.store import s3t as s3t_store
     from shards import materialise, served

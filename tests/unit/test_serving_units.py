@@ -71,7 +71,7 @@ def test_a_routing_table_sends_a_key_to_the_same_shard_and_spreads_keys_evenly()
 
 
 def test_the_routing_key_is_the_user_else_the_prompt_or_messages():
-    from service.gateway.app import routing_key
+    from service.gateway.forward import routing_key
 
     assert routing_key({"user": "u1", "prompt": "a"}) == routing_key({"user": "u1", "prompt": "b"})
     assert routing_key({"prompt": "a"}) == routing_key({"prompt": "a", "max_tokens": 3})

@@ -72,7 +72,7 @@ class _Undecodable:
         self.error = error
 
 
-class RejectUndecodable(grpc.ServerInterceptor):
+class RejectUndecodable(grpc.ServerInterceptor):  # type: ignore[misc]  # grpc ships no type hints
     """A message that does not parse is the client's fault: INVALID_ARGUMENT, not grpcio's
     INTERNAL ("Exception deserializing request")."""
 
@@ -120,7 +120,8 @@ def _ts(dt: datetime | None) -> timestamp_pb2.Timestamp | None:
 
 def _datetime(ts: timestamp_pb2.Timestamp) -> datetime:
     try:
-        return ts.ToDatetime(tzinfo=UTC)
+        when: datetime = ts.ToDatetime(tzinfo=UTC)
+        return when
     except (ValueError, OverflowError) as e:
         raise errors.InvalidInput("submitted_time is out of range") from e
 
