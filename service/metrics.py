@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from service.core.deletions import Status
+from service.core.verdict import Checks
 from service.store import s3t
 from service.store.database import DatabaseInfo
 from service.store.metrics import snapshot
@@ -47,23 +48,6 @@ def _histogram(
         cumulative = [(str(b), float(sum(v <= b for v in values))) for b in buckets] + [("+Inf", float(len(values)))]
         h.add_metric(list(label_values), cumulative, sum_value=sum(values))
     return h
-
-
-def failed_checks(verification: dict[str, Any]) -> list[str]:
-    """Which of VERIFICATION_CHECKS a failed request's verification did not pass."""
-    out = []
-    if not verification.get("lineage_excludes_deleted", True):
-        out.append("lineage")
-    if not all(verification.get("equivalence", {}).get("replicas", {}).values()):
-        out.append("equivalence")
-    if not verification.get("records_purged", True):
-        out.append("records_purged")
-    kb = verification.get("kb")
-    if kb is not None:
-        probes_ok = all(kb[p].get("passed", True) for p in ("retrieval", "leakage", "injection") if p in kb)
-        if not (kb.get("documents_deleted") and probes_ok):
-            out.append("kb")
-    return out
 
 
 class LetheCollector(Collector):
@@ -138,7 +122,7 @@ class LetheCollector(Collector):
     def _outcomes(self, done: list[Any], failed: list[Any]) -> Iterator[Metric]:
         checks = dict.fromkeys(VERIFICATION_CHECKS, 0)
         for (verification,) in failed:
-            for check in failed_checks(verification or {}):
+            for check in Checks.of(verification or {}).failed:
                 checks[check] += 1
         v = CounterMetricFamily(
             "lethe_deletion_verification_failures",

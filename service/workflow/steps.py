@@ -31,6 +31,7 @@ import procrastinate
 from service import tracing, training
 from service.core import forget
 from service.core.deletions import Status
+from service.core.verdict import Checks, verdict
 from service.serving import rollout
 from service.store import deletions as store
 from service.store import kb, s3t, serving
@@ -275,12 +276,6 @@ def _verify_kb(deps: DeletionDeps, deletion_id: uuid.UUID, suppressed: dict[str,
     return out
 
 
-def _kb_clean(report: dict[str, Any]) -> bool:
-    """Completion needs the documents gone and, when the probes ran, nothing retrieved or leaked."""
-    probes_ok = all(report[p]["passed"] for p in ("retrieval", "leakage", "injection") if p in report)
-    return bool(report.get("documents_deleted")) and probes_ok
-
-
 def _cut_summary(db: DatabaseInfo, deletion_id: uuid.UUID, plan: Any, ids: list[str]) -> dict[str, Any]:
     """What the cut did, per shard: the sequence served and its clean prefix, and every sequence
     cut with the first block destroyed. Kept from the first run (a re-run finds nothing left to cut)."""
@@ -352,21 +347,6 @@ def _nothing_found(db: DatabaseInfo, deletion_id: uuid.UUID, unknown: list[str],
     return d.status
 
 
-def _verdict(proven: bool, membership: dict[str, Any] | None) -> dict[str, Any]:
-    """The verification's one word: failed when the structural proof or equivalence failed or a
-    probe saw a membership signal; inconclusive when a probe had too little power to say; else
-    passed. The proof decides the request's status; the probes are evidence beside it."""
-    if not proven:
-        return {
-            "verdict": "failed",
-            "reason": "a live block's lineage holds a deleted record, or a replica "
-            "serves other weights than the clean adapter",
-        }
-    if membership is None or membership.get("verdict", "passed") == "passed":
-        return {"verdict": "passed"}
-    return {"verdict": membership["verdict"], "reason": f"membership probe: {membership.get('reason', '')}"}
-
-
 def _crash_point(step: str) -> None:
     """Fault injection for the crash tests: LETHE_CRASH_AT=<step> kills the worker right after it."""
     if os.environ.get("LETHE_CRASH_AT") == step:
@@ -405,9 +385,9 @@ def _run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
             verification["kb"] = _verify_kb(deps, deletion_id, suppressed)
 
     with _step("purge", timings, deletion_id):
-        proven = _purge(deps, deletion_id, ids, documents, verification)
+        _purge(deps, deletion_id, ids, documents, verification)
     outcome = {"plan": summary, "apply": applied, "verification": verification}
-    status = _complete(deps.db, deletion_id, resolved, outcome, timings, proven=proven)
+    status = _complete(deps.db, deletion_id, resolved, outcome, timings)
     _crash_point("complete")
     return status
 
@@ -424,23 +404,16 @@ def _claim(db: DatabaseInfo, deletion_id: uuid.UUID) -> Any:
 
 def _purge(
     deps: DeletionDeps, deletion_id: uuid.UUID, ids: list[str], documents: list[str], verification: dict[str, Any]
-) -> bool:
+) -> None:
     """The records' text and the documents gone, their keys destroyed, in one transaction; the
-    verdict added to ``verification``. True if deletion is proven (lineage and equivalence)."""
+    verdict added to ``verification``."""
     with deps.db.connect() as conn, conn.transaction():
         s3t.purge_records(conn, deps.keys, ids)
         verification["records_purged"] = s3t.purged(conn, ids) == len(ids)
         if documents:
             kb.purge(conn, deps.keys, deletion_id)
             verification["kb"]["documents_deleted"] = kb.count_documents(conn, documents) == 0
-    # Exact unlearning is proven structurally (lineage) and by equivalence (every routable replica
-    # serves the published clean adapter); the probes are evidence, reported, not a gate: with a
-    # handful of records their AUC is noisy by nature.
-    clean = verification["lineage_excludes_deleted"] and all(
-        verification.get("equivalence", {}).get("replicas", {}).values()
-    )
-    verification.update(_verdict(clean, verification.get("membership")))
-    return bool(clean)
+    verification.update(verdict(Checks.of(verification).proven, verification.get("membership")))
 
 
 def _complete(
@@ -449,8 +422,6 @@ def _complete(
     resolved: dict[str, list[str]],
     outcome: dict[str, Any],
     timings: dict[str, float],
-    *,
-    proven: bool,
 ) -> Status:
     """Completed (or failed) with the result, the ledger entry and the callbacks in one transaction;
     the cut units' background retrain is queued in it too."""
@@ -463,7 +434,7 @@ def _complete(
             return d.status
         # the ids stay out of the ledger (counts only)
         d = store.add_result(conn, d, {"unknown_record_ids": unknown, "same_text_records": same})
-        ok = proven and verification["records_purged"] and (not documents or _kb_clean(verification["kb"]))
+        ok = Checks.of(verification).complete
         if ok:
             _queue_retrain(conn, outcome["plan"])
         methods = ([EXACT] if ids or not documents else []) + ([SUPPRESSION] if documents else [])
