@@ -272,13 +272,13 @@ class Lethe:
 
     def deletion_deps(self) -> DeletionDeps:
         """What the deletion worker's saga acts on."""
-        from service.workflow.deps import DeletionDeps
+        from service.workflow.deps import deletion_deps
 
         s = self.settings
-        return DeletionDeps(
-            db=self.db,
-            keys=self.data_keys,
-            artifacts=s.artifacts_dir(),
+        return deletion_deps(
+            self.db,
+            self.data_keys,
+            s.artifacts_dir(),
             ledger=self.ledger,
             hmac_key=self.hmac_key,
             ack_timeout=s.serving.ack_timeout_seconds,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from service.store.database import DatabaseInfo
 from service.store.keystore import DataKeys
+from service.workflow.ports import Engine, Planner, ReplicaRollout, S3TPlanner
 
 if TYPE_CHECKING:
     from service.ledger.log import Ledger
@@ -25,14 +26,30 @@ class DeletionDeps:
 
     db: DatabaseInfo
     keys: DataKeys  # opens the records' and documents' text (the probes read it before the purge)
-    artifacts: Path  # the S3T artifacts; clean adapters are published under artifacts/served
+    planner: Planner
+    engine: Engine
     ledger: Ledger | None = None  # signs status callbacks and checkpoints after each job
     hmac_key: bytes = b""  # keys the forget entries' n-gram hashes
-    ack_timeout: float = 60.0  # seconds a replica has to acknowledge a rollout
-    aggregation: str = "merged"  # how several shards' adapters are served: merged or routing
-    fail_closed: bool = False  # past the ack timeout, every lagging replica leaves routing (not the last ones)
     probes: ProbeConfig | None = None  # the verify step's membership and VerbMem probes; None: not run
     rag: RagProxy | None = None  # the closed-model path's probes go through it; None: not run
+
+
+def deletion_deps(
+    db: DatabaseInfo,
+    keys: DataKeys,
+    artifacts: Path,
+    *,
+    ack_timeout: float = 60.0,
+    aggregation: str = "merged",
+    fail_closed: bool = False,
+    ledger: Ledger | None = None,
+    hmac_key: bytes = b"",
+    probes: ProbeConfig | None = None,
+    rag: RagProxy | None = None,
+) -> DeletionDeps:
+    """The saga over S3T units and replica rollouts (the default adapters of its ports)."""
+    engine = ReplicaRollout(db, artifacts / "served", ack_timeout, aggregation, fail_closed)
+    return DeletionDeps(db, keys, S3TPlanner(db), engine, ledger, hmac_key, probes, rag)
 
 
 @dataclass(frozen=True)

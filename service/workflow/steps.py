@@ -28,7 +28,7 @@ from typing import Any, cast
 import httpx
 import procrastinate
 
-from service import tracing, training
+from service import tracing
 from service.core import forget
 from service.core.deletions import Status
 from service.core.verdict import Checks, verdict
@@ -149,16 +149,7 @@ def _apply(deps: DeletionDeps, plan: Any, deletion_id: uuid.UUID, shards: list[i
             if (d := store.lock(conn, deletion_id)) is not None:
                 store.add_result(conn, d, {"rollout_waiting": wait})
 
-    out = rollout.roll_out(
-        deps.db,
-        plan,
-        deps.artifacts / "served",
-        deletion_id,
-        deps.ack_timeout,
-        deps.aggregation,
-        fail_closed=deps.fail_closed,
-        on_wait=waiting,
-    )
+    out = deps.engine.roll_out(plan, deletion_id, waiting)
     with deps.db.connect() as conn, conn.transaction():
         first = store.recorded(conn, deletion_id, "deletion.applied")
         if first is not None:
@@ -193,7 +184,7 @@ def _verify(deps: DeletionDeps, plan: Any, ids: list[str], shards: list[int]) ->
     from service.verify import probes  # torch and transformers: only where a probe runs
 
     db = deps.db
-    after = training.plan_for(db, ids)
+    after = deps.planner.plan(ids)
     clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
     with db.connect() as conn:
         want = serving.served(conn)
@@ -367,7 +358,7 @@ def _run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
         return _nothing_found(deps.db, deletion_id, resolved["unknown_record_ids"], timings)
 
     with _step("cut", timings, deletion_id):  # plan and cut (idempotent: a re-run finds the cuts applied)
-        plan = training.forget(deps.db, ids)
+        plan = deps.planner.cut(ids)
         summary = _cut_summary(deps.db, deletion_id, plan, ids)
         shards = summary["affected_shards"]
 

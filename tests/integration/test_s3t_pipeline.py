@@ -75,10 +75,10 @@ def trained_with_a_request(db, settings, model, tmp_path, person, record_ids=(),
 
 def saga(db, settings, **more):
     """The deletion saga's dependencies as the worker builds them (no probes, no retrieval proxy)."""
-    from service.workflow.deps import DeletionDeps
+    from service.workflow.deps import deletion_deps
 
     graph = lethe.Lethe(settings, db)
-    return DeletionDeps(db=db, keys=graph.data_keys, artifacts=settings.artifacts_dir(), ledger=graph.ledger, **more)
+    return deletion_deps(db, graph.data_keys, settings.artifacts_dir(), ledger=graph.ledger, **more)
 
 
 def test_placement_puts_each_subject_in_one_cell_and_balances_cells(empty_db, s3t_settings, tmp_path):

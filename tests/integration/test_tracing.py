@@ -10,7 +10,7 @@ import psycopg
 
 from service import app as lethe
 from service.workflow import steps
-from service.workflow.deps import DeletionDeps
+from service.workflow.deps import deletion_deps
 from tests.integration.test_rest_api import EMAIL, api, auth, body  # noqa: F401
 
 
@@ -23,7 +23,7 @@ def test_one_trace_from_the_api_into_the_job(api, spans):  # noqa: F811
         (args,) = conn.execute("SELECT args FROM procrastinate_jobs WHERE task_name = 'process_deletion'").fetchone()
     assert "traceparent" in args["trace"]
     graph = lethe.Lethe(settings, db)
-    deps = DeletionDeps(db=db, keys=graph.data_keys, artifacts=settings.artifacts_dir(), ledger=graph.ledger)
+    deps = deletion_deps(db, graph.data_keys, settings.artifacts_dir(), ledger=graph.ledger)
     steps.process(deps, **args)  # what the worker's job runs, in-process here to read its spans
 
     finished = {s.name: s for s in spans.get_finished_spans()}

@@ -16,8 +16,8 @@ import pytest
 from service import app as lethe
 from service.core.deletions import Principal, Scope, Status, SubmitDeletion
 from service.store import s3t
-from service.workflow.steps import STEPS
 from service.workflow.runner import STALLED_AFTER_SECONDS
+from service.workflow.steps import STEPS
 from shards import corpus
 
 pytestmark = pytest.mark.slow
