@@ -26,6 +26,17 @@ class Entry:
     prev_hash: bytes
     row_hash: bytes
 
+    def to_dict(self) -> dict[str, Any]:
+        """The entry as JSON values (hashes in hex): receipts and exports."""
+        return {
+            "seq": self.seq,
+            "kind": self.kind,
+            "body": self.body,
+            "created_at": self.created_at,
+            "prev_hash": self.prev_hash.hex(),
+            "row_hash": self.row_hash.hex(),
+        }
+
 
 def canonical(seq: int, kind: str, body: Mapping[str, Any], created_at: str) -> bytes:
     doc = {"seq": seq, "kind": kind, "body": body, "created_at": created_at}

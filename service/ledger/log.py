@@ -32,14 +32,7 @@ class Receipt:
     def to_dict(self) -> dict[str, Any]:
         e = self.entry
         return {
-            "entry": {
-                "seq": e.seq,
-                "kind": e.kind,
-                "body": e.body,
-                "created_at": e.created_at,
-                "prev_hash": e.prev_hash.hex(),
-                "row_hash": e.row_hash.hex(),
-            },
+            "entry": e.to_dict(),
             "leaf_index": e.seq - 1,
             "tree_size": self.tree_size,
             "inclusion_proof": [base64.b64encode(p).decode() for p in self.inclusion_proof],

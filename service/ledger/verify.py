@@ -66,18 +66,7 @@ def verify(
 
 def export_lines(entries: Iterable[Entry], checkpoints: Iterable[tuple[int, bytes, str]]) -> Iterator[str]:
     for e in entries:
-        yield json.dumps(
-            {
-                "type": "entry",
-                "seq": e.seq,
-                "kind": e.kind,
-                "body": e.body,
-                "created_at": e.created_at,
-                "prev_hash": e.prev_hash.hex(),
-                "row_hash": e.row_hash.hex(),
-            },
-            sort_keys=True,
-        )
+        yield json.dumps({"type": "entry", **e.to_dict()}, sort_keys=True)
     for size, root, note in checkpoints:
         yield json.dumps({"type": "checkpoint", "size": size, "root": base64.b64encode(root).decode(), "note": note})
 
