@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from service import training
 from service.store import serving as store
 from service.store.database import DatabaseInfo
 from service.tracing import tracer
@@ -79,8 +80,7 @@ AGGREGATIONS = ("merged", "routing")
 
 
 def materialise(db: DatabaseInfo, plan: Any, served_root: Path, aggregation: str = "merged") -> Materialisation:
-    from service import training
-    from shards import materialise as mat
+    from shards import materialise as mat  # torch: loaded where adapters are merged, not on import
 
     per_shard = training.served_adapters(db, plan, served_root)
     live = [m for _, m in sorted(per_shard.items()) if m is not None]

@@ -36,9 +36,11 @@ from service.serving import rollout
 from service.store import deletions as store
 from service.store import kb, s3t, serving
 from service.store.database import DatabaseInfo
+from service.verify import probes, rag_probes
 from service.workflow import training_jobs
 from service.workflow.deps import DEPS, DeletionDeps
 from service.workflow.queue import QUEUE, REGISTRY, enqueue_callbacks
+from shards import served
 
 log = logging.getLogger(__name__)
 
@@ -181,8 +183,6 @@ def _verify(deps: DeletionDeps, plan: Any, ids: list[str], shards: list[int]) ->
     """Structural proof (no live block's lineage holds a deleted record, the served prefix is the
     plan's), equivalence (every routable replica serves the published content hash) and, when the
     worker has a probe configuration and the text is still there, the probes."""
-    from service.verify import probes  # torch and transformers: only where a probe runs
-
     db = deps.db
     after = deps.planner.plan(ids)
     clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
@@ -215,9 +215,6 @@ def _verify(deps: DeletionDeps, plan: Any, ids: list[str], shards: list[int]) ->
 
 def _scorer(cfg: Any, want: Any, reps: list[Any]) -> Any:
     """Through the first routable replica on the published generation (its vLLM), else on the files."""
-    from service.verify import probes
-    from shards import served
-
     path = Path(want.adapter_path) if want is not None and want.adapter_path else None
     current = [r for r in reps if want is not None and r.acked_generation == want.generation]
     if not cfg.via_replicas or not current:
@@ -254,8 +251,6 @@ def _suppress(deps: DeletionDeps, deletion_id: uuid.UUID, documents: list[str]) 
 def _verify_kb(deps: DeletionDeps, deletion_id: uuid.UUID, suppressed: dict[str, Any]) -> dict[str, Any]:
     """The closed-model path's probes, through the worker's retrieval proxy, while the suppressed
     documents' text is still there to build questions from."""
-    from service.verify import rag_probes
-
     with deps.db.connect() as conn:
         texts = kb.suppressed_texts(conn, deps.keys, deletion_id)
     out: dict[str, Any] = {"method": SUPPRESSION, **{k: v for k, v in suppressed.items() if k != "method"}}
