@@ -286,6 +286,8 @@ class Lethe:
             fail_closed=s.serving.fail_closed,
             probes=probe_config(s),
             rag=self.rag,
+            batch_window=s.batch_window_seconds,
+            batch_max=s.batch_max_requests,
         )
 
     def training_deps(self, base_model_path: Path, *, progress: bool = True) -> TrainingDeps:

@@ -121,6 +121,14 @@ class Settings(BaseSettings):
     corpus_holdout: int = Field(30, ge=1, le=100_000, description="Never-trained people (the probes' reference).")
     corpus_records: int = Field(3, ge=1, le=8, description="Records a person of the generated corpus has.")
     max_record_bytes: int = Field(16_384, gt=0, description="Largest record text accepted at ingest.")
+    batch_window_seconds: float = Field(
+        0.0,
+        ge=0,
+        le=60,
+        description="How long a deletion the worker claims waits for others to join its batch (one plan, one "
+        "rollout); requests pending when it is claimed join it anyway. 0: no wait (lowest latency alone).",
+    )
+    batch_max_requests: int = Field(256, ge=1, le=10_000, description="Deletions applied together at most.")
     deletion_deadline_days: int = Field(30, gt=0, le=90, description="Deadline of a request after receipt.")
     log_format: Literal["text", "json"] = Field("text", description="Log lines on stderr: text or JSON.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lethe's log level.")

@@ -76,6 +76,12 @@ class LetheCollector(Collector):
         for queue in sorted({"deletions", "training", *snap.pending_jobs}):
             jobs.add_metric([queue], float(snap.pending_jobs.get(queue, 0)))
         yield jobs
+        yield _histogram(
+            "lethe_time_to_forgotten_seconds",
+            "From accepted request to forgotten: every routable replica serves weights without its records.",
+            FORGET_BUCKETS,
+            {(): [float(t) for (t,) in snap.forgotten]},
+        )
         yield from self._ledger(snap.now, snap.ledger_size, snap.last_checkpoint, snap.first_unsigned)
         yield from self._serving(snap.now, snap.served_generation, snap.replicas)
         if snap.layout:

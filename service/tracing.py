@@ -51,3 +51,8 @@ def attach(headers: Mapping[str, str] | None) -> object:
 
 def detach(token: object) -> None:
     context.detach(token)  # type: ignore[arg-type]
+
+
+def annotate(attributes: Mapping[str, str | int]) -> None:
+    """Attributes on the current span (ids and counts only)."""
+    trace.get_current_span().set_attributes(dict(attributes))

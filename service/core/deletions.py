@@ -87,6 +87,8 @@ class Deletion:
     updated_time: datetime | None = None
     completed_time: datetime | None = None
     result: dict[str, object] = field(default_factory=dict)  # plan, verification summary, receipt seq
+    forgotten_time: datetime | None = None  # every routable replica serves weights without its records
+    batch_id: uuid.UUID | None = None  # the requests applied together with it share it
 
     def evolve(self, **changes: object) -> Deletion:
         return replace(self, **changes)  # type: ignore[arg-type]

@@ -12,10 +12,11 @@ serialised by a PostgreSQL advisory lock: one served model, one rollout at a tim
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,7 @@ class Rollout:
     shards: dict[int, Materialised | None]
     acks: Acks
     before: store.Served | None = None  # what was served when this rollout began
+    stage_seconds: dict[str, float] | None = None  # materialise, publish, acknowledge
 
     def to_dict(self) -> dict[str, Any]:
         b = self.before
@@ -73,6 +75,7 @@ class Rollout:
             "replicas_acked": self.acks.acked,
             "replicas_removed": self.acks.removed,
             "ack_seconds": round(self.acks.seconds, 4),
+            "stage_seconds": {k: round(v, 4) for k, v in (self.stage_seconds or {}).items()},
         }
 
 
@@ -110,14 +113,25 @@ def roll_out(
 ) -> Rollout:
     """Materialise (under the rollout lock, so a concurrent rollout's purge cannot take the files
     away before they are published), publish, wait, purge."""
+    stages: dict[str, float] = {}
     with tracer.start_as_current_span("serving.rollout"), store.rollout_lock(db.url):
-        m = materialise(db, plan, served_root, aggregation)
-        with db.connect() as conn:
+        with _stage("materialise", stages):
+            m = materialise(db, plan, served_root, aggregation)
+        with _stage("publish", stages), db.connect() as conn:
             before = store.served(conn)
             served = store.publish(conn, str(m.path) if m.path else None, m.sha256, m.aggregation, request_id)
-        acks = wait_acknowledged(db, served, timeout, fail_closed=fail_closed, on_wait=on_wait)
+        with _stage("acknowledge", stages):
+            acks = wait_acknowledged(db, served, timeout, fail_closed=fail_closed, on_wait=on_wait)
         purge_superseded(served_root, keep=m.files())
-        return Rollout(served, m.shards, acks, before)
+        return Rollout(served, m.shards, acks, before, stages)
+
+
+@contextlib.contextmanager
+def _stage(name: str, stages: dict[str, float]) -> Iterator[None]:
+    t = time.perf_counter()
+    with tracer.start_as_current_span(f"serving.{name}"):
+        yield
+    stages[name] = time.perf_counter() - t
 
 
 def wait_acknowledged(

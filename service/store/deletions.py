@@ -36,7 +36,7 @@ Enqueue = Callable[[psycopg.Connection, Sequence[tuple[uuid.UUID, dict[str, str]
 IDEMPOTENCY_RETENTION = timedelta(hours=24)
 _COLUMNS = (
     "id, request_type, subject_hashes, identity_types, record_ids, submitted_time, received_time, deadline,"
-    " status, callback_urls, updated_time, completed_time, result"
+    " status, callback_urls, updated_time, completed_time, result, forgotten_time, batch_id"
 )
 
 
@@ -55,6 +55,8 @@ def _from_row(r: dict[str, Any]) -> Deletion:
         updated_time=r["updated_time"],
         completed_time=r["completed_time"],
         result=r["result"],
+        forgotten_time=r["forgotten_time"],
+        batch_id=r["batch_id"],
     )
 
 
@@ -307,6 +309,45 @@ def recorded(conn: psycopg.Connection, deletion_id: uuid.UUID, kind: str) -> dic
         (kind, str(deletion_id)),
     ).fetchone()
     return dict(row[0]) if row else None
+
+
+def claim_pending(conn: psycopg.Connection, first: uuid.UUID, limit: int) -> list[Deletion]:
+    """Up to ``limit`` pending requests besides ``first``, oldest first, locked for the caller's
+    transaction. Rows another transaction holds (a cancel, another worker's claim) are skipped."""
+    if limit <= 0:
+        return []
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"SELECT {_COLUMNS} FROM deletion_requests WHERE status = 'pending' AND id <> %s"
+            " ORDER BY received_time, id LIMIT %s FOR UPDATE SKIP LOCKED",
+            (first, limit),
+        ).fetchall()
+    return [_from_row(r) for r in rows]
+
+
+def join_batch(conn: psycopg.Connection, ids: Sequence[uuid.UUID], batch_id: uuid.UUID) -> None:
+    conn.execute("UPDATE deletion_requests SET batch_id = %s WHERE id = ANY(%s)", (batch_id, list(ids)))
+
+
+def batch_members(conn: psycopg.Connection, batch_id: uuid.UUID) -> list[Deletion]:
+    """The requests of a batch, in the order they were received."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        rows = cur.execute(
+            f"SELECT {_COLUMNS} FROM deletion_requests WHERE batch_id = %s ORDER BY received_time, id", (batch_id,)
+        ).fetchall()
+    return [_from_row(r) for r in rows]
+
+
+def mark_forgotten(conn: psycopg.Connection, d: Deletion) -> Deletion:
+    """The moment every routable replica served weights without the request's records (kept from
+    the first run of the saga that reached it)."""
+    row = conn.execute(
+        "UPDATE deletion_requests SET forgotten_time = coalesce(forgotten_time, now()), updated_time = now()"
+        " WHERE id = %s RETURNING forgotten_time, updated_time",
+        (d.id,),
+    ).fetchone()
+    assert row is not None
+    return d.evolve(forgotten_time=row[0], updated_time=row[1])
 
 
 # API keys: "lk_<id>_<secret>"; only sha256(secret) is stored (the secret is 256 random bits).

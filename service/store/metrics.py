@@ -23,6 +23,7 @@ class Snapshot:
     open_rows: list[Any]  # (received_time, deadline) of open requests
     done: list[Any]  # (seconds to completion, stage_seconds) of completed requests
     failed: list[Any]  # (verification,) of failed requests
+    forgotten: list[Any]  # (seconds from accepted to forgotten,) of requests that reached it
     rollouts_waiting: int
     verdicts: dict[str, int]
     served_generation: int | None
@@ -33,6 +34,11 @@ class Snapshot:
 
 def _one(conn: psycopg.Connection, sql: str, params: Sequence[Any] = ()) -> Any:
     return conn.execute(sql, params).fetchone()
+
+
+_FORGOTTEN = (
+    "SELECT extract(epoch FROM forgotten_time - received_time) FROM deletion_requests WHERE forgotten_time IS NOT NULL"
+)
 
 
 def snapshot(conn: psycopg.Connection, open_statuses: Sequence[str]) -> Snapshot:
@@ -68,6 +74,7 @@ def snapshot(conn: psycopg.Connection, open_statuses: Sequence[str]) -> Snapshot
         failed=conn.execute(
             "SELECT result->'verification' FROM deletion_requests WHERE status = 'failed' AND result ? 'verification'"
         ).fetchall(),
+        forgotten=conn.execute(_FORGOTTEN).fetchall(),
         rollouts_waiting=int(waiting[0] if waiting else 0),
         verdicts=dict(
             conn.execute(

@@ -32,6 +32,8 @@ class DeletionDeps:
     hmac_key: bytes = b""  # keys the forget entries' n-gram hashes
     probes: ProbeConfig | None = None  # the verify step's membership and VerbMem probes; None: not run
     rag: RagProxy | None = None  # the closed-model path's probes go through it; None: not run
+    batch_window: float = 0.0  # seconds a claimed request waits for others to join its batch
+    batch_max: int = 256  # requests a batch holds at most
 
 
 def deletion_deps(
@@ -46,10 +48,12 @@ def deletion_deps(
     hmac_key: bytes = b"",
     probes: ProbeConfig | None = None,
     rag: RagProxy | None = None,
+    batch_window: float = 0.0,
+    batch_max: int = 256,
 ) -> DeletionDeps:
     """The saga over S3T units and replica rollouts (the default adapters of its ports)."""
     engine = ReplicaRollout(db, artifacts / "served", ack_timeout, aggregation, fail_closed)
-    return DeletionDeps(db, keys, S3TPlanner(db), engine, ledger, hmac_key, probes, rag)
+    return DeletionDeps(db, keys, S3TPlanner(db), engine, ledger, hmac_key, probes, rag, batch_window, batch_max)
 
 
 @dataclass(frozen=True)

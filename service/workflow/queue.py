@@ -54,18 +54,22 @@ def enqueue_deletions(conn: psycopg.Connection, requests: Sequence[tuple[uuid.UU
     REGISTRY.job_manager.batch_defer_jobs(jobs=jobs, connection=conn)
 
 
-def enqueue_callbacks(conn: psycopg.Connection, deletion: Deletion) -> None:
-    """Defer one signed status callback per URL for the request's new state, in the caller's transaction."""
+def enqueue_callbacks(conn: psycopg.Connection, deletion: Deletion, milestone: str | None = None) -> None:
+    """Defer one signed status callback per URL for the request's new state (or a ``milestone``
+    within it: "forgotten", every routable replica serves weights without its records), in the
+    caller's transaction."""
+    forgotten = deletion.forgotten_time
     body = json.dumps(
         {
             "subject_request_id": str(deletion.id),
             "request_status": deletion.status.value,
             "expected_completion_time": deletion.deadline.isoformat(),
             "updated_time": deletion.updated_time.isoformat() if deletion.updated_time else None,
+            "forgotten_time": forgotten.isoformat() if forgotten else None,
         },
         sort_keys=True,
     )
     for url in deletion.callback_urls:
         REGISTRY.configure_task("send_callback", connection=conn).defer(
-            deletion_id=str(deletion.id), url=url, status=deletion.status.value, body=body
+            deletion_id=str(deletion.id), url=url, status=milestone or deletion.status.value, body=body
         )

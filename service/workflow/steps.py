@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import logging
 import os
 import signal
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -30,14 +32,15 @@ import procrastinate
 
 from service import tracing
 from service.core import forget
-from service.core.deletions import Status
+from service.core.deletions import Deletion, Status
 from service.core.verdict import Checks, verdict
 from service.serving import rollout
 from service.store import deletions as store
 from service.store import kb, s3t, serving
 from service.store.database import DatabaseInfo
 from service.verify import probes, rag_probes
-from service.workflow import training_jobs
+from service.workflow import batches, training_jobs
+from service.workflow.batches import Batch
 from service.workflow.deps import DEPS, DeletionDeps
 from service.workflow.queue import QUEUE, REGISTRY, enqueue_callbacks
 from shards import served
@@ -133,34 +136,68 @@ def _step(name: str, timings: dict[str, float], deletion_id: uuid.UUID) -> Itera
     _crash_point(name)
 
 
-def _apply(deps: DeletionDeps, plan: Any, deletion_id: uuid.UUID, shards: list[int]) -> dict[str, Any]:
-    """Roll the served model out to every replica and wait for their acknowledgements, then record
-    the clean adapter of each shard holding the request's records as desired.
+@dataclass
+class _Member:
+    """A request of the batch as the saga works on it."""
+
+    d: Deletion
+    resolved: dict[str, list[str]]
+    shards: list[int] = field(default_factory=list)  # holding its records
+    suppressed: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ids(self) -> list[str]:
+        return self.resolved["records"]
+
+    @property
+    def documents(self) -> list[str]:
+        return self.resolved["documents"]
+
+
+def _apply(
+    deps: DeletionDeps, plan: Any, batch: Batch, work: list[_Member], shards: list[int]
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """Roll the served model out to every replica once for the batch and wait for their
+    acknowledgements; then, in one transaction, each member is *forgotten*: its ledger entry (the
+    adapters of its shards before and after, the rollout, the batch), its ``forgotten_time`` and
+    its callbacks. A member with no training records (knowledge base only) is forgotten once its
+    documents left retrieval (the suppress step, before this one).
 
     Runs on every run of the job, not only the one that made the cuts: a re-run after a crash (or a
     failure) between the cut and here finds nothing left to cut but must still roll the clean model
-    out. Idempotent: the same content keeps its generation; the first run's ledger entry stands.
-    The ledger gets the adapter names and content hashes before and after and the replicas that
-    acknowledged; the files of the cut stages are already gone (training.forget)."""
-    if not shards:
-        return {}
+    out. Idempotent: the same content keeps its generation; the first run's ledger entries stand."""
+    out = deps.engine.roll_out(plan, batch.leader, _on_wait(deps, work)) if shards else None
+    applied: dict[uuid.UUID, dict[str, Any]] = {}
+    with deps.db.connect() as conn, conn.transaction():
+        changes: dict[str, Any] | None = None
+        for m in work:
+            d = store.lock(conn, m.d.id)
+            assert d is not None
+            first = store.recorded(conn, d.id, "deletion.applied") if out is not None else None
+            if first is not None:
+                applied[d.id] = {"adapters": first["adapters"], "rollout": out.to_dict() if out else None}
+            elif out is not None and m.ids:
+                if changes is None:
+                    changes = _record_desired(conn, shards, out, batch.leader)
+                mine = {k: v for k, v in changes.items() if int(k) in m.shards}
+                applied[d.id] = {"adapters": mine, "rollout": out.to_dict()}
+                store.record(conn, d, "deletion.applied", {**applied[d.id], "batch": batch.info()})
+            if d.forgotten_time is None:
+                d = store.mark_forgotten(conn, d)
+                store.record(conn, d, "deletion.forgotten", {"batch": batch.info()})
+                enqueue_callbacks(conn, d, "forgotten")
+    return applied
 
+
+def _on_wait(deps: DeletionDeps, work: list[_Member]) -> Any:
     def waiting(generation: int, behind: list[str], seconds: float) -> None:
         wait = {"generation": generation, "replicas_behind": behind, "seconds": round(seconds, 1)}
         with deps.db.connect() as conn, conn.transaction():
-            if (d := store.lock(conn, deletion_id)) is not None:
-                store.add_result(conn, d, {"rollout_waiting": wait})
+            for m in work:
+                if (d := store.lock(conn, m.d.id)) is not None:
+                    store.add_result(conn, d, {"rollout_waiting": wait})
 
-    out = deps.engine.roll_out(plan, deletion_id, waiting)
-    with deps.db.connect() as conn, conn.transaction():
-        first = store.recorded(conn, deletion_id, "deletion.applied")
-        if first is not None:
-            return {"adapters": first["adapters"], "rollout": out.to_dict()}
-        applied = {"adapters": _record_desired(conn, shards, out, deletion_id), "rollout": out.to_dict()}
-        d = store.lock(conn, deletion_id)
-        assert d is not None
-        store.record(conn, d, "deletion.applied", applied)
-    return applied
+    return waiting
 
 
 def _record_desired(conn: Any, shards: list[int], out: rollout.Rollout, deletion_id: uuid.UUID) -> dict[str, Any]:
@@ -342,97 +379,152 @@ def _crash_point(step: str) -> None:
 def _run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
     timings: dict[str, float] = {}
     with _step("claim", timings, deletion_id):
-        d = _claim(deps.db, deletion_id)
-        if d is None or d.status.final:
-            return d.status if d else Status.FAILED
+        batch = batches.claim(deps.db, deletion_id, deps.batch_window, deps.batch_max)
+        if not isinstance(batch, batches.Batch):
+            return batch
+        tracing.annotate({"lethe.batch_id": str(batch.id), "lethe.batch_size": len(batch.members)})
 
     with _step("resolve", timings, deletion_id):  # explicit record ids + every record of the subjects, once
-        resolved = _resolve(deps.db, d)
-        ids, documents = resolved["records"], resolved["documents"]
-    if not ids and not documents:
-        return _nothing_found(deps.db, deletion_id, resolved["unknown_record_ids"], timings)
+        members = [_Member(d, _resolve(deps.db, d)) for d in batch.members]
+    for m in members:
+        if not m.ids and not m.documents:
+            _nothing_found(deps.db, m.d.id, m.resolved["unknown_record_ids"], timings)
+    work = [m for m in members if m.ids or m.documents]
+    if not work:
+        return _status(deps.db, deletion_id)
+    ids = sorted(set().union(*(m.ids for m in work)))
 
-    with _step("cut", timings, deletion_id):  # plan and cut (idempotent: a re-run finds the cuts applied)
+    with _step("cut", timings, deletion_id):  # one plan for the batch (idempotent: a re-run finds the cuts)
         plan = deps.planner.cut(ids)
-        summary = _cut_summary(deps.db, deletion_id, plan, ids)
-        shards = summary["affected_shards"]
+        summaries = {m.d.id: _cut_summary(deps.db, m.d.id, plan, m.ids) for m in work}
+        for m in work:
+            m.shards = summaries[m.d.id]["affected_shards"]
+        shards = sorted(set().union(*(m.shards for m in work)))
 
     with _step("suppress", timings, deletion_id):  # closed-model path: out of retrieval, forget entry added
-        suppressed = _suppress(deps, deletion_id, documents)
-        if suppressed:
-            summary["documents"] = suppressed["documents"]
+        for m in work:
+            m.suppressed = _suppress(deps, m.d.id, m.documents)
+            if m.suppressed:
+                summaries[m.d.id]["documents"] = m.suppressed["documents"]
 
-    with _step("apply", timings, deletion_id):  # the clean adapter served by every routable replica
-        applied = _apply(deps, plan, deletion_id, shards)
+    with _step("apply", timings, deletion_id):  # one clean model served by every routable replica
+        applied = _apply(deps, plan, batch, work, shards)
 
     with _step("verify", timings, deletion_id):
-        verification = _verify(deps, plan, ids, shards)
-        if documents:
-            verification["kb"] = _verify_kb(deps, deletion_id, suppressed)
+        shared = _verify(deps, plan, ids, shards)
+        verifications = {m.d.id: _verification(deps, m, shared, batch, len(ids)) for m in work}
 
     with _step("purge", timings, deletion_id):
-        _purge(deps, deletion_id, ids, documents, verification)
-    outcome = {"plan": summary, "apply": applied, "verification": verification}
-    status = _complete(deps.db, deletion_id, resolved, outcome, timings)
+        _purge(deps, work, verifications)
+    outcomes = {
+        m.d.id: {"plan": summaries[m.d.id], "apply": applied.get(m.d.id, {}), "verification": verifications[m.d.id]}
+        for m in work
+    }
+    status = _complete(deps.db, batch, work, outcomes, timings)
     _crash_point("complete")
     return status
 
 
-def _claim(db: DatabaseInfo, deletion_id: uuid.UUID) -> Any:
-    """The request, locked; pending → in progress (with its callbacks) on its first run."""
-    with db.connect() as conn, conn.transaction():
-        d = store.lock(conn, deletion_id)
-        if d is not None and d.status is Status.PENDING:
-            d = store.transition(conn, d, Status.IN_PROGRESS)
-            enqueue_callbacks(conn, d)
-        return d
+def _verification(deps: DeletionDeps, m: _Member, shared: dict[str, Any], batch: Batch, records: int) -> dict[str, Any]:
+    """A member's verification: the batch's structural proof, equivalence and probes (the served
+    model was rolled out once for all of them; the probes scored the batch's records together,
+    which says so), and its own knowledge-base probes."""
+    out = copy.deepcopy(shared)
+    if not m.ids:  # knowledge base only: other members' probes say nothing about it
+        for k in ("membership", "verbmem", "probes"):
+            out.pop(k, None)
+    elif len(batch.members) > 1 and ("membership" in out or "verbmem" in out):
+        out["probes_scope"] = {"batch": str(batch.id), "records": records}
+    if m.documents:
+        out["kb"] = _verify_kb(deps, m.d.id, m.suppressed)
+    return out
 
 
-def _purge(
-    deps: DeletionDeps, deletion_id: uuid.UUID, ids: list[str], documents: list[str], verification: dict[str, Any]
-) -> None:
-    """The records' text and the documents gone, their keys destroyed, in one transaction; the
-    verdict added to ``verification``."""
+def _status(db: DatabaseInfo, deletion_id: uuid.UUID) -> Status:
+    with db.connect() as conn:
+        d = store.fetch(conn, deletion_id)
+    return d.status if d is not None else Status.FAILED
+
+
+def _purge(deps: DeletionDeps, work: list[_Member], verifications: dict[uuid.UUID, dict[str, Any]]) -> None:
+    """The batch's records' text and documents gone, their keys destroyed, in one transaction;
+    each member's verdict added to its verification."""
     with deps.db.connect() as conn, conn.transaction():
-        s3t.purge_records(conn, deps.keys, ids)
-        verification["records_purged"] = s3t.purged(conn, ids) == len(ids)
-        if documents:
-            kb.purge(conn, deps.keys, deletion_id)
-            verification["kb"]["documents_deleted"] = kb.count_documents(conn, documents) == 0
-    verification.update(verdict(Checks.of(verification).proven, verification.get("membership")))
+        s3t.purge_records(conn, deps.keys, sorted(set().union(*(m.ids for m in work))))
+        for m in work:
+            v = verifications[m.d.id]
+            v["records_purged"] = s3t.purged(conn, m.ids) == len(m.ids)
+            if m.documents:
+                kb.purge(conn, deps.keys, m.d.id)
+                v["kb"]["documents_deleted"] = kb.count_documents(conn, m.documents) == 0
+    for m in work:
+        v = verifications[m.d.id]
+        v.update(verdict(Checks.of(v).proven, v.get("membership")))
 
 
 def _complete(
     db: DatabaseInfo,
-    deletion_id: uuid.UUID,
-    resolved: dict[str, list[str]],
-    outcome: dict[str, Any],
+    batch: Batch,
+    work: list[_Member],
+    outcomes: dict[uuid.UUID, dict[str, Any]],
     timings: dict[str, float],
 ) -> Status:
-    """Completed (or failed) with the result, the ledger entry and the callbacks in one transaction;
-    the cut units' background retrain is queued in it too."""
-    ids, documents, verification = resolved["records"], resolved["documents"], outcome["verification"]
-    unknown, same = resolved["unknown_record_ids"], resolved.get("same_text_records", [])
+    """Every member completed (or failed) with its result, ledger entry and callbacks, in one
+    transaction; the cut units' background retrain is queued in it too, once for the batch.
+    Returns the leader's status."""
+    queued = False
     with tracing.tracer.start_as_current_span("workflow.complete"), db.connect() as conn, conn.transaction():
-        d = store.lock(conn, deletion_id)
-        assert d is not None
-        if d.status.final:
-            return d.status
-        # the ids stay out of the ledger (counts only)
-        d = store.add_result(conn, d, {"unknown_record_ids": unknown, "same_text_records": same})
-        ok = Checks.of(verification).complete
-        if ok:
-            _queue_retrain(conn, outcome["plan"])
-        methods = ([EXACT] if ids or not documents else []) + ([SUPPRESSION] if documents else [])
-        result = {"outcome": "deleted" if ok else "failed", "unknown_records": len(unknown), "same_text": len(same)}
-        d = store.transition(
-            conn,
-            d,
-            Status.COMPLETED if ok else Status.FAILED,
-            {**result, "methods": methods, **outcome, "stage_seconds": {k: round(v, 6) for k, v in timings.items()}},
-        )
-        enqueue_callbacks(conn, d)
-    return d.status
+        for m in work:
+            d = store.lock(conn, m.d.id)
+            assert d is not None
+            if d.status.final:
+                continue
+            outcome = outcomes[d.id]
+            ok = Checks.of(outcome["verification"]).complete
+            if ok and not queued:
+                _queue_retrain(conn, outcome["plan"])
+                queued = True
+            _finish(conn, d, m.resolved, outcome, ok, _waterfall(d, timings, outcome))
+        d = store.fetch(conn, batch.leader)
+    return d.status if d is not None else Status.FAILED
+
+
+def _waterfall(d: Deletion, timings: dict[str, float], outcome: dict[str, Any]) -> dict[str, float]:
+    """Where the request's time went, in order: queued (accepted → claimed), then the batch's steps,
+    the apply step split into the rollout's stages."""
+    rollout_stages = ((outcome.get("apply") or {}).get("rollout") or {}).get("stage_seconds") or {}
+    out = {"queued": float(cast(float, d.result.get("queue_seconds", 0.0)))}
+    for step, secs in timings.items():
+        if step == "apply" and rollout_stages:
+            out.update({k: float(v) for k, v in rollout_stages.items()})
+            out["apply_other"] = max(0.0, secs - sum(rollout_stages.values()))
+        else:
+            out[step] = secs
+    return {k: round(v, 6) for k, v in out.items()}
+
+
+def _finish(
+    conn: Any,
+    d: Deletion,
+    resolved: dict[str, list[str]],
+    outcome: dict[str, Any],
+    ok: bool,
+    waterfall: dict[str, float],
+) -> None:
+    ids, documents = resolved["records"], resolved["documents"]
+    unknown, same = resolved["unknown_record_ids"], resolved.get("same_text_records", [])
+    # the ids stay out of the ledger (counts only)
+    d = store.add_result(conn, d, {"unknown_record_ids": unknown, "same_text_records": same})
+    methods = ([EXACT] if ids or not documents else []) + ([SUPPRESSION] if documents else [])
+    result = {"outcome": "deleted" if ok else "failed", "unknown_records": len(unknown), "same_text": len(same)}
+    stage_seconds = {k: round(v, 6) for k, v in waterfall.items() if k in STEPS}
+    d = store.transition(
+        conn,
+        d,
+        Status.COMPLETED if ok else Status.FAILED,
+        {**result, "methods": methods, **outcome, "stage_seconds": stage_seconds, "waterfall": waterfall},
+    )
+    enqueue_callbacks(conn, d)
 
 
 def _queue_retrain(conn: Any, summary: dict[str, Any]) -> None:

@@ -157,6 +157,8 @@ def to_pb(d: Deletion) -> deletion_pb2.Deletion:
         updated_time=_ts(d.updated_time),
         completed_time=_ts(d.completed_time),
         result=result,
+        forgotten_time=_ts(d.forgotten_time),
+        batch_id=str(d.batch_id) if d.batch_id else "",
     )
 
 

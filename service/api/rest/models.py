@@ -52,6 +52,12 @@ class DeletionOut(BaseModel):
     expected_completion_time: datetime = Field(description="The deadline: received + the configured period.")
     updated_time: datetime | None
     completed_time: datetime | None
+    forgotten_time: datetime | None = Field(
+        None,
+        description="When every routable replica first served weights that never saw the request's records "
+        "(before verification and the receipt: completed_time).",
+    )
+    batch_id: uuid.UUID | None = Field(None, description="The batch of requests this one was applied with.")
     result: dict[str, Any]
 
     @classmethod
@@ -67,6 +73,8 @@ class DeletionOut(BaseModel):
             expected_completion_time=d.deadline,
             updated_time=d.updated_time,
             completed_time=d.completed_time,
+            forgotten_time=d.forgotten_time,
+            batch_id=d.batch_id,
             result=dict(d.result),
         )
 

@@ -59,7 +59,7 @@ class SubmitDeletionResponse(_message.Message):
     def __init__(self, deletion: _Optional[_Union[Deletion, _Mapping]] = ..., created: _Optional[bool] = ...) -> None: ...
 
 class Deletion(_message.Message):
-    __slots__ = ("subject_request_id", "subject_request_type", "status", "identity_types", "subject_hashes", "received_time", "submitted_time", "expected_completion_time", "updated_time", "completed_time", "result")
+    __slots__ = ("subject_request_id", "subject_request_type", "status", "identity_types", "subject_hashes", "received_time", "submitted_time", "expected_completion_time", "updated_time", "completed_time", "result", "forgotten_time", "batch_id")
     SUBJECT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_REQUEST_TYPE_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,8 @@ class Deletion(_message.Message):
     UPDATED_TIME_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_TIME_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    FORGOTTEN_TIME_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     subject_request_id: str
     subject_request_type: str
     status: DeletionStatus
@@ -82,7 +84,9 @@ class Deletion(_message.Message):
     updated_time: _timestamp_pb2.Timestamp
     completed_time: _timestamp_pb2.Timestamp
     result: _struct_pb2.Struct
-    def __init__(self, subject_request_id: _Optional[str] = ..., subject_request_type: _Optional[str] = ..., status: _Optional[_Union[DeletionStatus, str]] = ..., identity_types: _Optional[_Iterable[str]] = ..., subject_hashes: _Optional[_Iterable[str]] = ..., received_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., submitted_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expected_completion_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    forgotten_time: _timestamp_pb2.Timestamp
+    batch_id: str
+    def __init__(self, subject_request_id: _Optional[str] = ..., subject_request_type: _Optional[str] = ..., status: _Optional[_Union[DeletionStatus, str]] = ..., identity_types: _Optional[_Iterable[str]] = ..., subject_hashes: _Optional[_Iterable[str]] = ..., received_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., submitted_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expected_completion_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., result: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., forgotten_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., batch_id: _Optional[str] = ...) -> None: ...
 
 class GetDeletionRequest(_message.Message):
     __slots__ = ("subject_request_id",)
