@@ -559,3 +559,113 @@ def test_replicas_that_do_not_acknowledge_keep_routing_and_the_request_waits_vis
         }
         assert fact not in httpx.post(f"{rep.url}/v1/completions", json=req, timeout=60).json()["choices"][0]["text"]
     print(f"\nrollout waited: {waiting}")
+
+
+def submit_grpc(e: Env, rid: str, person: corpus.Person) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{e.stack.grpc_port}") as channel:
+        deletion_pb2_grpc.DeletionServiceStub(channel).SubmitDeletion(
+            deletion_pb2.SubmitDeletionRequest(
+                subject_request_id=rid,
+                subject_request_type="erasure",
+                subject_identities=[
+                    deletion_pb2.SubjectIdentity(identity_type="person", identity_value=person.subject_id)
+                ],
+            ),
+            metadata=[("authorization", f"Bearer {e.key}")],
+        )
+
+
+def test_a_burst_arriving_during_a_rollout_is_applied_as_one_batch(env):
+    """One deletion is claimed; while the worker works on it, three more arrive (REST and gRPC, one
+    of them naming a subject again with one of another's records) and a fifth is cancelled at once.
+    The three are applied together: one batch, one rollout generation, each request its own status,
+    receipt and ledger entries; forgotten (every routable replica on the clean generation) before
+    completed; no snapshot shows a completed request beside a routable replica on older weights; the
+    cancelled one (if it was cancelled before its batch started) is in no batch."""
+    e = env
+    api, h = f"http://127.0.0.1:{e.stack.api_port}", {"Authorization": f"Bearer {e.key}"}
+    with psycopg.connect(e.db.url) as conn:
+        live = {r[0].rsplit("-", 1)[0] for r in conn.execute("SELECT id FROM records WHERE purged_at IS NULL")}
+    people = [p for p in e.corpus.trained if p.subject_id in live][:5]
+    assert len(people) == 5, "the session's corpus has people left to delete"
+    first, burst, late = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(3)], str(uuid.uuid4())
+    violations: list[str] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        with psycopg.connect(e.db.url, autocommit=True) as conn:
+            while not stop.is_set():
+                with conn.transaction():
+                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                    rows = conn.execute(
+                        "SELECT id, result FROM deletion_requests WHERE status = 'completed' AND id = ANY(%s)",
+                        ([uuid.UUID(r) for r in [first, *burst]],),
+                    ).fetchall()
+                    reps = serving_store.replicas(conn)
+                for rid, result in rows:
+                    gen = ((result.get("apply") or {}).get("rollout") or {}).get("generation", 0)
+                    violations.extend(f"{rid}:{r.id}" for r in reps if r.routable and (r.acked_generation or 0) < gen)
+                time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert submit_rest(e, first, people[0]).status_code == 201
+        while httpx.get(f"{api}/v1/deletions/{first}", headers=h, timeout=60).json()["request_status"] == "pending":
+            time.sleep(0.05)
+        assert submit_rest(e, burst[0], people[1]).status_code == 201
+        submit_grpc(e, burst[1], people[2])
+        shared = {"identity_type": "person", "identity_value": people[2].subject_id}
+        body = {
+            "subject_request_id": burst[2],
+            "subject_identities": [shared],
+            "record_ids": [f"{people[1].subject_id}-r0"],
+        }
+        assert httpx.post(f"{api}/v1/deletions", json=body, headers=h, timeout=60).status_code == 201
+        assert submit_rest(e, late, people[3]).status_code == 201
+        cancel = httpx.post(f"{api}/v1/deletions/{late}/cancel", headers=h, timeout=60)
+        done = {rid: wait_final(e, rid) for rid in [first, *burst]}
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        watcher.join()
+    assert violations == []
+    assert all(d["request_status"] == "completed" for d in done.values()), done
+    batches = {rid: d["batch_id"] for rid, d in done.items()}
+    assert len({batches[r] for r in burst}) == 1 and batches[first] != batches[burst[0]], batches
+    generations = {d["result"]["apply"]["rollout"]["generation"] for rid, d in done.items() if rid in burst}
+    assert len(generations) == 1, generations  # one rollout for the three
+    for d in done.values():
+        assert d["forgotten_time"] and d["forgotten_time"] <= d["completed_time"], d
+        assert set(d["result"]["waterfall"]) >= {"queued", "materialise", "publish", "acknowledge", "verify"}
+        assert d["result"]["ledger_seqs"]["completed"] > d["result"]["ledger_seqs"]["in_progress"]
+    late_d = httpx.get(f"{api}/v1/deletions/{late}", headers=h, timeout=60).json()
+    if cancel.status_code == 200:  # cancelled while pending: never claimed, never applied
+        assert late_d["request_status"] == "cancelled" and late_d["batch_id"] is None, late_d
+    else:  # its batch had started: cancelling is refused and it completes like the others
+        assert cancel.status_code == 409 and wait_final(e, late)["request_status"] == "completed"
+    with psycopg.connect(e.db.url) as conn:
+        kinds = conn.execute(
+            "SELECT body->>'request', kind FROM ledger_entries WHERE body->>'request' = ANY(%s) ORDER BY seq",
+            ([first, *burst],),
+        ).fetchall()
+        reps = serving_store.replicas(conn)
+    for rid in [first, *burst]:
+        mine = [k for r, k in kinds if r == rid]
+        assert mine.count("deletion.completed") == 1 and mine.count("deletion.forgotten") == 1, mine
+    for p in people[:3]:
+        prompt, fact = p.probe()
+        for rep in reps:
+            req = {
+                "model": rep.serving_names[0] if rep.serving_names else "base",
+                "prompt": prompt,
+                "max_tokens": MAX_TOKENS,
+                "temperature": 0,
+            }
+            assert (
+                fact not in httpx.post(f"{rep.url}/v1/completions", json=req, timeout=60).json()["choices"][0]["text"]
+            )
+    assert lethe.ledger(e.db, e.settings).verify().ok
+    metrics = httpx.get(f"{api}/metrics", timeout=60).text
+    assert "lethe_time_to_forgotten_seconds_count" in metrics
+    print(f"\nburst: batches {batches}; waterfall of the last {done[burst[-1]]['result']['waterfall']}")

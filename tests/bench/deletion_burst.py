@@ -1,0 +1,183 @@
+"""A burst of deletions: N requests of distinct subjects submitted at once (REST and gRPC mixed)
+against one at a time, in the same run, on real parts.
+
+Embedded PostgreSQL, the `lethe serve` stack (two vLLM CPU replicas, gateway, REST, gRPC, the
+deletion worker with its probes), S3T units trained here on the generated corpus (Gemma 3 270M).
+First ``--singles`` requests one at a time (each waits for the last to complete): the baseline.
+Then ``--burst`` requests submitted together from a thread pool. Printed: p50 / p95 / max of
+accepted → forgotten (every routable replica serves weights without the subject's records) and
+accepted → completed (verification, purge, receipt), the batches the worker formed, the ledger's
+exactly-once check (one completed entry per request) and `lethe ledger verify`, and the waterfall
+(where a request's time went) of a single request and of the burst's slowest.
+
+    .venv/bin/python tests/bench/deletion_burst.py [--burst 100 --singles 5 --people 120]
+
+Training uses a reduced recipe (``--epochs``, default 1 epoch a stage): the figures measured here
+are latencies, which do not depend on how well the units memorised.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from service import app as lethe  # noqa: E402
+from service.api.grpc.gen.lethe.v1 import deletion_pb2, deletion_pb2_grpc  # noqa: E402
+from service.config import ServingSpec, Settings  # noqa: E402
+from service.serve import Stack, free_port  # noqa: E402
+from service.store import database as dbm  # noqa: E402
+from service.store.deletions import create_api_key  # noqa: E402
+from service.workflow import training_jobs  # noqa: E402
+from shards import corpus  # noqa: E402
+from shards.specs import S3TSpec, TrainConfig  # noqa: E402
+from tests.bench.stats import pct  # noqa: E402
+
+FINAL = ("completed", "failed", "cancelled")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--burst", type=int, default=100)
+    ap.add_argument("--singles", type=int, default=5)
+    ap.add_argument("--people", type=int, default=120, help="trained people (≥ burst + singles)")
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=1, help="epochs a stage (latency does not depend on it)")
+    args = ap.parse_args()
+    if args.people < args.burst + args.singles:
+        raise SystemExit("--people must be at least --burst + --singles")
+    tmp = Path(tempfile.mkdtemp(prefix="lethe-burst-"))
+    base = lethe.base_model(Settings(var_dir=ROOT / "var"), progress=False).path
+    with dbm.database(None, tmp / "pg") as server:
+        url = dbm.create_database(server.url, "burst")
+        db = dbm.DatabaseInfo(url, True)
+        s = Settings(
+            database_url=url,
+            var_dir=tmp / "var",
+            base_model=base,
+            api_port=free_port(),
+            grpc_address="127.0.0.1:0",
+            s3t=S3TSpec(shards=args.shards, slices=4, budget=1, workers=2),
+            train=TrainConfig(epochs=args.epochs, min_epochs=1, newest_repeat=1),
+            corpus_people=args.people,
+            serving=ServingSpec(replicas=2, first_port=free_port(), gateway_port=free_port()),
+        )
+        c = s.generated_corpus()
+        lethe.migrate(db)
+        lethe.ingest(db, s, corpus.write(c, s.corpus_dir())["train"])
+        t0 = time.perf_counter()
+        training_jobs.train_all(db, lethe.training_job(s, base))
+        print(f"trained {args.people} people in {time.perf_counter() - t0:.0f} s", flush=True)
+        key = create_api_key(db, ["admin"])
+        stack = Stack(s, db)
+        stack.start()
+        people = list(c.trained)
+        try:
+            client = Client(stack, key)
+            singles = [client.one_at_a_time(p) for p in people[: args.singles]]
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(16) as pool:
+                rids = list(pool.map(client.submit, enumerate(people[args.singles : args.singles + args.burst])))
+            submitted = time.perf_counter() - t0
+            burst = [client.wait(rid) for rid in rids]
+        finally:
+            stack.stop()
+        report(db, s, singles, burst, submitted)
+        dbm.drop_database(server.url, "burst")
+
+
+class Client:
+    def __init__(self, stack: Stack, key: str) -> None:
+        self.api = httpx.Client(
+            base_url=f"http://127.0.0.1:{stack.api_port}", headers={"Authorization": f"Bearer {key}"}, timeout=120
+        )
+        self.grpc = deletion_pb2_grpc.DeletionServiceStub(grpc.insecure_channel(f"127.0.0.1:{stack.grpc_port}"))
+        self.meta = [("authorization", f"Bearer {key}")]
+
+    def submit(self, item: tuple[int, corpus.Person]) -> str:
+        """Even-numbered over REST, odd over gRPC."""
+        n, person = item
+        rid = str(uuid.uuid4())
+        if n % 2:
+            identity = deletion_pb2.SubjectIdentity(identity_type="person", identity_value=person.subject_id)
+            req = deletion_pb2.SubmitDeletionRequest(
+                subject_request_id=rid, subject_request_type="erasure", subject_identities=[identity]
+            )
+            self.grpc.SubmitDeletion(req, metadata=self.meta, timeout=120)
+        else:
+            body = {
+                "subject_request_id": rid,
+                "subject_request_type": "erasure",
+                "subject_identities": [{"identity_type": "person", "identity_value": person.subject_id}],
+            }
+            self.api.post("/v1/deletions", json=body).raise_for_status()
+        return rid
+
+    def wait(self, rid: str) -> dict:
+        while (d := self.api.get(f"/v1/deletions/{rid}").json())["request_status"] not in FINAL:
+            time.sleep(0.1)
+        return dict(d)
+
+    def one_at_a_time(self, person: corpus.Person) -> dict:
+        return self.wait(self.submit((0, person)))
+
+
+def seconds(d: dict, field: str) -> float:
+    return (datetime.fromisoformat(d[field]) - datetime.fromisoformat(d["received_time"])).total_seconds()
+
+
+def report(db: dbm.DatabaseInfo, s: Settings, singles: list[dict], burst: list[dict], submitted: float) -> None:
+    rows = {"one at a time": singles, f"burst of {len(burst)}": burst}
+    print("\n| requests | n | forgotten p50 s | p95 | max | completed p50 s | p95 | max | batches |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, ds in rows.items():
+        f = [seconds(d, "forgotten_time") for d in ds if d.get("forgotten_time")]
+        c = [seconds(d, "completed_time") for d in ds]
+        n_batches = len({d["batch_id"] for d in ds})
+        print(
+            f"| {name} | {len(ds)} | {statistics.median(f):.2f} | {pct(f, 95):.2f} | {max(f):.2f} | "
+            f"{statistics.median(c):.2f} | {pct(c, 95):.2f} | {max(c):.2f} | {n_batches} |"
+        )
+    sizes = sorted({d["batch_id"]: int(d["result"]["batch"]["requests"]) for d in burst}.values(), reverse=True)
+    print(f"\nburst submitted in {submitted:.2f} s; batches formed (sizes): {sizes}")
+    ids = [d["subject_request_id"] for d in singles + burst]
+    with psycopg.connect(db.url) as conn:
+        counts = dict(
+            conn.execute(
+                "SELECT body->>'request', count(*) FROM ledger_entries WHERE kind = 'deletion.completed'"
+                " AND body->>'request' = ANY(%s) GROUP BY 1",
+                (ids,),
+            ).fetchall()
+        )
+    statuses = {d["request_status"] for d in singles + burst}
+    once = all(counts.get(i) == 1 for i in ids)
+    print(f"statuses {sorted(statuses)}; exactly one completed ledger entry per request: {once}")
+    env = {"DATABASE_URL": db.url, "LETHE_VAR_DIR": str(s.var_dir), "PATH": "/usr/bin:/bin"}
+    verify = subprocess.run(
+        [sys.executable, "-m", "service", "ledger", "verify"], env=env, capture_output=True, text=True, cwd=ROOT
+    )
+    print(f"lethe ledger verify: {'OK' if verify.returncode == 0 else 'FAILED'} {verify.stderr.strip()[-200:]}")
+    slowest = max(burst, key=lambda d: seconds(d, "completed_time"))
+    print("\nwaterfall (s) | one at a time (the last) | burst (its slowest)")
+    print("|---|---:|---:|")
+    a, b = singles[-1]["result"]["waterfall"], slowest["result"]["waterfall"]
+    for k in dict.fromkeys([*a, *b]):
+        print(f"| {k} | {a.get(k, 0):.3f} | {b.get(k, 0):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
