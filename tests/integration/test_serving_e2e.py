@@ -618,6 +618,7 @@ def test_a_burst_arriving_during_a_rollout_is_applied_as_one_batch(env):
         shared = {"identity_type": "person", "identity_value": people[2].subject_id}
         body = {
             "subject_request_id": burst[2],
+            "subject_request_type": "erasure",
             "subject_identities": [shared],
             "record_ids": [f"{people[1].subject_id}-r0"],
         }
