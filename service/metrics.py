@@ -73,7 +73,7 @@ class LetheCollector(Collector):
         jobs = GaugeMetricFamily(
             "lethe_jobs_pending", "Jobs waiting in each queue (deletions, training).", labels=["queue"]
         )
-        for queue in sorted({"deletions", "training", *snap.pending_jobs}):
+        for queue in sorted({"deletions", "verifications", "training", *snap.pending_jobs}):
             jobs.add_metric([queue], float(snap.pending_jobs.get(queue, 0)))
         yield jobs
         yield _histogram(

@@ -150,14 +150,28 @@ def listening(url: str, channel: str) -> Iterator[psycopg.Connection]:
 
 
 ROLLOUT_LOCK = 0x1E7E_5E27  # one served model, one rollout at a time (a PostgreSQL advisory lock)
+APPLY_LOCK = 0x1E7E_A991  # deletions: claim → cut → rollout, one batch at a time
 
 
 @contextlib.contextmanager
-def rollout_lock(url: str) -> Iterator[None]:
-    """Held for a whole rollout, on a connection of its own (the rollout commits as it goes)."""
+def advisory_lock(url: str, key: int) -> Iterator[None]:
+    """A session advisory lock held on a connection of its own (what runs under it commits as it
+    goes); a killed holder's connection drops and the lock with it."""
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (ROLLOUT_LOCK,))
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         try:
             yield
         finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (ROLLOUT_LOCK,))
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def rollout_lock(url: str) -> contextlib.AbstractContextManager[None]:
+    """Held for a whole rollout."""
+    return advisory_lock(url, ROLLOUT_LOCK)
+
+
+def apply_lock(url: str) -> contextlib.AbstractContextManager[None]:
+    """Held by a deletion batch from its claim until its rollout is acknowledged: a plan is never
+    made stale by another batch's cut before it is served, and requests arriving during a
+    rollout are pending when the next batch is claimed (they join it)."""
+    return advisory_lock(url, APPLY_LOCK)

@@ -17,7 +17,7 @@ import json
 import statistics
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
@@ -36,6 +36,9 @@ class ProbeConfig:
     base_model: Path
     holdout_texts: tuple[str, ...]  # records of people never trained on
     via_replicas: bool = True  # score through a replica's vLLM (else transformers on the served files)
+    # the base model's scores of the holdout texts do not change between deletions: scored once per
+    # worker and scorer kind (vLLM's and transformers' numerics differ in the last digits)
+    base_scores: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict, compare=False, repr=False)
 
 
 class Scorer(Protocol):
@@ -157,6 +160,24 @@ def rouge_l(candidate: str, reference: str) -> float:
     return 2 * p * r / (p + r)
 
 
+def sample(texts: Sequence[str], limit: int) -> list[str]:
+    """At most ``limit`` of ``texts``, spread evenly over them in their order (a batch's records
+    come member by member: every member is represented), the same on every run."""
+    if len(texts) <= limit:
+        return list(texts)
+    step = len(texts) / limit
+    return [texts[int(i * step)] for i in range(limit)]
+
+
+def _base_scores(cfg: ProbeConfig, scorer: Scorer, texts: Sequence[str], *, moments: bool) -> list[dict[str, float]]:
+    """The base model's scores of ``texts``; the holdout texts' from ``cfg.base_scores`` once known."""
+    kind, holdout, cache = f"{type(scorer).__name__}:{moments}", set(cfg.holdout_texts), cfg.base_scores
+    todo = [t for t in dict.fromkeys(texts) if t not in holdout or (kind, t) not in cache]
+    fresh = dict(zip(todo, scorer.scores(None, todo, moments=moments), strict=True)) if todo else {}
+    cache.update({(kind, t): v for t, v in fresh.items() if t in holdout})
+    return [fresh[t] if t in fresh else cache[(kind, t)] for t in texts]
+
+
 def membership(cfg: ProbeConfig, scorer: Scorer, deleted: Sequence[str]) -> dict[str, Any]:
     """AUC per attack of the deleted records against the holdout records on the served model. A
     routing table is probed part by part and reported at its worst (a caller can reach every
@@ -164,9 +185,9 @@ def membership(cfg: ProbeConfig, scorer: Scorer, deleted: Sequence[str]) -> dict
     texts = list(deleted) + list(cfg.holdout_texts)
     n = len(deleted)
     if not scorer.parts():  # the base model is served
-        ref = scorer.scores(None, texts)
+        ref = _base_scores(cfg, scorer, texts, moments=True)
         return {**_membership_figures(ref, ref, n), "scored_with": scorer.where}
-    ref = scorer.scores(None, texts, moments=False)
+    ref = _base_scores(cfg, scorer, texts, moments=False)
     figures = {p: _membership_figures(scorer.scores(p, texts), ref, n) for p in scorer.parts()}
     if len(figures) == 1:
         return {**next(iter(figures.values())), "scored_with": scorer.where}

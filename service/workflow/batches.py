@@ -35,15 +35,20 @@ class Batch:
         return {"id": str(self.id), "leader": str(self.leader)}
 
 
-def claim(db: DatabaseInfo, deletion_id: uuid.UUID, window: float, limit: int) -> Batch | Status:
-    """The batch this job runs, or the request's status when there is nothing for it to do: final,
-    or in a batch another job leads. ``window``: seconds a pending request waits after it was
-    received for others to join (0: only those already pending)."""
+def wait_window(db: DatabaseInfo, deletion_id: uuid.UUID, window: float) -> None:
+    """A pending request waits until ``window`` seconds after it was received for others to join
+    its batch (0: only those already pending join; so do those that arrive while another batch
+    holds the apply lock)."""
     if window > 0:
         with db.connect() as conn:
             d = store.fetch(conn, deletion_id)
         if d is not None and d.status is Status.PENDING:
             time.sleep(max(0.0, window - (datetime.now(UTC) - d.received_time).total_seconds()))
+
+
+def claim(db: DatabaseInfo, deletion_id: uuid.UUID, limit: int) -> Batch | Status:
+    """The batch this job runs, or the request's status when there is nothing for it to do: final,
+    or in a batch another job leads."""
     with db.connect() as conn, conn.transaction():
         d = store.lock(conn, deletion_id)
         if d is None:
@@ -61,6 +66,18 @@ def claim(db: DatabaseInfo, deletion_id: uuid.UUID, window: float, limit: int) -
             d = store.add_result(conn, d, {"batch": {"id": str(batch_id), "leader": str(d.id), "requests": 1}})
             return Batch(batch_id, d.id, [d.evolve(batch_id=batch_id)])
         return _form(conn, d, limit)
+
+
+def resume(db: DatabaseInfo, batch_id: uuid.UUID) -> Batch | None:
+    """The batch as its verify job finds it: the members not final yet (None: nothing left)."""
+    with db.connect() as conn:
+        members = [m for m in store.batch_members(conn, batch_id) if not m.status.final]
+    leaders = {_leader(m) for m in members}
+    if not members or len(leaders) != 1 or None in leaders:
+        return None
+    leader = leaders.pop()
+    assert leader is not None
+    return Batch(batch_id, leader, members)
 
 
 def _leader(d: Deletion) -> uuid.UUID | None:

@@ -6,6 +6,7 @@ and its job commit together or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -18,7 +19,8 @@ from service.core.deletions import Deletion
 from service.store import jobs
 from service.store.database import DatabaseInfo
 
-QUEUE = "deletions"
+QUEUE = "deletions"  # claim → apply: what makes a request forgotten
+VERIFY_QUEUE = "verifications"  # verify → purge → complete, one job per batch
 # The task registry (tasks are declared in service.workflow.steps and training_jobs, imported by
 # name when first needed: this module imports neither). Deferring on a caller's connection needs
 # no pool, so it is never opened as is; a worker swaps in a connected connector for its lifetime
@@ -52,6 +54,16 @@ def enqueue_deletions(conn: psycopg.Connection, requests: Sequence[tuple[uuid.UU
         for deletion_id, trace in requests
     ]
     REGISTRY.job_manager.batch_defer_jobs(jobs=jobs, connection=conn)
+
+
+def enqueue_verification(conn: psycopg.Connection, batch_id: uuid.UUID, trace: dict[str, str] | None = None) -> None:
+    """Defer the batch's verify-and-complete job in the caller's transaction (the one that marks its
+    requests forgotten). At most one is queued per batch; a second, deferred by a re-run of the
+    apply job after a crash, finds the first queued and is not needed."""
+    job = REGISTRY.configure_task("verify_batch", queueing_lock=f"verify-{batch_id}", connection=conn)
+    # in a savepoint: the refused insert must not abort the caller's transaction
+    with contextlib.suppress(procrastinate.exceptions.AlreadyEnqueued), conn.transaction():
+        job.defer(batch_id=str(batch_id), trace=dict(trace or {}))
 
 
 def enqueue_callbacks(conn: psycopg.Connection, deletion: Deletion, milestone: str | None = None) -> None:

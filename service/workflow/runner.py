@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import procrastinate
+from procrastinate.worker import Worker
 
 from service.store.database import DatabaseInfo
 from service.workflow.queue import REGISTRY
@@ -25,18 +27,20 @@ log = logging.getLogger(__name__)
 
 def run_queues(
     db: DatabaseInfo,
-    queues: list[str],
+    lanes: Sequence[tuple[Sequence[str], int]],
     *,
     once: bool = False,
-    concurrency: int = 1,
     periodic: Sequence[tuple[float, Callable[[], object]]] = (),
     context: dict[str, Any] | None = None,
 ) -> None:
-    """Run the jobs of ``queues``. Jobs left running by a dead worker (killed mid-step: no
-    heartbeat) go back to the queue, at start and every few seconds while running. With ``once``,
-    return when no job of these queues is queued or running any more. ``periodic``: (seconds,
-    function) pairs called in a thread that often while the worker runs. ``context``: what the
-    tasks find in their job context's ``additional_context`` (their dependencies)."""
+    """Run the jobs of some queues, in lanes: (queues, concurrency) pairs, each a procrastinate
+    worker of its own, so a lane's slow jobs never hold up another lane's. Jobs left running by a
+    dead worker (killed mid-step: no heartbeat) go back to the queue, at start and every few seconds
+    while running. With ``once``, return when no job of these queues is queued or running any
+    more. ``periodic``: (seconds, function) pairs called in a thread that often while the worker
+    runs. ``context``: what the tasks find in their job context's ``additional_context`` (their
+    dependencies). SIGTERM and SIGINT stop every lane after its running jobs."""
+    queues = [q for lane, _ in lanes for q in lane]
 
     async def main() -> None:
         # A second App on an async connector fetches and runs the jobs, while the tasks stay bound to
@@ -46,6 +50,7 @@ def run_queues(
             warnings.simplefilter("ignore", DeprecationWarning)
             app = REGISTRY.with_connector(procrastinate.PsycopgConnector(conninfo=db.url))
         async with app.open_async():
+            app.perform_import_paths()  # type: ignore[no-untyped-call]
             background = [asyncio.create_task(_rescue_stalled(app, queues))]
             after = STALLED_AFTER_SECONDS
             background += [asyncio.create_task(_every(seconds, fn)) for seconds, fn in periodic]
@@ -53,16 +58,7 @@ def run_queues(
                 while True:
                     await _retry_stalled(app, queues, after)
                     after = RESCUE_AFTER_SECONDS
-                    await app.run_worker_async(
-                        queues=queues,
-                        wait=not once,
-                        concurrency=concurrency,
-                        install_signal_handlers=not once,
-                        update_heartbeat_interval=HEARTBEAT_SECONDS,
-                        stalled_worker_timeout=RESCUE_AFTER_SECONDS,
-                        fetch_job_polling_interval=POLL_SECONDS,
-                        additional_context=context or {},
-                    )
+                    await _run_lanes(app, lanes, once, context or {})
                     if not once or not await _unfinished(app, queues):
                         return
                     await asyncio.sleep(POLL_SECONDS)  # another worker still runs one: it may die
@@ -71,6 +67,40 @@ def run_queues(
                     task.cancel()
 
     asyncio.run(main())
+
+
+async def _run_lanes(
+    app: procrastinate.App, lanes: Sequence[tuple[Sequence[str], int]], once: bool, context: dict[str, Any]
+) -> None:
+    """One procrastinate worker per lane, together; a stop signal stops them all."""
+    workers = [
+        Worker(
+            app=app,
+            queues=list(lane),
+            name="+".join(lane),
+            wait=not once,
+            concurrency=concurrency,
+            install_signal_handlers=False,  # one handler for every lane, below
+            update_heartbeat_interval=HEARTBEAT_SECONDS,
+            stalled_worker_timeout=RESCUE_AFTER_SECONDS,
+            fetch_job_polling_interval=POLL_SECONDS,
+            additional_context=context,
+        )
+        for lane, concurrency in lanes
+    ]
+    loop, signals = asyncio.get_running_loop(), () if once else (signal.SIGTERM, signal.SIGINT)
+    for sig in signals:
+        loop.add_signal_handler(sig, _stop_all, workers)
+    try:
+        await asyncio.gather(*(w.run() for w in workers))  # type: ignore[no-untyped-call]
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+def _stop_all(workers: list[Worker]) -> None:
+    for w in workers:
+        w.stop()  # type: ignore[no-untyped-call]
 
 
 async def _retry_stalled(app: procrastinate.App, queues: list[str], after: float) -> None:

@@ -1,15 +1,17 @@
-"""The deletion workflow: one job per request, a sequence of idempotent steps.
+"""The deletion workflow: a sequence of idempotent steps over a batch of requests, in two jobs.
 
-resolve (subject hashes → record ids and knowledge-base documents) → cut (S3T planner; tainted
-stages destroyed in every sequence, rows then files) → suppress (closed-model path: the subject's
-documents leave retrieval, a forget entry of keyed n-gram hashes is added) → apply (materialise
-the clean adapter, publish it, wait until every routable replica acknowledged it; a replica
-that does not is taken out of routing) → verify
-(structural proof, equivalence check, membership and VerbMem probes of the served model; the
-retrieval, leakage, injection and over-refusal probes of the proxy) → purge (record text set to
-NULL, documents and chunks deleted) → complete. The text outlives the cut only until the probes
-have read it. Every state change is a ledger entry in the same transaction as the change. A
-crash anywhere re-runs the job (procrastinate retries stalled jobs): finished steps are no-ops.
+The apply job (one per request; the first to claim leads the batch): claim → resolve (subject
+hashes → record ids and knowledge-base documents) → cut (S3T planner; tainted stages destroyed in
+every sequence, rows then files) → suppress (closed-model path: the subject's documents leave
+retrieval, a forget entry of keyed n-gram hashes is added) → apply (materialise the clean
+adapter, publish it, wait until every routable replica acknowledged it; a replica that does not
+is taken out of routing): the requests are *forgotten*. The verify job (one per batch, in a lane
+of its own so the next batch is applied meanwhile): verify (structural proof, equivalence check,
+membership and VerbMem probes of the served model; the retrieval, leakage, injection and
+over-refusal probes of the proxy) → purge (record text set to NULL, documents and chunks
+deleted) → complete. The text outlives the cut only until the probes have read it. Every state
+change is a ledger entry in the same transaction as the change. A crash anywhere re-runs the job
+(procrastinate retries stalled jobs): finished steps are no-ops.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,7 +45,7 @@ from service.verify import probes, rag_probes
 from service.workflow import batches, training_jobs
 from service.workflow.batches import Batch
 from service.workflow.deps import DEPS, DeletionDeps
-from service.workflow.queue import QUEUE, REGISTRY, enqueue_callbacks
+from service.workflow.queue import QUEUE, REGISTRY, VERIFY_QUEUE, enqueue_callbacks, enqueue_verification
 from shards import served
 
 log = logging.getLogger(__name__)
@@ -64,9 +67,23 @@ def process(deps: DeletionDeps, deletion_id: str, trace: dict[str, str] | None =
         with tracing.tracer.start_as_current_span(
             "workflow.process_deletion", attributes={"lethe.request_id": deletion_id}
         ):
-            return run(deps, uuid.UUID(deletion_id))
+            return apply(deps, uuid.UUID(deletion_id))
     finally:
         tracing.detach(token)
+
+
+@REGISTRY.task(name="verify_batch", queue=VERIFY_QUEUE, retry=5, pass_context=True)
+def verify_batch(context: procrastinate.JobContext, batch_id: str, trace: dict[str, str] | None = None) -> None:
+    """The second half of a batch's saga, in a lane of its own: verify → purge → complete."""
+    deps = _deps(context)
+    token = tracing.attach(trace)
+    try:
+        with tracing.tracer.start_as_current_span("workflow.verify_batch", attributes={"lethe.batch_id": batch_id}):
+            _verify_batch(deps, uuid.UUID(batch_id))
+    finally:
+        tracing.detach(token)
+    if deps.ledger is not None:
+        deps.ledger.maybe_checkpoint()
 
 
 @REGISTRY.task(
@@ -105,11 +122,26 @@ def send_callback(context: procrastinate.JobContext, deletion_id: str, url: str,
     raise RuntimeError(f"status callback failed: {error}")
 
 
-def run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
+def apply(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
+    """The job's work: the apply half of the request's batch (the verify half is a job of its own)."""
     status = _run(deps, deletion_id)
     if deps.ledger is not None:
         deps.ledger.maybe_checkpoint()
     return status
+
+
+def run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
+    """Both halves in this process, one after the other (tools and tests without a worker); the
+    verify job the apply half queued then finds nothing left to do."""
+    status = apply(deps, deletion_id)
+    with deps.db.connect() as conn:
+        d = store.fetch(conn, deletion_id)
+    if d is None or d.status.final or d.batch_id is None:
+        return status
+    _verify_batch(deps, d.batch_id)
+    if deps.ledger is not None:
+        deps.ledger.maybe_checkpoint()
+    return _status(deps.db, deletion_id)
 
 
 STEPS = ("claim", "resolve", "cut", "suppress", "apply", "verify", "purge", "complete")
@@ -155,19 +187,22 @@ class _Member:
 
 
 def _apply(
-    deps: DeletionDeps, plan: Any, batch: Batch, work: list[_Member], shards: list[int]
+    deps: DeletionDeps, plan: Any, batch: Batch, work: list[_Member], shards: list[int], timings: dict[str, float]
 ) -> dict[uuid.UUID, dict[str, Any]]:
     """Roll the served model out to every replica once for the batch and wait for their
     acknowledgements; then, in one transaction, each member is *forgotten*: its ledger entry (the
-    adapters of its shards before and after, the rollout, the batch), its ``forgotten_time`` and
-    its callbacks. A member with no training records (knowledge base only) is forgotten once its
-    documents left retrieval (the suppress step, before this one).
+    adapters of its shards before and after, the rollout, the batch), its ``forgotten_time``, its
+    callbacks, what the apply half of the saga did (for the verify job) and the batch's verify job.
+    A member with no training records (knowledge base only) is forgotten once its documents left
+    retrieval (the suppress step, before this one).
 
     Runs on every run of the job, not only the one that made the cuts: a re-run after a crash (or a
     failure) between the cut and here finds nothing left to cut but must still roll the clean model
     out. Idempotent: the same content keeps its generation; the first run's ledger entries stand."""
+    started = time.perf_counter()
     out = deps.engine.roll_out(plan, batch.leader, _on_wait(deps, work)) if shards else None
     applied: dict[uuid.UUID, dict[str, Any]] = {}
+    phase = {k: round(v, 6) for k, v in {**timings, "apply": time.perf_counter() - started}.items()}
     with deps.db.connect() as conn, conn.transaction():
         changes: dict[str, Any] | None = None
         for m in work:
@@ -182,10 +217,13 @@ def _apply(
                 mine = {k: v for k, v in changes.items() if int(k) in m.shards}
                 applied[d.id] = {"adapters": mine, "rollout": out.to_dict()}
                 store.record(conn, d, "deletion.applied", {**applied[d.id], "batch": batch.info()})
+            if "apply_seconds" not in d.result:
+                d = store.add_result(conn, d, {"apply": applied.get(d.id, {}), "apply_seconds": phase})
             if d.forgotten_time is None:
                 d = store.mark_forgotten(conn, d)
                 store.record(conn, d, "deletion.forgotten", {"batch": batch.info()})
                 enqueue_callbacks(conn, d, "forgotten")
+        enqueue_verification(conn, batch.id, tracing.carrier())
     return applied
 
 
@@ -216,18 +254,25 @@ def _record_desired(conn: Any, shards: list[int], out: rollout.Rollout, deletion
     return changes
 
 
-def _verify(deps: DeletionDeps, plan: Any, ids: list[str], shards: list[int]) -> dict[str, Any]:
-    """Structural proof (no live block's lineage holds a deleted record, the served prefix is the
-    plan's), equivalence (every routable replica serves the published content hash) and, when the
-    worker has a probe configuration and the text is still there, the probes."""
+EQUIVALENCE_SETTLE_SECONDS = 30.0  # a later batch's rollout in flight settles well within this
+PROBE_ATTEMPTS = 3  # a later batch's rollout can swap the adapters out from under a probe run
+
+
+def _verify(deps: DeletionDeps, ids: list[str], shards: list[int]) -> dict[str, Any]:
+    """Structural proof (no live block's lineage holds a deleted record), equivalence (every
+    routable replica serves the batch's generation or a later one, with the content hash published
+    for it) and, when the worker has a probe configuration and the text is still there, the probes.
+
+    Another batch may be applied meanwhile (its own lane): later generations only cut more, so
+    they count as clean for this one; a probe run whose adapters were swapped out by such a
+    rollout is run again on what is served then."""
     db = deps.db
     after = deps.planner.plan(ids)
-    clean = not after.affected and all(p.prefix == plan.shards[k].prefix for k, p in after.shards.items())
+    out: dict[str, Any] = {"method": EXACT, "lineage_excludes_deleted": not after.affected}
+    out["served_prefix"] = {str(k): p.prefix for k, p in sorted(after.shards.items())}
     with db.connect() as conn:
-        want = serving.served(conn)
-        reps = [r for r in serving.replicas(conn) if r.routable]
         texts = s3t.record_texts(conn, deps.keys, ids)
-    out: dict[str, Any] = {"method": EXACT, "lineage_excludes_deleted": clean}
+    want, reps = _settled(db)
     if want is not None:
         out["equivalence"] = {
             "served_sha256": want.adapter_sha256,
@@ -238,9 +283,18 @@ def _verify(deps: DeletionDeps, plan: Any, ids: list[str], shards: list[int]) ->
         }
     cfg = deps.probes
     if cfg is not None and texts and shards:
-        out["membership"] = probes.membership(cfg, _scorer(cfg, want, reps), texts)
-        targets = [(r.id, r.url, r.serving_names or ("base",)) for r in reps]
-        out["verbmem"] = probes.verbmem(targets, texts, cfg.holdout_texts[: 8 * len(texts)])
+        sample = probes.sample(texts, PROBE_RECORDS)
+        for attempt in range(PROBE_ATTEMPTS):
+            try:
+                out.update(_probe(cfg, want, reps, sample))
+                break
+            except httpx.HTTPStatusError as e:
+                moved, reps = _settled(db)
+                if e.response.status_code != 404 or moved == want or attempt + 1 == PROBE_ATTEMPTS:
+                    raise
+                want = moved
+        if len(sample) < len(texts):
+            out["probes_sample"] = {"records": len(sample), "of": len(texts)}
         if out["verbmem"]["unreachable"]:  # acknowledged, then died: out of routing, as a laggard is
             with db.connect() as conn:
                 for rid in out["verbmem"]["unreachable"]:
@@ -248,6 +302,39 @@ def _verify(deps: DeletionDeps, plan: Any, ids: list[str], shards: list[int]) ->
     elif ids and not texts:
         out["probes"] = "skipped: the records' text is already purged (deleted by an earlier request or run)"
     return out
+
+
+PROBE_RECORDS = 32  # deleted records the probes score at most (a burst's batch: a spread sample)
+VERBMEM_HOLDOUT = 32  # never-trained records continued as VerbMem's baseline at most
+
+
+def _probe(cfg: Any, want: Any, reps: list[Any], texts: list[str]) -> dict[str, Any]:
+    targets = [(r.id, r.url, r.serving_names or ("base",)) for r in reps]
+    holdout = cfg.holdout_texts[: min(VERBMEM_HOLDOUT, 8 * len(texts))]
+    return {
+        "membership": probes.membership(cfg, _scorer(cfg, want, reps), texts),
+        "verbmem": probes.verbmem(targets, texts, holdout),
+    }
+
+
+def _settled(db: DatabaseInfo) -> tuple[Any, list[Any]]:
+    """The served model and the routable replicas once no rollout is half-way: every routable
+    replica acknowledged the served generation (a later batch's rollout waits for exactly that),
+    or after EQUIVALENCE_SETTLE_SECONDS, what is there then (the equivalence check says which
+    replica is not on it)."""
+    deadline = time.monotonic() + EQUIVALENCE_SETTLE_SECONDS
+    with serving.listening(db.url, serving.ROUTING_CHANNEL) as listen:
+        while True:
+            with db.connect() as conn, conn.transaction():
+                want = serving.served(conn)
+                reps = [r for r in serving.replicas(conn) if r.routable]
+            settled = want is None or all(
+                r.acked_generation == want.generation and r.serving_sha256 == want.adapter_sha256 for r in reps
+            )
+            if settled or time.monotonic() > deadline:
+                return want, reps
+            for _ in listen.notifies(timeout=0.5, stop_after=1):
+                pass
 
 
 def _scorer(cfg: Any, want: Any, reps: list[Any]) -> Any:
@@ -377,52 +464,77 @@ def _crash_point(step: str) -> None:
 
 
 def _run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
+    """The apply half: claim a batch, resolve, cut, suppress, roll out: the members are forgotten
+    and their batch's verify job is queued. Under the apply lock from the claim on: another batch's
+    cut cannot make this plan stale before it is served, and what arrives meanwhile joins the next."""
     timings: dict[str, float] = {}
-    with _step("claim", timings, deletion_id):
-        batch = batches.claim(deps.db, deletion_id, deps.batch_window, deps.batch_max)
-        if not isinstance(batch, batches.Batch):
-            return batch
-        tracing.annotate({"lethe.batch_id": str(batch.id), "lethe.batch_size": len(batch.members)})
+    batches.wait_window(deps.db, deletion_id, deps.batch_window)
+    with serving.apply_lock(deps.db.url):
+        with _step("claim", timings, deletion_id):
+            batch = batches.claim(deps.db, deletion_id, deps.batch_max)
+            if not isinstance(batch, batches.Batch):
+                return batch
+            tracing.annotate({"lethe.batch_id": str(batch.id), "lethe.batch_size": len(batch.members)})
 
-    with _step("resolve", timings, deletion_id):  # explicit record ids + every record of the subjects, once
-        members = [_Member(d, _resolve(deps.db, d)) for d in batch.members]
-    for m in members:
-        if not m.ids and not m.documents:
-            _nothing_found(deps.db, m.d.id, m.resolved["unknown_record_ids"], timings)
-    work = [m for m in members if m.ids or m.documents]
-    if not work:
-        return _status(deps.db, deletion_id)
-    ids = sorted(set().union(*(m.ids for m in work)))
+        with _step("resolve", timings, deletion_id):  # explicit record ids + every record of the subjects, once
+            members = [_Member(d, _resolve(deps.db, d)) for d in batch.members]
+        for m in members:
+            if not m.ids and not m.documents:
+                _nothing_found(deps.db, m.d.id, m.resolved["unknown_record_ids"], timings)
+        work = [m for m in members if m.ids or m.documents]
+        if not work:
+            return _status(deps.db, deletion_id)
+        ids = sorted(set().union(*(m.ids for m in work)))
 
-    with _step("cut", timings, deletion_id):  # one plan for the batch (idempotent: a re-run finds the cuts)
-        plan = deps.planner.cut(ids)
-        summaries = {m.d.id: _cut_summary(deps.db, m.d.id, plan, m.ids) for m in work}
-        for m in work:
-            m.shards = summaries[m.d.id]["affected_shards"]
+        with _step("cut", timings, deletion_id):  # one plan for the batch (idempotent: a re-run finds the cuts)
+            plan = deps.planner.cut(ids)
+            for m in work:
+                m.shards = _cut_summary(deps.db, m.d.id, plan, m.ids)["affected_shards"]
+            shards = sorted(set().union(*(m.shards for m in work)))
+
+        with _step("suppress", timings, deletion_id):  # closed-model path: out of retrieval, forget entry added
+            for m in work:
+                m.suppressed = _suppress(deps, m.d.id, m.documents)
+
+        with _step("apply", timings, deletion_id):  # one clean model served by every routable replica
+            _apply(deps, plan, batch, work, shards, timings)
+    return _status(deps.db, deletion_id)
+
+
+def _verify_batch(deps: DeletionDeps, batch_id: uuid.UUID) -> None:
+    """The verify half, from what the apply half stored: verify (once for the batch), purge,
+    complete. One run per batch at a time (a re-run of the apply job may queue it twice)."""
+    with serving.advisory_lock(deps.db.url, int.from_bytes(batch_id.bytes[:8], "big", signed=True)):
+        batch = batches.resume(deps.db, batch_id)
+        if batch is None:
+            return
+        started, timings = datetime.now(UTC), dict[str, float]()
+        work = []
+        for d in batch.members:
+            plan = cast(dict[str, Any], d.result["plan"])
+            m = _Member(d, cast(dict[str, list[str]], d.result["resolved"]), list(plan["affected_shards"]))
+            m.suppressed = _suppress(deps, d.id, m.documents)  # finds the entry the apply half made
+            work.append(m)
+        ids = sorted(set().union(*(m.ids for m in work)))
         shards = sorted(set().union(*(m.shards for m in work)))
-
-    with _step("suppress", timings, deletion_id):  # closed-model path: out of retrieval, forget entry added
-        for m in work:
-            m.suppressed = _suppress(deps, m.d.id, m.documents)
-            if m.suppressed:
-                summaries[m.d.id]["documents"] = m.suppressed["documents"]
-
-    with _step("apply", timings, deletion_id):  # one clean model served by every routable replica
-        applied = _apply(deps, plan, batch, work, shards)
-
-    with _step("verify", timings, deletion_id):
-        shared = _verify(deps, plan, ids, shards)
-        verifications = {m.d.id: _verification(deps, m, shared, batch, len(ids)) for m in work}
-
-    with _step("purge", timings, deletion_id):
-        _purge(deps, work, verifications)
-    outcomes = {
-        m.d.id: {"plan": summaries[m.d.id], "apply": applied.get(m.d.id, {}), "verification": verifications[m.d.id]}
-        for m in work
-    }
-    status = _complete(deps.db, batch, work, outcomes, timings)
-    _crash_point("complete")
-    return status
+        with _step("verify", timings, batch.leader):
+            shared = _verify(deps, ids, shards)
+            verifications = {m.d.id: _verification(deps, m, shared, batch, len(ids)) for m in work}
+        with _step("purge", timings, batch.leader):
+            _purge(deps, work, verifications)
+        outcomes = {
+            m.d.id: {
+                "plan": {
+                    **cast(dict[str, Any], m.d.result["plan"]),
+                    **({"documents": m.suppressed["documents"]} if m.suppressed else {}),
+                },
+                "apply": m.d.result.get("apply", {}),
+                "verification": verifications[m.d.id],
+            }
+            for m in work
+        }
+        _complete(deps.db, batch, work, outcomes, timings, started)
+        _crash_point("complete")
 
 
 def _verification(deps: DeletionDeps, m: _Member, shared: dict[str, Any], batch: Batch, records: int) -> dict[str, Any]:
@@ -468,6 +580,7 @@ def _complete(
     work: list[_Member],
     outcomes: dict[uuid.UUID, dict[str, Any]],
     timings: dict[str, float],
+    started: datetime,
 ) -> Status:
     """Every member completed (or failed) with its result, ledger entry and callbacks, in one
     transaction; the cut units' background retrain is queued in it too, once for the batch.
@@ -484,22 +597,26 @@ def _complete(
             if ok and not queued:
                 _queue_retrain(conn, outcome["plan"])
                 queued = True
-            _finish(conn, d, m.resolved, outcome, ok, _waterfall(d, timings, outcome))
+            _finish(conn, d, m.resolved, outcome, ok, _waterfall(d, timings, started, outcome))
         d = store.fetch(conn, batch.leader)
     return d.status if d is not None else Status.FAILED
 
 
-def _waterfall(d: Deletion, timings: dict[str, float], outcome: dict[str, Any]) -> dict[str, float]:
-    """Where the request's time went, in order: queued (accepted → claimed), then the batch's steps,
-    the apply step split into the rollout's stages."""
+def _waterfall(d: Deletion, timings: dict[str, float], started: datetime, outcome: dict[str, Any]) -> dict[str, float]:
+    """Where the request's time went, in order: queued (accepted → claimed), the apply half's steps
+    with the rollout's stages, verify_queued (forgotten → the verify job started), the verify
+    half's steps."""
     rollout_stages = ((outcome.get("apply") or {}).get("rollout") or {}).get("stage_seconds") or {}
     out = {"queued": float(cast(float, d.result.get("queue_seconds", 0.0)))}
-    for step, secs in timings.items():
+    for step, secs in cast(dict[str, float], d.result.get("apply_seconds", {})).items():
         if step == "apply" and rollout_stages:
             out.update({k: float(v) for k, v in rollout_stages.items()})
             out["apply_other"] = max(0.0, secs - sum(rollout_stages.values()))
         else:
-            out[step] = secs
+            out[step] = float(secs)
+    if d.forgotten_time is not None:
+        out["verify_queued"] = max(0.0, (started - d.forgotten_time).total_seconds())
+    out.update(timings)
     return {k: round(v, 6) for k, v in out.items()}
 
 

@@ -114,4 +114,4 @@ def drain(db_url: str, job: TrainingJob, threads: int = 0, position: int = 0) ->
 def run_training_worker(deps: TrainingDeps, *, once: bool = False) -> None:
     import shards.train  # noqa: F401  (torch, transformers, peft: loaded before the first job)
 
-    run_queues(deps.db, [TRAINING_QUEUE], once=once, context={DEPS: deps})
+    run_queues(deps.db, [([TRAINING_QUEUE], 1)], once=once, context={DEPS: deps})
