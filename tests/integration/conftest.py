@@ -123,6 +123,8 @@ def serving_env(embedded_server, trained_s3t, gemma_path, tmp_path_factory):
         grpc_address="127.0.0.1:0",
         serving=ServingSpec(replicas=2, first_port=free_port(), gateway_port=free_port(), ack_timeout_seconds=20),
         rag=RagSpec(top_k=1),  # Gemma reads one retrieved record best (docs/benchmarks.md)
+        # requests submitted back to back join one batch however soon the batch before ends its rollout
+        batch_window_seconds=1.5,
     )
     c = trained_s3t.corpus
     assert training_jobs.train_all(db, lethe.training_job(settings, gemma_path)) == []  # the clone is complete
