@@ -163,6 +163,10 @@ def report(db: dbm.DatabaseInfo, s: Settings, singles: list[dict], burst: list[d
                 (ids,),
             ).fetchall()
         )
+        retrains = conn.execute(
+            "SELECT count(*), count(DISTINCT queueing_lock) FROM procrastinate_jobs WHERE task_name = 'train_unit'"
+        ).fetchone()
+    print(f"background retrain jobs queued: {retrains[0] if retrains else 0} (one per cut unit at most, queueing lock)")
     statuses = {d["request_status"] for d in singles + burst}
     once = all(counts.get(i) == 1 for i in ids)
     print(f"statuses {sorted(statuses)}; exactly one completed ledger entry per request: {once}")

@@ -109,13 +109,13 @@ def main() -> None:
                 while (d := api.get(f"/v1/deletions/{rid}").json())["request_status"] not in ("completed", "failed"):
                     time.sleep(0.05)
                 with psycopg.connect(url) as conn:
-                    received, completed = conn.execute(
-                        "SELECT received_time, completed_time FROM deletion_requests WHERE id = %s", (rid,)
+                    received, forgotten, completed = conn.execute(
+                        "SELECT received_time, forgotten_time, completed_time FROM deletion_requests WHERE id = %s",
+                        (rid,),
                     ).fetchone()  # type: ignore[misc]
-                    acked = conn.execute("SELECT max(acked_at) FROM replicas").fetchone()[0]  # type: ignore[index]
                 rollout = d["result"].get("apply", {}).get("rollout")
-                if rollout:
-                    ttf.append((acked - received).total_seconds())
+                if rollout:  # forgotten: every routable replica acknowledged the clean generation
+                    ttf.append((forgotten - received).total_seconds())
                 done.append((completed - received).total_seconds())
         finally:
             stack.stop()

@@ -9,6 +9,7 @@ retrieval-proxy tests; the tests run in order.
 
 from __future__ import annotations
 
+import signal
 import statistics
 import threading
 import time
@@ -575,6 +576,24 @@ def submit_grpc(e: Env, rid: str, person: corpus.Person) -> None:
         )
 
 
+def watch_completed(e: Env, rids: list[str], stop: threading.Event, violations: list[str]) -> None:
+    """Until ``stop``: snapshots (the requests and the replicas read together) in which a request is
+    completed while a routable replica has not acknowledged its generation; added to ``violations``."""
+    with psycopg.connect(e.db.url, autocommit=True) as conn:
+        while not stop.is_set():
+            with conn.transaction():
+                conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                rows = conn.execute(
+                    "SELECT id, result FROM deletion_requests WHERE status = 'completed' AND id = ANY(%s)",
+                    ([uuid.UUID(r) for r in rids],),
+                ).fetchall()
+                reps = serving_store.replicas(conn)
+            for rid, result in rows:
+                gen = ((result.get("apply") or {}).get("rollout") or {}).get("generation", 0)
+                violations.extend(f"{rid}:{r.id}" for r in reps if r.routable and (r.acked_generation or 0) < gen)
+            time.sleep(0.02)
+
+
 def test_a_burst_arriving_during_a_rollout_is_applied_as_one_batch(env):
     """One deletion is claimed; while the worker works on it, three more arrive (REST and gRPC, one
     of them naming a subject again with one of another's records) and a fifth is cancelled at once.
@@ -591,23 +610,7 @@ def test_a_burst_arriving_during_a_rollout_is_applied_as_one_batch(env):
     first, burst, late = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(3)], str(uuid.uuid4())
     violations: list[str] = []
     stop = threading.Event()
-
-    def watch() -> None:
-        with psycopg.connect(e.db.url, autocommit=True) as conn:
-            while not stop.is_set():
-                with conn.transaction():
-                    conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                    rows = conn.execute(
-                        "SELECT id, result FROM deletion_requests WHERE status = 'completed' AND id = ANY(%s)",
-                        ([uuid.UUID(r) for r in [first, *burst]],),
-                    ).fetchall()
-                    reps = serving_store.replicas(conn)
-                for rid, result in rows:
-                    gen = ((result.get("apply") or {}).get("rollout") or {}).get("generation", 0)
-                    violations.extend(f"{rid}:{r.id}" for r in reps if r.routable and (r.acked_generation or 0) < gen)
-                time.sleep(0.02)
-
-    watcher = threading.Thread(target=watch)
+    watcher = threading.Thread(target=watch_completed, args=(e, [first, *burst], stop, violations))
     watcher.start()
     try:
         assert submit_rest(e, first, people[0]).status_code == 201
@@ -670,3 +673,49 @@ def test_a_burst_arriving_during_a_rollout_is_applied_as_one_batch(env):
     metrics = httpx.get(f"{api}/metrics", timeout=60).text
     assert "lethe_time_to_forgotten_seconds_count" in metrics
     print(f"\nburst: batches {batches}; waterfall of the last {done[burst[-1]]['result']['waterfall']}")
+
+
+@pytest.mark.parametrize("step", ["apply", "verify"])
+def test_a_worker_killed_in_a_batch_on_real_replicas_completes_each_request_once(env, step, monkeypatch):
+    """The stack's worker SIGKILLed right after a batch's step (apply: forgotten, its verify job
+    queued; verify: probes done, nothing purged), two requests of the batch submitted over REST and
+    gRPC: a restarted worker completes each exactly once, in one batch, and no snapshot shows a
+    completed request beside a routable replica behind its generation."""
+    e = env
+    with psycopg.connect(e.db.url) as conn:
+        live = {r[0].rsplit("-", 1)[0] for r in conn.execute("SELECT id FROM records WHERE purged_at IS NULL")}
+    people = [p for p in e.corpus.trained if p.subject_id in live][:2]
+    assert len(people) == 2, "the session's corpus has people left to delete"
+    rids = [str(uuid.uuid4()) for _ in people]
+    stack = e.stack
+    stack.worker.terminate()
+    stack.worker.wait(60)
+    monkeypatch.setenv("LETHE_CRASH_AT", step)
+    stack._start_worker()
+    monkeypatch.delenv("LETHE_CRASH_AT")
+    violations: list[str] = []
+    stop = threading.Event()
+    watcher = threading.Thread(target=watch_completed, args=(e, rids, stop, violations))
+    watcher.start()
+    try:
+        assert submit_rest(e, rids[0], people[0]).status_code == 201
+        submit_grpc(e, rids[1], people[1])
+        assert stack.worker.wait(300) == -signal.SIGKILL  # the crash point fired
+        stack._start_worker()  # takes the dead worker's job back once its heartbeat is stale
+        done = [wait_final(e, rid) for rid in rids]
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        watcher.join()
+    assert violations == []
+    assert [d["request_status"] for d in done] == ["completed"] * 2, done
+    assert done[0]["batch_id"] and done[0]["batch_id"] == done[1]["batch_id"]
+    with psycopg.connect(e.db.url) as conn:
+        kinds = conn.execute(
+            "SELECT body->>'request', kind FROM ledger_entries WHERE body->>'request' = ANY(%s)", (rids,)
+        ).fetchall()
+    for rid in rids:
+        mine = [k for r, k in kinds if r == rid]
+        assert mine.count("deletion.forgotten") == 1 and mine.count("deletion.completed") == 1, mine
+    assert not any(recalled(e, people))
+    assert lethe.ledger(e.db, e.settings).verify().ok
