@@ -35,15 +35,21 @@ class Batch:
         return {"id": str(self.id), "leader": str(self.leader)}
 
 
-def wait_window(db: DatabaseInfo, deletion_id: uuid.UUID, window: float) -> None:
-    """A pending request waits until ``window`` seconds after it was received for others to join
-    its batch (0: only those already pending join; so do those that arrive while another batch
-    holds the apply lock)."""
-    if window > 0:
-        with db.connect() as conn:
-            d = store.fetch(conn, deletion_id)
-        if d is not None and d.status is Status.PENDING:
-            time.sleep(max(0.0, window - (datetime.now(UTC) - d.received_time).total_seconds()))
+def before_claim(db: DatabaseInfo, deletion_id: uuid.UUID, window: float) -> Status | None:
+    """Before the apply lock: the request's status if its job has nothing to do (final, or claimed
+    into a batch another job leads: a burst's members' jobs return at once instead of queueing for
+    the lock one by one), else None, after a pending request waited until ``window`` seconds after
+    it was received for others to join its batch (0: only those already pending join; so do those
+    that arrive while another batch holds the apply lock)."""
+    with db.connect() as conn:
+        d = store.fetch(conn, deletion_id)
+    if d is None:
+        return None  # claim says why
+    if d.status.final or (d.batch_id is not None and _leader(d) != d.id):
+        return d.status
+    if window > 0 and d.status is Status.PENDING:
+        time.sleep(max(0.0, window - (datetime.now(UTC) - d.received_time).total_seconds()))
+    return None
 
 
 def claim(db: DatabaseInfo, deletion_id: uuid.UUID, limit: int) -> Batch | Status:

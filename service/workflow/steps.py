@@ -145,6 +145,9 @@ def run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
 
 
 STEPS = ("claim", "resolve", "cut", "suppress", "apply", "verify", "purge", "complete")
+# result.waterfall's stages in time order (a JSON object in jsonb keeps no order)
+WATERFALL: tuple[str, ...] = ("queued", "claim", "resolve", "cut", "suppress", "materialise", "publish")
+WATERFALL += ("acknowledge", "apply_other", "apply", "verify_queued", "verify", "purge")
 EXACT, SUPPRESSION = "exact (S3T)", "suppression (closed model)"
 
 
@@ -468,7 +471,8 @@ def _run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
     and their batch's verify job is queued. Under the apply lock from the claim on: another batch's
     cut cannot make this plan stale before it is served, and what arrives meanwhile joins the next."""
     timings: dict[str, float] = {}
-    batches.wait_window(deps.db, deletion_id, deps.batch_window)
+    if (done := batches.before_claim(deps.db, deletion_id, deps.batch_window)) is not None:
+        return done
     with serving.apply_lock(deps.db.url):
         with _step("claim", timings, deletion_id):
             batch = batches.claim(deps.db, deletion_id, deps.batch_max)

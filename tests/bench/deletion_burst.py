@@ -43,6 +43,7 @@ from service.serve import Stack, free_port  # noqa: E402
 from service.store import database as dbm  # noqa: E402
 from service.store.deletions import create_api_key  # noqa: E402
 from service.workflow import training_jobs  # noqa: E402
+from service.workflow.steps import WATERFALL  # noqa: E402
 from shards import corpus  # noqa: E402
 from shards.specs import S3TSpec, TrainConfig  # noqa: E402
 from tests.bench.stats import pct  # noqa: E402
@@ -179,7 +180,7 @@ def report(db: dbm.DatabaseInfo, s: Settings, singles: list[dict], burst: list[d
     print("\nwaterfall (s) | one at a time (the last) | burst (its slowest)")
     print("|---|---:|---:|")
     a, b = singles[-1]["result"]["waterfall"], slowest["result"]["waterfall"]
-    for k in dict.fromkeys([*a, *b]):
+    for k in sorted({*a, *b}, key=lambda k: WATERFALL.index(k) if k in WATERFALL else len(WATERFALL)):
         print(f"| {k} | {a.get(k, 0):.3f} | {b.get(k, 0):.3f} |")
 
 
