@@ -149,6 +149,7 @@ def forget(db: DatabaseInfo, record_ids: Iterable[str], *, purge: DataKeys | Non
     p = plan_for(db, ids)
     paths: list[str] = []
     with db.connect() as conn, conn.transaction():
+        store.mark_cut(conn, ids)  # from here every plan counts them deleted and no training reads them
         for shard in p.affected:
             for seq, cut in p.shards[shard].tainted.items():
                 paths += store.destroy(conn, shard, seq, cut)

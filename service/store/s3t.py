@@ -38,13 +38,13 @@ def placement(conn: psycopg.Connection) -> dict[str, tuple[int, int]]:
 def records_by_cell(
     conn: psycopg.Connection, keys: DataKeys, shard: int | None = None
 ) -> dict[tuple[int, int], list[tuple[str, str, bytes]]]:
-    """Training data: (id, text, content hash) of every placed, unpurged record by (shard, slice).
-    A record whose key is already destroyed (a deletion between its purge and its commit) is
-    being deleted: it is left out."""
+    """Training data: (id, text, content hash) of every placed record no deletion has cut or
+    purged, by (shard, slice). A record whose key is already destroyed (a deletion between its
+    purge and its commit) is being deleted: it is left out."""
     out: dict[tuple[int, int], list[tuple[str, str, bytes]]] = {}
     rows = conn.execute(
-        "SELECT shard, slice, id, sealed, key_id, text, content_hash FROM records"
-        " WHERE shard IS NOT NULL AND purged_at IS NULL AND (%s::int IS NULL OR shard = %s) ORDER BY id",
+        "SELECT shard, slice, id, sealed, key_id, text, content_hash FROM records WHERE shard IS NOT NULL"
+        " AND purged_at IS NULL AND cut_at IS NULL AND (%s::int IS NULL OR shard = %s) ORDER BY id",
         (shard, shard),
     )
     for k, s, rid, sealed, key_id, legacy, ch in rows:
@@ -77,7 +77,13 @@ def shards_of(conn: psycopg.Connection, record_ids: list[str]) -> list[int]:
 
 
 def deleted_records(conn: psycopg.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT id FROM records WHERE purged_at IS NOT NULL")}
+    """Records a deletion has cut (their text may wait for the probes) or purged."""
+    return {r[0] for r in conn.execute("SELECT id FROM records WHERE cut_at IS NOT NULL OR purged_at IS NOT NULL")}
+
+
+def mark_cut(conn: psycopg.Connection, ids: Iterable[str]) -> None:
+    """These records are being deleted: no training reads them from now on (in the cut's transaction)."""
+    conn.execute("UPDATE records SET cut_at = now() WHERE id = ANY(%s) AND cut_at IS NULL", (list(ids),))
 
 
 def known_record_ids(conn: psycopg.Connection, ids: Iterable[str]) -> list[str]:

@@ -157,6 +157,33 @@ def test_train_forget_retrain(empty_db, s3t_settings, tiny_model, tmp_path):
     assert training.plan_for(empty_db, []).shards[shard].prefix == 2
 
 
+def test_a_retrain_while_a_deletion_is_verified_never_trains_on_its_records(
+    empty_db, s3t_settings, tiny_model, tmp_path
+):
+    """The workflow cuts first and purges only after its probes have read the text: in between, a
+    background retrain (another batch's, on another worker) must already leave the records out,
+    and every plan must count them deleted; the probes can still read them."""
+    c = ingest(empty_db, s3t_settings, tmp_path)
+    job = lethe.training_job(s3t_settings, tiny_model)
+    training_jobs.train_all(empty_db, job)
+    victim = c.trained[0]
+    ids = lethe.resolve_records(empty_db, s3t_settings, [], [f"email:{victim.email}"])
+    keys = lethe.data_keys(s3t_settings)
+    (shard,) = training.forget(empty_db, ids).affected  # cut, not purged (the probes come first)
+    with psycopg.connect(empty_db.url) as conn:
+        assert store.purged(conn, ids) == 0 and len(store.record_texts(conn, keys, ids)) == len(ids)
+        assert set(ids) <= store.deleted_records(conn)
+        cells = store.records_by_cell(conn, keys, shard)
+    assert not {rid for recs in cells.values() for rid, _, _ in recs} & set(ids)
+    assert all(u.excluded == frozenset(ids) for u in training.pending_units(empty_db, job) if u.shard == shard)
+    retrained = training_jobs.train_all(empty_db, job)
+    assert retrained and all(k == shard for k, _, _ in retrained)
+    with psycopg.connect(empty_db.url) as conn:
+        units = [u for u in store.live_units(conn) if u.shard == shard]
+    assert all(u.excluded == frozenset(ids) for u in units)
+    assert not training.plan_for(empty_db, []).affected  # nothing live saw them
+
+
 def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_db, s3t_settings, tiny_model, tmp_path):
     from service.core.deletions import Status
     from service.workflow import steps
