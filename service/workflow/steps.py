@@ -638,7 +638,9 @@ def _finish(
     d = store.add_result(conn, d, {"unknown_record_ids": unknown, "same_text_records": same})
     methods = ([EXACT] if ids or not documents else []) + ([SUPPRESSION] if documents else [])
     result = {"outcome": "deleted" if ok else "failed", "unknown_records": len(unknown), "same_text": len(same)}
-    stage_seconds = {k: round(v, 6) for k, v in waterfall.items() if k in STEPS}
+    # the saga's steps as they ran (the waterfall splits apply into the rollout's stages)
+    steps = {**cast(dict[str, float], d.result.get("apply_seconds", {})), **waterfall}
+    stage_seconds = {k: round(float(v), 6) for k, v in steps.items() if k in STEPS}
     d = store.transition(
         conn,
         d,

@@ -64,6 +64,7 @@ def test_a_batch_killed_in_a_step_is_resumed_and_every_request_completes_once(em
     assert len({d.batch_id for d in done}) == 1 and done[0].batch_id is not None
     assert all(d.forgotten_time is not None and d.completed_time and d.forgotten_time <= d.completed_time for d in done)
     assert {d.result["batch"]["id"] for d in done} == {str(done[0].batch_id)}
+    assert all(set(d.result["stage_seconds"]) >= set(STEPS) - {"complete"} for d in done)
     assert core.get(cancelled, admin).status is Status.CANCELLED and core.get(cancelled, admin).batch_id is None
     with psycopg.connect(empty_db.url) as conn:
         for rid in rids:
