@@ -288,6 +288,7 @@ class Lethe:
             rag=self.rag,
             batch_window=s.batch_window_seconds,
             batch_max=s.batch_max_requests,
+            retrain_delay=s.retrain_delay_seconds,
         )
 
     def training_deps(self, base_model_path: Path, *, progress: bool = True) -> TrainingDeps:

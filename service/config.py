@@ -129,6 +129,14 @@ class Settings(BaseSettings):
         "rollout); requests pending when it is claimed join it anyway. 0: no wait (lowest latency alone).",
     )
     batch_max_requests: int = Field(256, ge=1, le=10_000, description="Deletions applied together at most.")
+    retrain_delay_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="A background retrain starts this long after the last deletion that queued one (each "
+        "queued retrain postponed with it, at most 10 times this from its own queueing): a burst retrains "
+        "each unit it cut once, after the burst. 0: at once.",
+    )
     deletion_deadline_days: int = Field(30, gt=0, le=90, description="Deadline of a request after receipt.")
     log_format: Literal["text", "json"] = Field("text", description="Log lines on stderr: text or JSON.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Lethe's log level.")

@@ -219,7 +219,7 @@ def _retrain(st: _Story) -> None:
     settings = st.settings
     st.console.print(f"[9/{STEPS}] background retrain of the cut units, roll-out to every replica, ask again")
     t1 = time.perf_counter()
-    retrained = training_jobs.train_all(st.db, lethe.training_job(settings, st.model))
+    retrained = training_jobs.train_all(st.db, lethe.training_job(settings, st.model), restore=False)
     served = publish_current(st.db, settings, timeout=settings.serving.ack_timeout_seconds)
     st.stack.wait_ready(settings.serving.ack_timeout_seconds)
     retrain_s = time.perf_counter() - t1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import statistics
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from shards.planner import Unit, plan
@@ -66,3 +67,17 @@ def capacity(shards: int, slices: int, budget: int, trials: int = 2000, seed: in
         statistics.stdev(runs) if trials > 1 else 0.0,
         closed_form(shards, slices, budget),
     )
+
+
+def served_after(
+    orders: Mapping[int, Sequence[Sequence[int]]], cells: Iterable[tuple[int, int]]
+) -> tuple[dict[int, int], set[tuple[int, int]]]:
+    """The planner's prediction for deleting one record in each (shard, slice) of ``cells`` from
+    units at full depth: the depth served per shard (its best clean prefix) and the (shard,
+    sequence) units cut, which the background retrain trains again (each to full depth)."""
+    units = [Unit(k, j, tuple(o)) for k, seqs in orders.items() for j, o in enumerate(seqs)]
+    placement = {f"r{i}": cell for i, cell in enumerate(cells)}
+    p = plan(units, placement, placement)
+    return {k: sp.prefix for k, sp in sorted(p.shards.items())}, {
+        (k, seq) for k, sp in p.shards.items() for seq in sp.tainted
+    }

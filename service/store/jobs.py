@@ -19,3 +19,31 @@ def workers_since(conn: psycopg.Connection, worker_id: int) -> int:
     """Workers registered after ``worker_id`` (a worker registers once its imports are done)."""
     row = conn.execute("SELECT count(*) FROM procrastinate_workers WHERE id > %s", (worker_id,)).fetchone()
     return int(row[0]) if row else 0
+
+
+def postpone(conn: psycopg.Connection, task_name: str, seconds: float, cap_seconds: float) -> int:
+    """Debounce: push every queued (not yet started) ``task_name`` job to ``seconds`` from now, but
+    never past ``cap_seconds`` after it was first deferred (a steady stream cannot starve it).
+    Procrastinate has no API to reschedule a queued job: its ``scheduled_at`` is what it reads."""
+    cur = conn.execute(
+        """UPDATE procrastinate_jobs j
+              SET scheduled_at = greatest(
+                      coalesce(j.scheduled_at, now()),
+                      least(now() + make_interval(secs => %(s)s),
+                            coalesce((SELECT min(e.at) FROM procrastinate_events e
+                                       WHERE e.job_id = j.id AND e.type = 'deferred'), now())
+                            + make_interval(secs => %(cap)s)))
+            WHERE j.task_name = %(task)s AND j.status = 'todo'""",
+        {"s": seconds, "cap": cap_seconds, "task": task_name},
+    )
+    return cur.rowcount
+
+
+def start_now(conn: psycopg.Connection, task_name: str) -> int:
+    """Make every queued ``task_name`` job due now (undo a debounce's postponement)."""
+    cur = conn.execute(
+        "UPDATE procrastinate_jobs SET scheduled_at = NULL WHERE task_name = %s AND status = 'todo'"
+        " AND scheduled_at > now()",
+        (task_name,),
+    )
+    return cur.rowcount

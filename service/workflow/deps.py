@@ -34,6 +34,7 @@ class DeletionDeps:
     rag: RagProxy | None = None  # the closed-model path's probes go through it; None: not run
     batch_window: float = 0.0  # seconds a claimed request waits for others to join its batch
     batch_max: int = 256  # requests a batch holds at most
+    retrain_delay: float = 0.0  # seconds after the last cut before the cut units retrain (debounce)
 
 
 def deletion_deps(
@@ -50,10 +51,13 @@ def deletion_deps(
     rag: RagProxy | None = None,
     batch_window: float = 0.0,
     batch_max: int = 256,
+    retrain_delay: float = 0.0,
 ) -> DeletionDeps:
     """The saga over S3T units and replica rollouts (the default adapters of its ports)."""
     engine = ReplicaRollout(db, artifacts / "served", ack_timeout, aggregation, fail_closed)
-    return DeletionDeps(db, keys, S3TPlanner(db), engine, ledger, hmac_key, probes, rag, batch_window, batch_max)
+    return DeletionDeps(
+        db, keys, S3TPlanner(db), engine, ledger, hmac_key, probes, rag, batch_window, batch_max, retrain_delay
+    )
 
 
 @dataclass(frozen=True)
@@ -64,3 +68,4 @@ class TrainingDeps:
     job: TrainingJob
     position: int = 0  # the progress bar's line
     progress: bool = True
+    restore: bool = True  # a retrained unit queues the rollout that serves its depth

@@ -33,7 +33,7 @@ class Planner(Protocol):
 class Engine(Protocol):
     """The serving side: the clean model a plan allows, served by every routable replica."""
 
-    def roll_out(self, plan: Plan, request_id: uuid.UUID, on_wait: OnWait) -> rollout.Rollout: ...
+    def roll_out(self, plan: Plan, request_id: uuid.UUID | None, on_wait: OnWait) -> rollout.Rollout: ...
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ReplicaRollout:
     aggregation: str = "merged"  # several shards' adapters: merged or a routing table
     fail_closed: bool = False  # past the timeout, every lagging replica leaves routing
 
-    def roll_out(self, plan: Plan, request_id: uuid.UUID, on_wait: OnWait) -> rollout.Rollout:
+    def roll_out(self, plan: Plan, request_id: uuid.UUID | None, on_wait: OnWait) -> rollout.Rollout:
         return rollout.roll_out(
             self.db,
             plan,

@@ -21,13 +21,13 @@ from service.store.database import DatabaseInfo
 
 QUEUE = "deletions"  # claim → apply: what makes a request forgotten
 VERIFY_QUEUE = "verifications"  # verify → purge → complete, one job per batch
-# The task registry (tasks are declared in service.workflow.steps and training_jobs, imported by
+# The task registry (tasks are declared in service.workflow.steps, restore and training_jobs, imported by
 # name when first needed: this module imports neither). Deferring on a caller's connection needs
 # no pool, so it is never opened as is; a worker swaps in a connected connector for its lifetime
 # (service.workflow.runner).
 REGISTRY = procrastinate.App(
     connector=procrastinate.SyncPsycopgConnector(),
-    import_paths=["service.workflow.steps", "service.workflow.training_jobs"],
+    import_paths=["service.workflow.steps", "service.workflow.restore", "service.workflow.training_jobs"],
 )
 
 

@@ -537,7 +537,7 @@ def _verify_batch(deps: DeletionDeps, batch_id: uuid.UUID) -> None:
             }
             for m in work
         }
-        _complete(deps.db, batch, work, outcomes, timings, started)
+        _complete(deps.db, batch, work, outcomes, timings, started, deps.retrain_delay)
         _crash_point("complete")
 
 
@@ -585,6 +585,7 @@ def _complete(
     outcomes: dict[uuid.UUID, dict[str, Any]],
     timings: dict[str, float],
     started: datetime,
+    retrain_delay: float = 0.0,
 ) -> Status:
     """Every member completed (or failed) with its result, ledger entry and callbacks, in one
     transaction; the cut units' background retrain is queued in it too, once for the batch.
@@ -599,7 +600,7 @@ def _complete(
             outcome = outcomes[d.id]
             ok = Checks.of(outcome["verification"]).complete
             if ok and not queued:
-                _queue_retrain(conn, outcome["plan"])
+                _queue_retrain(conn, outcome["plan"], retrain_delay)
                 queued = True
             _finish(conn, d, m.resolved, outcome, ok, _waterfall(d, timings, started, outcome))
         d = store.fetch(conn, batch.leader)
@@ -650,11 +651,11 @@ def _finish(
     enqueue_callbacks(conn, d)
 
 
-def _queue_retrain(conn: Any, summary: dict[str, Any]) -> None:
+def _queue_retrain(conn: Any, summary: dict[str, Any], delay: float) -> None:
     """The background retrain that restores the cut units' depth (training workers take it); read
     from the units, not the plan: a re-run after a crash finds the cuts already made."""
     layout = s3t.layout(conn)
     cut = [(u.shard, u.sequence) for u in s3t.live_units(conn) if layout and u.depth < layout[1]]
     if cut:
-        training_jobs.enqueue(conn, cut)
+        training_jobs.enqueue(conn, cut, delay)
         summary["retrain_queued"] = [f"{k}/{seq}" for k, seq in cut]

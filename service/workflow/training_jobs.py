@@ -9,6 +9,7 @@ checks first whether the unit still needs training, so a job run twice trains it
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ import procrastinate
 import psycopg
 
 from service import training
-from service.store import s3t
+from service.store import jobs, s3t
 from service.store.database import DatabaseInfo
 from service.training import TrainingJob
 from service.workflow.deps import DEPS, TrainingDeps
@@ -28,6 +29,7 @@ from service.workflow.queue import REGISTRY
 from service.workflow.runner import run_queues
 
 TRAINING_QUEUE = "training"
+RETRAIN_MAX_POSTPONE = 10  # a debounced retrain starts at most this many delays after it was queued
 log = logging.getLogger(__name__)
 
 
@@ -41,38 +43,62 @@ def train_unit(context: procrastinate.JobContext, shard: int, sequence: int) -> 
     log.warning("training unit shard=%d sequence=%d in pid %d", shard, sequence, os.getpid())
     done = training.run_unit(deps.db, deps.job, shard, sequence, progress=deps.progress, position=deps.position)
     log.warning("unit shard=%d sequence=%d %s", shard, sequence, f"published v{done[2]}" if done else "already done")
+    if done and done[2] > 0 and deps.restore:  # a retrain: serve the depth it restored
+        with deps.db.connect() as conn:
+            enqueue_restore(conn)
 
 
-def enqueue(conn: psycopg.Connection, units: Sequence[tuple[int, int]]) -> int:
-    """Queue a training job per (shard, sequence) not already queued or running, in the caller's
-    transaction (a deletion's completion and its retrain jobs commit together); returns how many."""
+def enqueue_restore(conn: psycopg.Connection) -> None:
+    """Queue the rollout that serves what retrained units restored (the deletion lane's
+    ``restore_depth``); units finishing while one is queued share it."""
+    job = REGISTRY.configure_task("restore_depth", queueing_lock="restore-depth", connection=conn)
+    with contextlib.suppress(procrastinate.exceptions.AlreadyEnqueued), conn.transaction():
+        job.defer()
+
+
+def enqueue(conn: psycopg.Connection, units: Sequence[tuple[int, int]], delay: float = 0.0) -> int:
+    """Queue a training job per (shard, sequence) not already queued, in the caller's transaction
+    (a deletion's completion and its retrain jobs commit together); returns how many.
+
+    ``delay`` debounces: the jobs start ``delay`` seconds after the last call that queued
+    training, every queued one postponed with them, so a burst of deletions retrains each unit it
+    cut once, after the burst (never later than ``RETRAIN_MAX_POSTPONE`` delays after queueing)."""
+    if delay > 0:
+        jobs.postpone(conn, "train_unit", delay, RETRAIN_MAX_POSTPONE * delay)
     queued = 0
     for shard, sequence in units:
         lock = _lock(shard, sequence)
         try:
             with conn.transaction():  # a savepoint: a refused defer leaves the others standing
-                train_unit.configure(connection=conn, lock=lock, queueing_lock=lock).defer(
-                    shard=shard, sequence=sequence
-                )
+                train_unit.configure(
+                    connection=conn,
+                    lock=lock,
+                    queueing_lock=lock,
+                    schedule_in={"milliseconds": round(delay * 1000)} if delay > 0 else None,
+                ).defer(shard=shard, sequence=sequence)
             queued += 1
         except procrastinate.exceptions.AlreadyEnqueued:
             pass
     return queued
 
 
-def train_all(db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True) -> list[tuple[int, int, int]]:
+def train_all(
+    db: DatabaseInfo, job: TrainingJob, *, retrain: bool = True, restore: bool = True
+) -> list[tuple[int, int, int]]:
     """Train every pending unit (see ``training.pending_units``) as jobs on the training queue,
     drained here by ``spec.workers`` local worker processes (on a cluster, training-worker pods
-    drain it instead). Returns the (shard, sequence, version) trained."""
+    drain it instead). Returns the (shard, sequence, version) trained. ``restore``: retrained
+    units queue the rollout that serves them (a caller that rolls out itself says False)."""
     todo = training.pending_units(db, job, retrain=retrain)
     if not todo:
         return []
     with db.connect() as conn:
+        jobs.start_now(conn, "train_unit")  # retrains a deletion queued for later: now
         enqueue(conn, [(u.shard, u.sequence) for u in todo])
     workers = max(1, min(len(todo), job.spec.workers or (os.cpu_count() or 1)))
     ctx = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
-    procs = [ctx.Process(target=drain, args=(db.url, job, threads, i), daemon=True) for i in range(workers)]
+    procs = [ctx.Process(target=drain, args=(db.url, job, threads, i, restore), daemon=True) for i in range(workers)]
     try:
         for p in procs:
             p.start()
@@ -101,14 +127,15 @@ def _stop(procs: Sequence[BaseProcess], grace: float = 10.0) -> None:
             p.join()
 
 
-def drain(db_url: str, job: TrainingJob, threads: int = 0, position: int = 0) -> None:
+def drain(db_url: str, job: TrainingJob, threads: int = 0, position: int = 0, restore: bool = True) -> None:
     """Process entry point (a local training worker): run training jobs until none is queued or
     running, taking over the jobs of workers that died."""
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    run_training_worker(TrainingDeps(DatabaseInfo(db_url, embedded=False), job, position), once=True)
+    deps = TrainingDeps(DatabaseInfo(db_url, embedded=False), job, position, restore=restore)
+    run_training_worker(deps, once=True)
 
 
 def run_training_worker(deps: TrainingDeps, *, once: bool = False) -> None:

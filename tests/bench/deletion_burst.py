@@ -19,6 +19,7 @@ are latencies, which do not depend on how well the units memorised.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -37,14 +38,17 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from service import app as lethe  # noqa: E402
+from service import training  # noqa: E402
 from service.api.grpc.gen.lethe.v1 import deletion_pb2, deletion_pb2_grpc  # noqa: E402
 from service.config import ServingSpec, Settings  # noqa: E402
-from service.serve import Stack, free_port  # noqa: E402
+from service.serve import Stack, free_port, settings_env  # noqa: E402
 from service.store import database as dbm  # noqa: E402
+from service.store import s3t  # noqa: E402
 from service.store.deletions import create_api_key  # noqa: E402
 from service.workflow import training_jobs  # noqa: E402
 from service.workflow.steps import WATERFALL  # noqa: E402
 from shards import corpus  # noqa: E402
+from shards.simulate import served_after  # noqa: E402
 from shards.specs import S3TSpec, TrainConfig  # noqa: E402
 from tests.bench.stats import pct  # noqa: E402
 
@@ -58,6 +62,9 @@ def main() -> None:
     ap.add_argument("--people", type=int, default=120, help="trained people (≥ burst + singles)")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--epochs", type=int, default=1, help="epochs a stage (latency does not depend on it)")
+    ap.add_argument(
+        "--retrain", action=argparse.BooleanOptionalAction, default=True, help="then the background retrain"
+    )
     args = ap.parse_args()
     if args.people < args.burst + args.singles:
         raise SystemExit("--people must be at least --burst + --singles")
@@ -95,9 +102,12 @@ def main() -> None:
                 rids = list(pool.map(client.submit, enumerate(people[args.singles : args.singles + args.burst])))
             submitted = time.perf_counter() - t0
             burst = [client.wait(rid) for rid in rids]
+            depth = retrain_after_burst(db, s, stack) if args.retrain else None
         finally:
             stack.stop()
         report(db, s, singles, burst, submitted)
+        if depth is not None:
+            print_depth(*depth)
         dbm.drop_database(server.url, "burst")
 
 
@@ -135,6 +145,67 @@ class Client:
 
     def one_at_a_time(self, person: corpus.Person) -> dict:
         return self.wait(self.submit((0, person)))
+
+
+def retrain_after_burst(db: dbm.DatabaseInfo, s: Settings, stack: Stack) -> tuple:
+    """The background retrain, started once the burst is complete (the cut units' jobs were queued
+    debounced, at each batch's completion): a training worker drains them, the retrained units
+    queue the rollout that serves their depth. Measured against ``lethe simulate``'s planner
+    prediction from the deleted records' cells: the depth served after the burst, the units cut
+    (= retrained), and the depth served after the retrain (every shard back to full)."""
+    with psycopg.connect(db.url) as conn:
+        units = s3t.live_units(conn)
+        placement = s3t.placement(conn)
+        cells = [placement[r] for r in s3t.deleted_records(conn) if r in placement]
+        since = conn.execute("SELECT coalesce(max(id), 0) FROM procrastinate_jobs").fetchone()[0]
+    orders: dict[int, list] = {}
+    for u in sorted(units, key=lambda u: (u.shard, u.sequence)):
+        orders.setdefault(u.shard, []).append(u.order)
+    predicted, predicted_cut = served_after(orders, cells)
+    burst_depth = {k: p.prefix for k, p in training.plan_for(db, []).shards.items()}
+    cut = {(u.shard, u.sequence) for u in units if u.depth < len(u.order)}
+    env = {**os.environ, **settings_env(s), "DATABASE_URL": db.url}
+    t0 = time.perf_counter()
+    worker = subprocess.Popen([sys.executable, "-m", "service", "worker", "--queue", "training"], env=env)
+    try:
+        while True:
+            with psycopg.connect(db.url) as conn:
+                busy = conn.execute(
+                    "SELECT count(*) FROM procrastinate_jobs WHERE task_name IN ('train_unit', 'restore_depth')"
+                    " AND status IN ('todo', 'doing')"
+                ).fetchone()[0]
+            if not busy and stack.ready():
+                break
+            time.sleep(1)
+    finally:
+        worker.terminate()
+        worker.wait(60)
+    seconds_taken = time.perf_counter() - t0
+    with psycopg.connect(db.url) as conn:
+        ran = dict(
+            conn.execute(
+                "SELECT task_name, count(*) FROM procrastinate_jobs WHERE status = 'succeeded' AND id > %s GROUP BY 1",
+                (since,),
+            ).fetchall()
+        )
+        trained = conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'train_unit' AND status = 'succeeded'"
+        ).fetchone()[0]
+    restored = {k: p.prefix for k, p in training.plan_for(db, []).shards.items()}
+    full = {k: len(seqs[0]) for k, seqs in orders.items()}
+    return predicted, burst_depth, predicted_cut, cut, trained, ran, restored, full, seconds_taken
+
+
+def print_depth(predicted, burst_depth, predicted_cut, cut, trained, ran, restored, full, seconds_taken) -> None:
+    print("\n| shard | depth served after the burst: predicted | measured | after the retrain: predicted | measured |")
+    print("|---:|---:|---:|---:|---:|")
+    for k in sorted(full):
+        print(f"| {k} | {predicted[k]} | {burst_depth[k]} | {full[k]} | {restored[k]} |")
+    print(
+        f"units cut: predicted {len(predicted_cut)}, measured {len(cut)} (same units: {predicted_cut == cut}); "
+        f"retrain jobs run for them in all: {trained} (once per unit: {trained == len(cut)}); "
+        f"restore rollouts: {ran.get('restore_depth', 0)}; retrain + roll-out {seconds_taken:.0f} s"
+    )
 
 
 def seconds(d: dict, field: str) -> float:

@@ -20,6 +20,7 @@ from service import app as lethe
 from service import training
 from service.config import Settings
 from service.store import s3t as store
+from service.store import serving
 from service.workflow import training_jobs
 from shards import basemodel, corpus
 from shards.specs import BaseModelSpec, S3TSpec, TrainConfig
@@ -191,7 +192,8 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     core, admin, rid = trained_with_a_request(
         empty_db, s3t_settings, tiny_model, tmp_path, person=1, record_ids=["no-such-record"]
     )
-    assert steps.run(saga(empty_db, s3t_settings), rid) is Status.COMPLETED
+    deps = saga(empty_db, s3t_settings, retrain_delay=600.0)
+    assert steps.run(deps, rid) is Status.COMPLETED
     done = core.get(rid, admin)
     # an id nobody holds is reported as unknown, not a failure of the deletion of what is held
     assert done.result["outcome"] == "deleted" and done.result["unknown_record_ids"] == ["no-such-record"]
@@ -222,10 +224,31 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
     assert sorted(cuts) == ["0", "1"] and all(0 <= b < 2 for b in cuts.values())
     assert cuts[str(done.result["plan"]["served"][str(shard)]["sequence"])] == prefix
     with psycopg.connect(empty_db.url) as conn:
-        jobs = conn.execute("SELECT args FROM procrastinate_jobs WHERE queue_name = 'training' AND status = 'todo'")
-        assert sorted(f"{a['shard']}/{a['sequence']}" for (a,) in jobs) == queued
+        jobs = conn.execute(
+            "SELECT args, scheduled_at > now() + interval '500 seconds' FROM procrastinate_jobs"
+            " WHERE queue_name = 'training' AND status = 'todo'"
+        ).fetchall()
+        assert sorted(f"{a['shard']}/{a['sequence']}" for a, _ in jobs) == queued
+        assert all(later for _, later in jobs)  # debounced: after the burst, not at once
     job = lethe.training_job(s3t_settings, tiny_model)
+    # an operator's `lethe train` (train_all) does not wait for the debounce
     assert training_jobs.train_all(empty_db, job) == [(shard, s, 1) for s in range(2)]
+    # the restored depth is served by one rollout the retrained units queued (deletion lane)
+    with psycopg.connect(empty_db.url) as conn:
+        (restores,) = conn.execute(
+            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'restore_depth' AND status = 'todo'"
+        ).fetchone()
+        before = serving.served(conn)
+    assert restores == 1
+    from service.workflow import restore
+
+    out = restore.restore(deps)
+    assert before is not None and out.served.generation == before.generation + 1
+    m = out.shards[shard]
+    assert m is not None and training.plan_for(empty_db, []).shards[shard].prefix == 2  # full depth again
+    with psycopg.connect(empty_db.url) as conn:
+        assert store.desired(conn)[shard] == (m.path.name, m.sha256)
+    assert restore.restore(deps).served.generation == out.served.generation  # nothing new: no new generation
     with psycopg.connect(empty_db.url) as conn:
         states = conn.execute(
             "SELECT status, count(*) FROM procrastinate_jobs WHERE queue_name = 'training'"
@@ -233,6 +256,40 @@ def test_a_deletion_request_cuts_applies_the_clean_adapter_and_records_it(empty_
             (str(shard),),
         ).fetchall()
     assert dict(states)["succeeded"] >= 2 and "todo" not in dict(states)
+
+
+def test_a_debounced_retrain_waits_for_the_last_cut_but_never_past_its_cap(empty_db):
+    """Each deletion that queues retraining postpones every queued retrain to ``delay`` after it
+    (a burst retrains once, after it), but a job is never pushed past its cap from its own
+    queueing; a refused duplicate still postpones."""
+    lethe.migrate(empty_db)
+    with psycopg.connect(empty_db.url) as conn:
+        assert training_jobs.enqueue(conn, [(0, 0)], delay=30) == 1
+        first = _scheduled(conn)
+        assert 25 < first[(0, 0)] <= 31
+        assert training_jobs.enqueue(conn, [(1, 0)], delay=30) == 1  # a later cut: both wait for it
+        conn.execute("UPDATE procrastinate_jobs SET scheduled_at = now() + interval '5 seconds'")  # time passes
+        assert training_jobs.enqueue(conn, [(1, 0)], delay=30) == 0  # already queued: postponed only
+        assert all(29 < s <= 31 for s in _scheduled(conn).values())
+        conn.execute(  # (0, 0) was queued long ago: its cap (10 × 30 s after) is 5 s from now
+            "UPDATE procrastinate_events SET at = now() - interval '295 seconds' WHERE type = 'deferred'"
+            " AND job_id = (SELECT id FROM procrastinate_jobs WHERE args->>'shard' = '0')"
+        )
+        conn.execute("UPDATE procrastinate_jobs SET scheduled_at = now() + interval '5 seconds'")
+        assert training_jobs.enqueue(conn, [(2, 0)], delay=30) == 1
+        later = _scheduled(conn)
+        assert 4 < later[(0, 0)] <= 6  # at its cap: not postponed again
+        assert 29 < later[(1, 0)] <= 31 and 29 < later[(2, 0)] <= 31
+        assert training_jobs.enqueue(conn, [(1, 0)], delay=0) == 0  # no delay: nothing postponed
+        assert _scheduled(conn) == pytest.approx(later, abs=2)
+
+
+def _scheduled(conn) -> dict[tuple[int, int], float]:
+    rows = conn.execute(
+        "SELECT args, extract(epoch FROM scheduled_at - now()) FROM procrastinate_jobs"
+        " WHERE task_name = 'train_unit' AND status = 'todo'"
+    )
+    return {(a["shard"], a["sequence"]): float(s) for a, s in rows}
 
 
 def test_the_same_text_filed_under_another_subject_is_deleted_too(empty_db, s3t_settings, tiny_model, tmp_path):

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from shards.planner import Unit, plan
 from shards.sequences import cyclic
-from shards.simulate import capacity, closed_form
+from shards.simulate import capacity, closed_form, served_after
 
 
 @st.composite
@@ -92,3 +92,23 @@ def test_capacity_simulator_matches_the_closed_form_within_3_percent():
         r = capacity(m, slices, budget, trials=2000, seed=1)
         assert r.relative_error < 0.03, r
     assert closed_form(5, 4, 4) / closed_form(5, 4, 1) > 1.5  # S3T beats SISA on capacity
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 3),
+    st.integers(1, 4),
+    st.integers(1, 3),
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3)), max_size=8),
+)
+def test_the_burst_prediction_serves_the_longest_prefix_free_of_every_deleted_cell(m, slices, budget, cells):
+    """``served_after`` (what a burst's bench compares the service with): per shard, the longest
+    sequence prefix that holds no deleted cell; cut units are those whose order holds one."""
+    orders = {k: cyclic(slices, min(budget, slices)) for k in range(m)}
+    cells = [(k % m, s % slices) for k, s in cells]
+    depth, cut = served_after(orders, cells)
+    for k, seqs in orders.items():
+        dirty = {s for kk, s in cells if kk == k}
+        prefixes = [next((i for i, s in enumerate(o) if s in dirty), len(o)) for o in seqs]
+        assert depth[k] == max(prefixes)
+        assert {j for kk, j in cut if kk == k} == {j for j, p in enumerate(prefixes) if p < len(seqs[j])}
