@@ -195,7 +195,8 @@ def _apply(
     """Roll the served model out to every replica once for the batch and wait for their
     acknowledgements; then, in one transaction, each member is *forgotten*: its ledger entry (the
     adapters of its shards before and after, the rollout, the batch), its ``forgotten_time``, its
-    callbacks, what the apply half of the saga did (for the verify job) and the batch's verify job.
+    callbacks, what the apply half of the saga did (for the verify job: the rollout, the step times,
+    the suppression summary) and the batch's verify job.
     A member with no training records (knowledge base only) is forgotten once its documents left
     retrieval (the suppress step, before this one).
 
@@ -221,7 +222,8 @@ def _apply(
                 applied[d.id] = {"adapters": mine, "rollout": out.to_dict()}
                 store.record(conn, d, "deletion.applied", {**applied[d.id], "batch": batch.info()})
             if "apply_seconds" not in d.result:
-                d = store.add_result(conn, d, {"apply": applied.get(d.id, {}), "apply_seconds": phase})
+                done = {"apply": applied.get(d.id, {}), "apply_seconds": phase, "suppressed": m.suppressed}
+                d = store.add_result(conn, d, done)
             if d.forgotten_time is None:
                 d = store.mark_forgotten(conn, d)
                 store.record(conn, d, "deletion.forgotten", {"batch": batch.info()})
@@ -517,7 +519,9 @@ def _verify_batch(deps: DeletionDeps, batch_id: uuid.UUID) -> None:
         for d in batch.members:
             plan = cast(dict[str, Any], d.result["plan"])
             m = _Member(d, cast(dict[str, list[str]], d.result["resolved"]), list(plan["affected_shards"]))
-            m.suppressed = _suppress(deps, d.id, m.documents)  # finds the entry the apply half made
+            # what the apply half's suppress step did (a result from before it was kept: re-derived)
+            kept = d.result.get("suppressed")
+            m.suppressed = cast(dict[str, Any], kept) if kept is not None else _suppress(deps, d.id, m.documents)
             work.append(m)
         ids = sorted(set().union(*(m.ids for m in work)))
         shards = sorted(set().union(*(m.shards for m in work)))
