@@ -76,12 +76,14 @@ def records_sha256(content_hashes: Iterable[bytes]) -> str:
 
 def tensors_sha256(path: Path) -> str:
     """sha256 over a safetensors file's tensors in name order (independent of file layout)."""
+    import torch  # safe_open's "pt" framework loads it anyway; not at import (reconcilers import this)
+
     h = hashlib.sha256()
     with safe_open(str(path), framework="pt") as st:
         for name in sorted(st.keys()):
             t = st.get_tensor(name).contiguous()
             h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
-            h.update(t.numpy().tobytes())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes: any dtype (bf16 too), no copy
     return h.hexdigest()
 
 

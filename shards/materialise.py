@@ -101,8 +101,25 @@ def truncate(
     return _publish(kept, cfg, out_root, name)
 
 
-def merge(adapters: Sequence[Path], out_root: Path, name: str) -> Materialised:
-    """One LoRA equal to the average of the given (already truncated) shard adapters' deltas."""
+def serving_dtype(adapter_dir: Path) -> torch.dtype:
+    """The dtype vLLM serves the adapter's base model in (and casts a loaded LoRA's weights to);
+    float32 when the base model cannot be read."""
+    from shards.modelinfo import BaseModelError, profile
+
+    base = json.loads((adapter_dir / CONFIG).read_text()).get("base_model_name_or_path")
+    try:
+        dtype = profile(Path(base)).dtype if base else "float32"
+    except BaseModelError:
+        dtype = "float32"
+    return torch.bfloat16 if dtype == "bfloat16" else torch.float32
+
+
+def merge(adapters: Sequence[Path], out_root: Path, name: str, dtype: torch.dtype | None = None) -> Materialised:
+    """One LoRA equal to the average of the given (already truncated) shard adapters' deltas.
+
+    ``dtype``: the tensors' dtype on disk (default: as trained). Written in the dtype the replicas
+    cast to when loading (``serving_dtype``), the served weights are the same bits at half the
+    bytes to write, hash, hash again on every replica and load."""
     if not adapters:
         raise ValueError("nothing to merge: every shard is dead")
     loaded = [_read(a) for a in adapters]
@@ -124,8 +141,8 @@ def merge(adapters: Sequence[Path], out_root: Path, name: str) -> Materialised:
             else:  # this shard has no LoRA on the module (truncated there): a zero slot keeps ranks aligned
                 a_parts.append(torch.zeros_like(ref_a))
                 b_parts.append(torch.zeros_like(ref_b))
-        merged[f"{mod}.lora_A.weight"] = torch.cat(a_parts, dim=0)
-        merged[f"{mod}.lora_B.weight"] = torch.cat(b_parts, dim=1)
+        merged[f"{mod}.lora_A.weight"] = torch.cat(a_parts, dim=0).to(dtype or a_parts[0].dtype)
+        merged[f"{mod}.lora_B.weight"] = torch.cat(b_parts, dim=1).to(dtype or b_parts[0].dtype)
     base_cfg = loaded[0][1]
     layers = sorted({blocks.layer_of(k) for k in merged} - {None})  # type: ignore[type-var]
     cfg = {

@@ -96,7 +96,7 @@ def materialise(db: DatabaseInfo, plan: Any, served_root: Path, aggregation: str
     if aggregation == "routing":
         table = mat.routing({k: m for k, m in per_shard.items() if m is not None}, served_root, "routing")
         return Materialisation(table.path, table.sha256, "routing", per_shard)
-    merged = mat.merge([m.path for m in live], served_root, "merged")
+    merged = mat.merge([m.path for m in live], served_root, "merged", mat.serving_dtype(live[0].path))
     return Materialisation(merged.path, merged.sha256, "merged", per_shard)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import get_peft_model
+from safetensors.torch import load_file
 from transformers import AutoTokenizer, LlamaForCausalLM
 
 from service.core.identity import content_hash
@@ -179,6 +180,36 @@ def test_merged_adapter_is_the_average_of_shard_deltas(models, slices, tmp_path)
     for n in base:
         expected = ((da[n] - base[n]) + (db[n] - base[n])) / 2
         torch.testing.assert_close(dm[n] - base[n], expected, atol=2e-6, rtol=1e-4)
+
+
+def test_a_merge_written_in_the_serving_dtype_holds_the_bits_a_replica_would_cast_to(models, trained_unit, tmp_path):
+    """vLLM casts a loaded LoRA to the model's dtype: a bf16 base model's merged adapter written in
+    bf16 serves the same bits as the fp32 merge, and its content hash says which one it is."""
+    a = materialise.truncate(stage_dir(trained_unit[0], 3), 3, 4, 4, tmp_path / "out", "s0")
+    assert materialise.serving_dtype(a.path) == torch.float32  # the tiny Llama is served in fp32
+    fp32 = materialise.merge([a.path, a.path], tmp_path / "out", "m32")
+    bf16 = materialise.merge([a.path, a.path], tmp_path / "out", "m16", torch.bfloat16)
+    t32, t16 = load_file(str(fp32.path / materialise.WEIGHTS)), load_file(str(bf16.path / materialise.WEIGHTS))
+    assert t32.keys() == t16.keys() and all(t.dtype == torch.bfloat16 for t in t16.values())
+    assert all(torch.equal(t32[k].to(torch.bfloat16), t16[k]) for k in t32)
+    assert (
+        fp32.sha256 != bf16.sha256
+        and (bf16.path / materialise.WEIGHTS).stat().st_size < (fp32.path / materialise.WEIGHTS).stat().st_size * 0.6
+    )
+
+    base = tmp_path / "bf16-base"  # a base model that says it is bf16: its adapters are served in bf16
+    shutil.copytree(models[4], base)
+    conf = json.loads((base / "config.json").read_text())
+    (base / "config.json").write_text(json.dumps({**conf, "torch_dtype": "bfloat16", "dtype": "bfloat16"}))
+    moved = tmp_path / "moved"
+    shutil.copytree(a.path, moved)
+    adapter_cfg = json.loads((moved / materialise.CONFIG).read_text())
+    (moved / materialise.CONFIG).write_text(json.dumps({**adapter_cfg, "base_model_name_or_path": str(base)}))
+    assert materialise.serving_dtype(moved) == torch.bfloat16
+    (moved / materialise.CONFIG).write_text(
+        json.dumps({**adapter_cfg, "base_model_name_or_path": str(tmp_path / "gone")})
+    )
+    assert materialise.serving_dtype(moved) == torch.float32
 
 
 def test_background_retrain_carries_the_clean_prefix_and_excludes_deleted_records(
