@@ -8,15 +8,26 @@ dies (an einsum error); with one they broadcast. Upstream: vllm-project/vllm#166
 (fixed for the GPU runner by #51597). Here the logits path gets the per-token mapping of the rows
 it is called with: their offset in the step's hidden states, looked up in the token mapping.
 Other versions are left alone (the patch names 0.32's internals).
+
+It also shortens how long an idle vLLM process spins on its shared-memory message queue after a
+read (vLLM: 1 s of ``sched_yield``; here ``LETHE_VLLM_SPIN_SECONDS``, default 0.05, then it waits
+on its socket). On a GPU host the spinning cores are spare; here the replicas' engines and
+workers share a few CPU cores with each other and with the model: after every message (a
+request, an adapter load) each spun for a second, and a rollout's second replica waited that
+long for a core to load its adapter (acknowledge ≈ 1.05 s against 0.1 s). A step of a busy
+engine reads every few milliseconds, so it stays on the spinning path.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import os
 from typing import Any
 
 PATCHED_VERSION = "0.32.0"
+SPIN_ENV = "LETHE_VLLM_SPIN_SECONDS"
+DEFAULT_SPIN_SECONDS = 0.05
 _BATCH: contextvars.ContextVar[Any] = contextvars.ContextVar("lethe_prompt_logprob_batch", default=None)
 log = logging.getLogger(__name__)
 
@@ -31,6 +42,28 @@ def register() -> None:
             PATCHED_VERSION,
         )
         return
+    _patch_prompt_logprobs()
+    _patch_idle_spin(float(os.environ.get(SPIN_ENV, DEFAULT_SPIN_SECONDS)))
+
+
+def _patch_idle_spin(seconds: float) -> None:
+    from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
+
+    if getattr(SpinCondition, "_lethe_spin", None) is not None:
+        return
+    wait = SpinCondition.wait
+
+    # patched at the call, not the constructor: a queue made before the plugin loaded is covered
+    def short_spin_wait(self: Any, timeout_ms: int | None = None) -> None:
+        if getattr(self, "busy_loop_s", 0) > seconds:
+            self.busy_loop_s = seconds
+        wait(self, timeout_ms)
+
+    SpinCondition.wait = short_spin_wait  # type: ignore[method-assign]
+    SpinCondition._lethe_spin = seconds  # type: ignore[attr-defined]
+
+
+def _patch_prompt_logprobs() -> None:
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
     from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 

@@ -200,7 +200,8 @@ def print_depth(predicted, burst_depth, predicted_cut, cut, trained, ran, restor
     print("\n| shard | depth served after the burst: predicted | measured | after the retrain: predicted | measured |")
     print("|---:|---:|---:|---:|---:|")
     for k in sorted(full):
-        print(f"| {k} | {predicted[k]} | {burst_depth[k]} | {full[k]} | {restored[k]} |")
+        # a shard every one of whose slices lost a record is dead (depth 0): no entry in the plan
+        print(f"| {k} | {predicted.get(k, 0)} | {burst_depth.get(k, 0)} | {full[k]} | {restored.get(k, 0)} |")
     print(
         f"units cut: predicted {len(predicted_cut)}, measured {len(cut)} (same units: {predicted_cut == cut}); "
         f"retrain jobs run for them in all: {trained} (once per unit: {trained == len(cut)}); "
