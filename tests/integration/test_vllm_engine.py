@@ -117,3 +117,38 @@ def test_vllm_logprobs_with_s3t_adapters_match_transformers_and_peft(engine, ada
             abs(x - y) > 1e-2 for x, y in zip(served, base, strict=True)
         )
     assert differs  # the adapter is really applied
+
+
+def test_an_idle_vllm_process_waits_on_its_socket_instead_of_spinning_on_shared_cores(engine):
+    """vLLM 0.32 spins (sched_yield) for 1 s after each message on its shared-memory queue; on the
+    CPU cores the replicas share, that starved the other replica's adapter load. Lethe's plugin
+    (loaded with the engine) cuts the spin to LETHE_VLLM_SPIN_SECONDS: a reader idle for longer
+    parks on its socket, a recent one still spins."""
+    import time
+    import uuid
+
+    import zmq
+    from vllm.distributed.device_communicators.shm_broadcast import SpinCondition
+
+    from service.serving import vllm_plugin
+
+    assert SpinCondition._lethe_spin == vllm_plugin.DEFAULT_SPIN_SECONDS
+    ctx = zmq.Context()
+    address = f"inproc://lethe-spin-{uuid.uuid4().hex}"
+    writer = SpinCondition(False, ctx, address)
+    reader = SpinCondition(True, ctx, address)
+    try:
+        reader.last_read = time.monotonic() - 0.5  # idle for 0.5 s: within vLLM's 1 s spin
+        t = time.monotonic()
+        reader.wait(timeout_ms=300)
+        assert time.monotonic() - t >= 0.25  # parked until the timeout, not spinning back at once
+        reader.record_read()
+        t = time.monotonic()
+        reader.wait(timeout_ms=300)
+        assert time.monotonic() - t < 0.2  # just read: still on the fast path
+    finally:
+        for c in (writer, reader):
+            for s in (c.local_notify_socket, c.read_cancel_socket, c.write_cancel_socket):
+                if s is not None:
+                    s.close(0)
+        ctx.term()
