@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tools the deploy/ops tests run besides Python: promtool + a Prometheus server (Debian's
-# package), kubectl (its built-in kustomize) and checkov (in its own venv: its pins clash with
+# package), kubectl (its built-in kustomize), chromium (the report test) and checkov (in its own venv: its pins clash with
 # Lethe's). Idempotent and quick once done; `make test` runs it (the demo needs none of them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,8 @@ apt_install() {
 
 command -v promtool >/dev/null && command -v prometheus >/dev/null || apt_install prometheus
 command -v kubectl >/dev/null || apt_install kubectl
+# the report test opens a deletion's page in it (playwright drives it; never downloads a browser)
+command -v chromium >/dev/null || apt_install chromium
 
 CHECKOV="$VENV/tools/checkov"
 STAMP="$CHECKOV/.installed-$(sha256sum requirements/checkov.lock | cut -c1-16)"

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from service.core.deletions import Deletions
     from service.core.kb import AddResult, KnowledgeBase
+    from service.core.reports import Reports
     from service.ledger.log import Ledger
     from service.rag.embed import MiniLM
     from service.rag.proxy import RagProxy
@@ -218,6 +219,13 @@ class Lethe:
         )
 
     @cached_property
+    def reports(self) -> Reports:
+        from service.core.reports import Reports
+        from service.report.evidence import Evidence
+
+        return Reports(self.deletions, Evidence(self.db, self.ledger))
+
+    @cached_property
     def kb(self) -> KnowledgeBase:
         from service.core.forget import index_key
         from service.core.kb import KnowledgeBase
@@ -250,7 +258,7 @@ class Lethe:
 
         registry = prometheus_client.CollectorRegistry()
         registry.register(LetheCollector(db))
-        return create_app(self.deletions, self.ledger, self.authenticator, ready, registry, self.kb)
+        return create_app(self.deletions, self.ledger, self.authenticator, ready, registry, self.kb, self.reports)
 
     def grpc_server(self, address: str | None = None) -> tuple[Server, int]:
         """The gRPC server (not started) over the same core as REST; TLS/mTLS when configured."""
@@ -268,7 +276,7 @@ class Lethe:
                 require_client_auth=ca is not None,
             )
         address = address or s.grpc_address
-        return build_server(self.deletions, self.ledger, self.authenticator, address, creds, self.kb)
+        return build_server(self.deletions, self.ledger, self.authenticator, address, creds, self.kb, self.reports)
 
     def deletion_deps(self) -> DeletionDeps:
         """What the deletion worker's saga acts on."""
@@ -317,6 +325,10 @@ def ledger(db: _database.DatabaseInfo, settings: Settings) -> Ledger:
 
 def kb_core(db: _database.DatabaseInfo, settings: Settings) -> KnowledgeBase:
     return Lethe(settings, db).kb
+
+
+def reports(db: _database.DatabaseInfo, settings: Settings) -> Reports:
+    return Lethe(settings, db).reports
 
 
 def rag_proxy(db: _database.DatabaseInfo, settings: Settings) -> RagProxy | None:

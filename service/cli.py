@@ -166,6 +166,47 @@ def plan(
         print(training.describe(training.plan_for(db, ids)))
 
 
+@app.command()
+def report(
+    ctx: typer.Context,
+    deletion_id: Annotated[str, typer.Argument(help="The deletion's subject_request_id.")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", dir_okay=False, help="Write here (default: stdout).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report's JSON twin instead of the page.")] = False,
+) -> None:
+    """One self-contained HTML page on what a deletion did and the evidence that it holds (the
+    same as GET /v1/deletions/{id}/report): no identity, record or record id on it."""
+    import json
+    import uuid
+
+    from service import app as lethe
+    from service.core.deletions import Principal, Scope
+    from service.core.errors import NotFound
+    from service.report import page
+
+    try:
+        rid = uuid.UUID(deletion_id)
+    except ValueError:
+        console.print(f"[red]not a deletion id (a UUID): {deletion_id!r}[/red]")
+        raise typer.Exit(2) from None
+    settings = _settings(ctx)
+    operator = Principal("cli", frozenset({Scope.DELETIONS_READ.value}))  # whoever can read the database
+    with lethe.database(settings) as db:
+        lethe.migrate(db, settings)
+        try:
+            doc = lethe.reports(db, settings).get(rid, operator)
+        except NotFound as e:
+            console.print(f"[red]{e}[/red]")
+            raise typer.Exit(1) from None
+    text = json.dumps(doc, indent=1, sort_keys=True) if as_json else page.render(doc)
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        console.print(f"wrote {output} ({len(text.encode()):,} bytes)")
+
+
 @ledger_app.command("verify")
 def ledger_verify(
     ctx: typer.Context,

@@ -15,8 +15,8 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from service.core import errors, merkle
-from service.core.chain import Entry
-from service.ledger.checkpoint import Checkpoint, public_pem, sign
+from service.core.chain import Entry, chain_hash
+from service.ledger.checkpoint import Checkpoint, open_note_by, public_pem, sign
 from service.ledger.verify import Report, verify
 from service.store import ledger as store
 from service.store.database import DatabaseInfo
@@ -97,6 +97,48 @@ class Ledger:
                 raise errors.NotFound(f"no ledger entry {seq}")
             proof = merkle.inclusion_proof(seq - 1, store.leaf_hashes(conn, cp[0]))
         return Receipt(entry, cp[2], cp[0], proof)
+
+    def proofs_about(self, request_id: str) -> dict[str, Any]:
+        """A request's entries, each checked as a verifier would: its chain hash recomputed, its
+        inclusion proof against the newest checkpoint, whose signature is checked with the
+        public key (or a retired one)."""
+        cp = self.checkpoint()
+        with self.db.connect() as conn:
+            entries = store.entries_about(conn, request_id)
+            leaves = store.leaf_hashes(conn, cp[0]) if cp else []
+        signed: Checkpoint | None = None
+        if cp is not None:
+            try:
+                signed = open_note_by(cp[2], [(self.key_name, self.key.public_key()), *self.retired])
+            except ValueError:
+                signed = None
+        rows = []
+        for e in entries:
+            chained = chain_hash(e.prev_hash, e.seq, e.kind, e.body, e.created_at) == e.row_hash
+            included = None
+            if cp is not None and signed is not None and e.seq <= cp[0]:
+                proof = merkle.inclusion_proof(e.seq - 1, leaves)
+                included = merkle.verify_inclusion(e.seq - 1, cp[0], merkle.leaf_hash(e.row_hash), proof, signed.root)
+            rows.append(
+                {
+                    "seq": e.seq,
+                    "kind": e.kind,
+                    "created_at": e.created_at,
+                    "row_hash": e.row_hash.hex(),
+                    "chain_ok": chained,
+                    "inclusion_ok": included,
+                }
+            )
+        checkpoint = None
+        if cp is not None:
+            checkpoint = {
+                "size": cp[0],
+                "root": cp[1].hex(),
+                "key_name": self.key_name,
+                "origin": self.origin,
+                "signature_ok": signed is not None and signed.root == cp[1] and signed.size == cp[0],
+            }
+        return {"entries": rows, "checkpoint": checkpoint}
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         with self.db.connect() as conn:

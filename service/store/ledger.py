@@ -86,6 +86,16 @@ def entry(conn: psycopg.Connection, seq: int) -> Entry | None:
     return Entry(row[0], row[1], row[2], row[3], bytes(row[4]), bytes(row[5])) if row else None
 
 
+def entries_about(conn: psycopg.Connection, request_id: str) -> list[Entry]:
+    """A request's entries, in order (indexed by the request's id)."""
+    rows = conn.execute(
+        "SELECT seq, kind, body, created_at, prev_hash, row_hash FROM ledger_entries"
+        " WHERE body->>'request' = %s ORDER BY seq",
+        (request_id,),
+    ).fetchall()
+    return [Entry(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5])) for r in rows]
+
+
 def size(conn: psycopg.Connection) -> int:
     row = conn.execute("SELECT coalesce(max(seq), 0) FROM ledger_entries").fetchone()
     return int(row[0]) if row else 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg.types.json import Jsonb
@@ -164,6 +165,18 @@ def live_units(conn: psycopg.Connection) -> list[LiveUnit]:
         LiveUnit(k, j, tuple(order), v, int(depth or 0), frozenset(excl or ()), path, nxt)
         for k, j, order, v, depth, excl, path, nxt in rows
     ]
+
+
+def live_lineage(
+    conn: psycopg.Connection, shard: int, sequence: int, version: int, stage: int
+) -> dict[str, Any] | None:
+    """The lineage (shards/lineage.py's UnitLineage as JSON) of a stage that is not destroyed."""
+    row = conn.execute(
+        "SELECT lineage FROM s3t_artifacts WHERE shard = %s AND sequence = %s AND version = %s AND stage = %s"
+        " AND destroyed_at IS NULL",
+        (shard, sequence, version, stage),
+    ).fetchone()
+    return dict(row[0]) if row else None
 
 
 def destroy(conn: psycopg.Connection, shard: int, sequence: int, from_stage: int) -> list[str]:

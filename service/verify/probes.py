@@ -209,17 +209,46 @@ def _membership_figures(got: list[dict[str, float]], ref: list[dict[str, float]]
     from shards import mia
 
     out: dict[str, Any] = {"records": n, "holdout_records": len(got) - n}
+    # each record's score per attack, numbers only and in no record's order of ids (the report
+    # plots their distributions and ROC curves; the workflow keeps them out of the ledger)
+    scores: dict[str, dict[str, list[float]]] = {"deleted": {}, "holdout": {}}
     for attack in ("loss", "zlib", "min_k", "min_k_pp"):
         if not all(attack in g for g in got):  # Min-K%++ is left out where it cannot be estimated
             continue
-        scores = [g[attack] for g in got]
-        out[f"auc_{attack}"] = round(mia.auc(scores[:n], scores[n:]), 4)
+        values = [g[attack] for g in got]
+        out[f"auc_{attack}"] = round(mia.auc(values[:n], values[n:]), 4)
+        scores["deleted"][attack], scores["holdout"][attack] = _rounded(values[:n]), _rounded(values[n:])
     calibrated = [g["loss"] - r["loss"] for g, r in zip(got, ref, strict=True)]
     out["auc_loss_calibrated"] = round(mia.auc(calibrated[:n], calibrated[n:]), 4)
+    scores["deleted"]["loss_calibrated"] = _rounded(calibrated[:n])
+    scores["holdout"]["loss_calibrated"] = _rounded(calibrated[n:])
+    out[SCORES] = scores
     holdout_losses = sorted(g["loss"] for g in got[n:])
     out["deleted_mean_loss"] = round(statistics.fmean(g["loss"] for g in got[:n]), 4)
     out["holdout_loss_p5"] = round(holdout_losses[max(0, int(0.05 * len(holdout_losses)) - 1)], 4)
     out.update(verdict(max(v for k, v in out.items() if k.startswith("auc_")), n, len(got) - n))
+    return out
+
+
+SCORES = "scores"  # the per-record scores' key in a membership figure
+
+
+def _rounded(values: Sequence[float]) -> list[float]:
+    return sorted(round(v, 4) for v in values)
+
+
+def split_scores(verification: dict[str, Any]) -> dict[str, Any]:
+    """Take the per-record scores out of a verification (in place): {"membership": …, "by_shard":
+    {shard: …}}, empty without a membership probe."""
+    m = verification.get("membership")
+    if not isinstance(m, dict):
+        return {}
+    out: dict[str, Any] = {}
+    if SCORES in m:
+        out["membership"] = m.pop(SCORES)
+    by_shard = {k: f.pop(SCORES) for k, f in (m.get("by_shard") or {}).items() if SCORES in f}
+    if by_shard:
+        out["by_shard"] = by_shard
     return out
 
 

@@ -639,8 +639,12 @@ def _finish(
 ) -> None:
     ids, documents = resolved["records"], resolved["documents"]
     unknown, same = resolved["unknown_record_ids"], resolved.get("same_text_records", [])
-    # the ids stay out of the ledger (counts only)
-    d = store.add_result(conn, d, {"unknown_record_ids": unknown, "same_text_records": same})
+    # the ids stay out of the ledger (counts only), and so do the probes' per-record scores (the
+    # report's plots): the entry keeps the figures made of them
+    kept: dict[str, Any] = {"unknown_record_ids": unknown, "same_text_records": same}
+    if scores := probes.split_scores(outcome.get("verification") or {}):
+        kept["probe_scores"] = scores
+    d = store.add_result(conn, d, kept)
     methods = ([EXACT] if ids or not documents else []) + ([SUPPRESSION] if documents else [])
     result = {"outcome": "deleted" if ok else "failed", "unknown_records": len(unknown), "same_text": len(same)}
     # the saga's steps as they ran (the waterfall splits apply into the rollout's stages)

@@ -36,6 +36,7 @@ from service.api.grpc.gen.lethe.v1 import (
 from service.core import errors, validation
 from service.core.deletions import Deletion, Deletions, Principal, Scope, Status, SubmitDeletion
 from service.core.kb import DocumentInfo, KnowledgeBase, NewDocument
+from service.core.reports import Reports
 from service.ledger.log import Ledger
 
 log = logging.getLogger(__name__)
@@ -173,9 +174,25 @@ class _Edge:
 
 
 class DeletionServicer(_Edge, deletion_pb2_grpc.DeletionServiceServicer):
-    def __init__(self, core: Deletions, authenticate: Callable[[str | None], Principal], poll: float = 0.5) -> None:
+    def __init__(
+        self,
+        core: Deletions,
+        authenticate: Callable[[str | None], Principal],
+        poll: float = 0.5,
+        reports: Reports | None = None,
+    ) -> None:
         super().__init__(authenticate)
-        self.core, self.poll = core, poll
+        self.core, self.poll, self.reports = core, poll, reports
+
+    @_translated
+    def GetDeletionReport(self, request: Any, context: grpc.ServicerContext) -> deletion_pb2.DeletionReport:
+        if self.reports is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this server has no report source")
+        assert self.reports is not None
+        doc = self.reports.get(_uuid(request.subject_request_id), self.principal(context))
+        out = deletion_pb2.DeletionReport()
+        out.report.update(doc)
+        return out
 
     @_translated
     def SubmitDeletion(self, request: Any, context: grpc.ServicerContext) -> deletion_pb2.SubmitDeletionResponse:
@@ -352,12 +369,15 @@ def build_server(
     address: str,
     credentials: grpc.ServerCredentials | None = None,
     kb: KnowledgeBase | None = None,
+    reports: Reports | None = None,
 ) -> tuple[grpc.Server, int]:
     """A started-ready (not started) server bound to ``address``; returns it and the bound port.
     ``kb``: the knowledge-base core; without it KnowledgeBaseService is not served."""
     opts = [("grpc.max_receive_message_length", MAX_MESSAGE)]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=opts, interceptors=[RejectUndecodable()])
-    deletion_pb2_grpc.add_DeletionServiceServicer_to_server(DeletionServicer(core, authenticate), server)
+    deletion_pb2_grpc.add_DeletionServiceServicer_to_server(
+        DeletionServicer(core, authenticate, reports=reports), server
+    )
     ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(ledger, authenticate), server)
     names = [
         deletion_pb2.DESCRIPTOR.services_by_name["DeletionService"].full_name,

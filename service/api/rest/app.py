@@ -31,9 +31,11 @@ from service.api.rest.models import (
     PublicKeyOut,
     ReceiptOut,
 )
+from service.api.rest.report_routes import reports_router
 from service.core import errors
 from service.core.deletions import Deletions, Scope, Status
 from service.core.kb import KnowledgeBase
+from service.core.reports import Reports
 from service.ledger.log import Ledger
 
 MAX_BODY = 1 << 20  # 1 MiB
@@ -124,8 +126,10 @@ def create_app(
     ready: Callable[[], bool],
     registry: prometheus_client.CollectorRegistry | None = None,
     kb: KnowledgeBase | None = None,
+    reports: Reports | None = None,
 ) -> FastAPI:
-    """``kb``: the knowledge-base core; without it the /v1/kb routes are not mounted."""
+    """``kb``: the knowledge-base core; without it the /v1/kb routes are not mounted (nor the
+    deletion report's route without ``reports``)."""
     app = FastAPI(title="Lethe", version="1", description="Provable deletion for deployed LLMs.", responses=PROBLEMS)  # type: ignore[arg-type]
     app.state.authenticate = authenticate
     install_error_handlers(app)
@@ -133,6 +137,8 @@ def create_app(
     app.include_router(ledger_router(ledger))
     if kb is not None:
         app.include_router(kb_router(kb))
+    if reports is not None:
+        app.include_router(reports_router(reports))
     app.include_router(ops_router(ready, registry))
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.add_middleware(ServerSpan)

@@ -26,15 +26,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lethe/v1/deletion.proto\x12\x08lethe.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\x0fSubjectIdentity\x12\x15\n\ridentity_type\x18\x01 \x01(\t\x12\x16\n\x0eidentity_value\x18\x02 \x01(\t\"\xee\x01\n\x15SubmitDeletionRequest\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t\x12\x1c\n\x14subject_request_type\x18\x02 \x01(\t\x12\x35\n\x12subject_identities\x18\x03 \x03(\x0b\x32\x19.lethe.v1.SubjectIdentity\x12\x32\n\x0esubmitted_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14status_callback_urls\x18\x05 \x03(\t\x12\x12\n\nrecord_ids\x18\x06 \x03(\t\"O\n\x16SubmitDeletionResponse\x12$\n\x08\x64\x65letion\x18\x01 \x01(\x0b\x32\x12.lethe.v1.Deletion\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x98\x04\n\x08\x44\x65letion\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t\x12\x1c\n\x14subject_request_type\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.lethe.v1.DeletionStatus\x12\x16\n\x0eidentity_types\x18\x04 \x03(\t\x12\x16\n\x0esubject_hashes\x18\x05 \x03(\t\x12\x31\n\rreceived_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0esubmitted_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18\x65xpected_completion_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cupdated_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63ompleted_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06result\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0e\x66orgotten_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x62\x61tch_id\x18\r \x01(\t\"0\n\x12GetDeletionRequest\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t\"3\n\x15\x43\x61ncelDeletionRequest\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t\"_\n\x14ListDeletionsRequest\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.lethe.v1.DeletionStatus\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"O\n\x15ListDeletionsResponse\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.lethe.v1.Deletion\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"2\n\x14WatchDeletionRequest\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t*\xc9\x01\n\x0e\x44\x65letionStatus\x12\x1f\n\x1b\x44\x45LETION_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LETION_STATUS_PENDING\x10\x01\x12\x1f\n\x1b\x44\x45LETION_STATUS_IN_PROGRESS\x10\x02\x12\x1d\n\x19\x44\x45LETION_STATUS_COMPLETED\x10\x03\x12\x1d\n\x19\x44\x45LETION_STATUS_CANCELLED\x10\x04\x12\x1a\n\x16\x44\x45LETION_STATUS_FAILED\x10\x05\x32\x87\x03\n\x0f\x44\x65letionService\x12S\n\x0eSubmitDeletion\x12\x1f.lethe.v1.SubmitDeletionRequest\x1a .lethe.v1.SubmitDeletionResponse\x12?\n\x0bGetDeletion\x12\x1c.lethe.v1.GetDeletionRequest\x1a\x12.lethe.v1.Deletion\x12\x45\n\x0e\x43\x61ncelDeletion\x12\x1f.lethe.v1.CancelDeletionRequest\x1a\x12.lethe.v1.Deletion\x12P\n\rListDeletions\x12\x1e.lethe.v1.ListDeletionsRequest\x1a\x1f.lethe.v1.ListDeletionsResponse\x12\x45\n\rWatchDeletion\x12\x1e.lethe.v1.WatchDeletionRequest\x1a\x12.lethe.v1.Deletion0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17lethe/v1/deletion.proto\x12\x08lethe.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n\x0fSubjectIdentity\x12\x15\n\ridentity_type\x18\x01 \x01(\t\x12\x16\n\x0eidentity_value\x18\x02 \x01(\t\"\xee\x01\n\x15SubmitDeletionRequest\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t\x12\x1c\n\x14subject_request_type\x18\x02 \x01(\t\x12\x35\n\x12subject_identities\x18\x03 \x03(\x0b\x32\x19.lethe.v1.SubjectIdentity\x12\x32\n\x0esubmitted_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14status_callback_urls\x18\x05 \x03(\t\x12\x12\n\nrecord_ids\x18\x06 \x03(\t\"O\n\x16SubmitDeletionResponse\x12$\n\x08\x64\x65letion\x18\x01 \x01(\x0b\x32\x12.lethe.v1.Deletion\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\x98\x04\n\x08\x44\x65letion\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t\x12\x1c\n\x14subject_request_type\x18\x02 \x01(\t\x12(\n\x06status\x18\x03 \x01(\x0e\x32\x18.lethe.v1.DeletionStatus\x12\x16\n\x0eidentity_types\x18\x04 \x03(\t\x12\x16\n\x0esubject_hashes\x18\x05 \x03(\t\x12\x31\n\rreceived_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0esubmitted_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12<\n\x18\x65xpected_completion_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cupdated_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0e\x63ompleted_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x06result\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x32\n\x0e\x66orgotten_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x62\x61tch_id\x18\r \x01(\t\"0\n\x12GetDeletionRequest\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t\"6\n\x18GetDeletionReportRequest\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t\"9\n\x0e\x44\x65letionReport\x12\'\n\x06report\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\"3\n\x15\x43\x61ncelDeletionRequest\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t\"_\n\x14ListDeletionsRequest\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.lethe.v1.DeletionStatus\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\t\x12\r\n\x05limit\x18\x03 \x01(\x05\"O\n\x15ListDeletionsResponse\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.lethe.v1.Deletion\x12\x13\n\x0bnext_cursor\x18\x02 \x01(\t\"2\n\x14WatchDeletionRequest\x12\x1a\n\x12subject_request_id\x18\x01 \x01(\t*\xc9\x01\n\x0e\x44\x65letionStatus\x12\x1f\n\x1b\x44\x45LETION_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x44\x45LETION_STATUS_PENDING\x10\x01\x12\x1f\n\x1b\x44\x45LETION_STATUS_IN_PROGRESS\x10\x02\x12\x1d\n\x19\x44\x45LETION_STATUS_COMPLETED\x10\x03\x12\x1d\n\x19\x44\x45LETION_STATUS_CANCELLED\x10\x04\x12\x1a\n\x16\x44\x45LETION_STATUS_FAILED\x10\x05\x32\xda\x03\n\x0f\x44\x65letionService\x12S\n\x0eSubmitDeletion\x12\x1f.lethe.v1.SubmitDeletionRequest\x1a .lethe.v1.SubmitDeletionResponse\x12?\n\x0bGetDeletion\x12\x1c.lethe.v1.GetDeletionRequest\x1a\x12.lethe.v1.Deletion\x12\x45\n\x0e\x43\x61ncelDeletion\x12\x1f.lethe.v1.CancelDeletionRequest\x1a\x12.lethe.v1.Deletion\x12P\n\rListDeletions\x12\x1e.lethe.v1.ListDeletionsRequest\x1a\x1f.lethe.v1.ListDeletionsResponse\x12\x45\n\rWatchDeletion\x12\x1e.lethe.v1.WatchDeletionRequest\x1a\x12.lethe.v1.Deletion0\x01\x12Q\n\x11GetDeletionReport\x12\".lethe.v1.GetDeletionReportRequest\x1a\x18.lethe.v1.DeletionReportb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'lethe.v1.deletion_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DELETIONSTATUS']._serialized_start=1361
-  _globals['_DELETIONSTATUS']._serialized_end=1562
+  _globals['_DELETIONSTATUS']._serialized_start=1476
+  _globals['_DELETIONSTATUS']._serialized_end=1677
   _globals['_SUBJECTIDENTITY']._serialized_start=100
   _globals['_SUBJECTIDENTITY']._serialized_end=164
   _globals['_SUBMITDELETIONREQUEST']._serialized_start=167
@@ -45,14 +45,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DELETION']._serialized_end=1025
   _globals['_GETDELETIONREQUEST']._serialized_start=1027
   _globals['_GETDELETIONREQUEST']._serialized_end=1075
-  _globals['_CANCELDELETIONREQUEST']._serialized_start=1077
-  _globals['_CANCELDELETIONREQUEST']._serialized_end=1128
-  _globals['_LISTDELETIONSREQUEST']._serialized_start=1130
-  _globals['_LISTDELETIONSREQUEST']._serialized_end=1225
-  _globals['_LISTDELETIONSRESPONSE']._serialized_start=1227
-  _globals['_LISTDELETIONSRESPONSE']._serialized_end=1306
-  _globals['_WATCHDELETIONREQUEST']._serialized_start=1308
-  _globals['_WATCHDELETIONREQUEST']._serialized_end=1358
-  _globals['_DELETIONSERVICE']._serialized_start=1565
-  _globals['_DELETIONSERVICE']._serialized_end=1956
+  _globals['_GETDELETIONREPORTREQUEST']._serialized_start=1077
+  _globals['_GETDELETIONREPORTREQUEST']._serialized_end=1131
+  _globals['_DELETIONREPORT']._serialized_start=1133
+  _globals['_DELETIONREPORT']._serialized_end=1190
+  _globals['_CANCELDELETIONREQUEST']._serialized_start=1192
+  _globals['_CANCELDELETIONREQUEST']._serialized_end=1243
+  _globals['_LISTDELETIONSREQUEST']._serialized_start=1245
+  _globals['_LISTDELETIONSREQUEST']._serialized_end=1340
+  _globals['_LISTDELETIONSRESPONSE']._serialized_start=1342
+  _globals['_LISTDELETIONSRESPONSE']._serialized_end=1421
+  _globals['_WATCHDELETIONREQUEST']._serialized_start=1423
+  _globals['_WATCHDELETIONREQUEST']._serialized_end=1473
+  _globals['_DELETIONSERVICE']._serialized_start=1680
+  _globals['_DELETIONSERVICE']._serialized_end=2154
 # @@protoc_insertion_point(module_scope)

@@ -94,6 +94,18 @@ class GetDeletionRequest(_message.Message):
     subject_request_id: str
     def __init__(self, subject_request_id: _Optional[str] = ...) -> None: ...
 
+class GetDeletionReportRequest(_message.Message):
+    __slots__ = ("subject_request_id",)
+    SUBJECT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    subject_request_id: str
+    def __init__(self, subject_request_id: _Optional[str] = ...) -> None: ...
+
+class DeletionReport(_message.Message):
+    __slots__ = ("report",)
+    REPORT_FIELD_NUMBER: _ClassVar[int]
+    report: _struct_pb2.Struct
+    def __init__(self, report: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
 class CancelDeletionRequest(_message.Message):
     __slots__ = ("subject_request_id",)
     SUBJECT_REQUEST_ID_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class DeletionServiceStub:
                 request_serializer=lethe_dot_v1_dot_deletion__pb2.WatchDeletionRequest.SerializeToString,
                 response_deserializer=lethe_dot_v1_dot_deletion__pb2.Deletion.FromString,
                 _registered_method=True)
+        self.GetDeletionReport = channel.unary_unary(
+                '/lethe.v1.DeletionService/GetDeletionReport',
+                request_serializer=lethe_dot_v1_dot_deletion__pb2.GetDeletionReportRequest.SerializeToString,
+                response_deserializer=lethe_dot_v1_dot_deletion__pb2.DeletionReport.FromString,
+                _registered_method=True)
 
 
 class DeletionServiceServicer:
@@ -95,6 +100,14 @@ class DeletionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetDeletionReport(self, request, context):
+        """What the deletion did and the evidence that it holds: the JSON twin of the REST report page
+        (GET /v1/deletions/{id}/report). Hashes, counts, times and figures only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeletionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -122,6 +135,11 @@ def add_DeletionServiceServicer_to_server(servicer, server):
                     servicer.WatchDeletion,
                     request_deserializer=lethe_dot_v1_dot_deletion__pb2.WatchDeletionRequest.FromString,
                     response_serializer=lethe_dot_v1_dot_deletion__pb2.Deletion.SerializeToString,
+            ),
+            'GetDeletionReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDeletionReport,
+                    request_deserializer=lethe_dot_v1_dot_deletion__pb2.GetDeletionReportRequest.FromString,
+                    response_serializer=lethe_dot_v1_dot_deletion__pb2.DeletionReport.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -259,6 +277,33 @@ class DeletionService:
             '/lethe.v1.DeletionService/WatchDeletion',
             lethe_dot_v1_dot_deletion__pb2.WatchDeletionRequest.SerializeToString,
             lethe_dot_v1_dot_deletion__pb2.Deletion.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDeletionReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/lethe.v1.DeletionService/GetDeletionReport',
+            lethe_dot_v1_dot_deletion__pb2.GetDeletionReportRequest.SerializeToString,
+            lethe_dot_v1_dot_deletion__pb2.DeletionReport.FromString,
             options,
             channel_credentials,
             insecure,
