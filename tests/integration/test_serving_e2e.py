@@ -9,8 +9,12 @@ retrieval-proxy tests; the tests run in order.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -328,7 +332,7 @@ def test_deletion_over_rest_forgets_on_every_replica(env, gemma_path):
         assert old != served.name
         gone = httpx.post(f"{rep.url}/v1/completions", json={"model": old, "prompt": prompt, "max_tokens": 2})
         assert gone.status_code == 404
-    e.state["victim"] = victim
+    e.state["victim"], e.state["victim_request"] = victim, rid
 
 
 def test_the_probes_read_the_served_model_through_vllm_as_transformers_reads_its_files(env):
@@ -387,6 +391,116 @@ def test_deletion_over_grpc_and_the_ledger(env):
     assert not any(recalled(e, [other, e.state["victim"]]))
     report = lethe.ledger(e.db, e.settings).verify()
     assert report.ok, report
+
+
+def test_the_deletion_report_through_the_cli_rest_and_grpc_opens_in_chromium_and_names_no_one(env, tmp_path):
+    """The REST deletion's report: the page through ``lethe report`` and the REST route, its JSON
+    twin over REST and gRPC; the page in headless Chromium with the network blocked."""
+    from google.protobuf.json_format import MessageToDict
+    from playwright.sync_api import sync_playwright
+
+    from service.report import page as report_page
+    from service.store import ledger as ledger_store
+    from service.store.deletions import create_api_key
+
+    e = env
+    rid, victim = e.state["victim_request"], e.state["victim"]
+    api = f"http://127.0.0.1:{e.stack.api_port}/v1/deletions"
+    auth = {"Authorization": f"Bearer {e.key}"}
+    html = httpx.get(f"{api}/{rid}/report", headers=auth, timeout=120)
+    assert html.status_code == 200 and html.headers["content-type"].startswith("text/html"), html.text
+    assert html.headers["content-security-policy"] == report_page.CSP
+    doc = httpx.get(f"{api}/{rid}/report", params={"format": "json"}, headers=auth, timeout=120).json()
+    # the evidence, rechecked now: no served block's lineage holds the person's records, every
+    # replica serves the published adapter, each of the request's ledger entries is in a checkpoint
+    # whose signature holds
+    assert doc["proof"]["at_completion"] is True and doc["proof"]["now"]["excludes"] is True
+    assert doc["proof"]["now"]["records"] == len(list(e.corpus.records([victim])))
+    assert doc["proof"]["now"]["blocks"] and all(b["holds_deleted"] == 0 for b in doc["proof"]["now"]["blocks"])
+    assert all(r["matches"] for r in doc["equivalence"]["now"]["replicas"])
+    kinds = [x["kind"] for x in doc["ledger"]["entries"]]
+    assert kinds[0] == "deletion.submitted" and kinds[-1] == "deletion.completed" and "deletion.forgotten" in kinds
+    assert all(x["chain_ok"] and x["inclusion_ok"] for x in doc["ledger"]["entries"]), doc["ledger"]
+    assert doc["ledger"]["checkpoint"]["signature_ok"]
+    m, scores = doc["probes"]["membership"], doc["probes"]["scores"]["membership"]
+    assert len(scores["deleted"]["loss"]) == m["records"] and len(scores["holdout"]["loss"]) == m["holdout_records"]
+    with psycopg.connect(e.db.url) as conn:  # the scores stay out of the ledger (its figures are in)
+        bodies = [x.body for x in ledger_store.entries_about(conn, rid)]
+    assert "auc_loss" in str(bodies[-1]) and "'scores'" not in str(bodies)
+    stub = deletion_pb2_grpc.DeletionServiceStub(grpc.insecure_channel(f"127.0.0.1:{e.stack.grpc_port}"))
+    twin = stub.GetDeletionReport(
+        deletion_pb2.GetDeletionReportRequest(subject_request_id=rid),
+        metadata=[("authorization", auth["Authorization"])],
+    )
+    got = MessageToDict(twin.report)
+    assert got["request"] == doc["request"] and got["plan"]["served"] == doc["plan"]["served"]
+    # the same scopes as reading the deletion; an unknown id is 404, over both edges
+    ledger_only = create_api_key(e.db, ["ledger:read"])
+    denied = httpx.get(f"{api}/{rid}/report", headers={"Authorization": f"Bearer {ledger_only}"}, timeout=60)
+    assert denied.status_code == 403 and denied.headers["content-type"] == "application/problem+json"
+    assert httpx.get(f"{api}/{uuid.uuid4()}/report", headers=auth, timeout=60).status_code == 404
+    with pytest.raises(grpc.RpcError) as err:
+        stub.GetDeletionReport(
+            deletion_pb2.GetDeletionReportRequest(subject_request_id=str(uuid.uuid4())),
+            metadata=[("authorization", auth["Authorization"])],
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # ``lethe report`` writes the same page from the database
+    out = tmp_path / "report.html"
+    cli_env = {**os.environ, "DATABASE_URL": e.db.url, "LETHE_VAR_DIR": str(e.settings.var_dir)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "service", "report", rid, "-o", str(out)], env=cli_env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    pages = {"cli": out.read_text(), "rest": html.text}
+    secrets = [victim.subject_id, victim.name, victim.email, victim.code]
+    for r in e.corpus.records([victim]):
+        secrets += [r["id"], r["text"]]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        try:
+            for where, text in pages.items():
+                path = tmp_path / f"{where}.html"
+                path.write_text(text)
+                context, tab, requests, errors = open_offline(browser, path)
+                assert errors == [], (where, errors)
+                assert requests == [path.as_uri()], (where, requests)  # nothing but the page itself
+                for name in report_page.SECTIONS:
+                    assert tab.locator(f"section#{name}").count() == 1, (where, name)
+                # the plots drew: the timeline, the ROC curves, the score distributions, VerbMem
+                sizes = tab.evaluate("[...document.querySelectorAll('svg')].map(s => s.getBoundingClientRect().width)")
+                assert len(sizes) == 4 and all(w > 100 for w in sizes), (where, sizes)
+                assert tab.locator("#probes svg path").count() > 20
+                shown = tab.inner_text("body") + tab.content()
+                assert rid in shown
+                leaked = [s for s in secrets if s in shown]
+                assert not leaked, (where, "the page names the person or their records")
+                context.close()
+        finally:
+            browser.close()
+
+
+def open_offline(browser, path):
+    """``path`` in a new context with the network blocked; the requests it made and its errors."""
+    context = browser.new_context(offline=True)
+    tab = context.new_page()
+    requests, errors = [], []
+    tab.on("request", lambda r: requests.append(r.url))
+    tab.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+    tab.goto(path.as_uri())
+    return context, tab, requests, errors
+
+
+CHROMIUM_ARGS = [  # headless on this machine's closed network: no background fetches
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def test_a_replica_killed_during_a_swap_leaves_routing_before_completion(env):
