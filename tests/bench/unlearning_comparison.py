@@ -98,6 +98,7 @@ class Results:
 
     def __init__(self, path: Path, config: dict[str, Any]) -> None:
         self.path = path
+        config = json.loads(json.dumps(config))  # as it reads back (lists, not tuples)
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
         if self.data.get("config") not in (None, config):
             raise SystemExit(f"{path} holds results of another configuration: use another --out")
@@ -176,14 +177,11 @@ def train_s3t(
     orders: list[tuple[int, ...]],
     out: Path,
     excluded: frozenset[str] = frozenset(),
-    resume: dict[int, tuple[Path, int]] | None = None,
-    version: int = 0,
 ) -> dict[int, Path]:
     """Each sequence's unit trained (or resumed from disk); sequence → its unit directory."""
     dirs = {}
     for j, order in enumerate(orders):
-        src, depth = (resume or {}).get(j, (None, 0))
-        unit = train.UnitSpec(0, j, order, version, excluded, src, depth)
+        unit = train.UnitSpec(0, j, order, excluded=excluded)
         train.train_unit(models.path, unit, data.slices, cfg, out, progress=True)
         dirs[j] = out / unit.dir_name()
     return dirs
