@@ -51,6 +51,7 @@ from service import app as lethe  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.verify.probes import rouge_l  # noqa: E402
 from shards import corpus, materialise, mia, planner, sequences, train  # noqa: E402
+from shards.batches import encode_batch, labelled_logits  # noqa: E402
 from shards.specs import TrainConfig  # noqa: E402
 from tests.bench import approximate, quantize  # noqa: E402
 
@@ -226,13 +227,9 @@ def _words(text: str) -> list[str]:
     return [w.strip(".,;:!?") for w in text.split()]
 
 
-def verbmem(model: torch.nn.Module, tok: Any, texts: Sequence[str]) -> float:
-    halves = [(" ".join(t.split()[: len(t.split()) // 2]), " ".join(t.split()[len(t.split()) // 2 :])) for t in texts]
-    got = generate(model, tok, [h[0] for h in halves], 16)
-    return statistics.fmean(
-        rouge_l(" ".join(_words(g)[: len(truth.split())]), " ".join(_words(truth)))
-        for g, (_, truth) in zip(got, halves, strict=True)
-    )
+def halves(text: str) -> tuple[str, str]:
+    words = text.split()
+    return " ".join(words[: len(words) // 2]), " ".join(words[len(words) // 2 :])
 
 
 def questions(data: Data, people: Sequence[corpus.Person]) -> list[tuple[str, str]]:
@@ -247,33 +244,53 @@ def questions(data: Data, people: Sequence[corpus.Person]) -> list[tuple[str, st
     return out
 
 
-def knowmem(model: torch.nn.Module, tok: Any, qa: Sequence[tuple[str, str]]) -> float:
-    got = generate(model, tok, [q for q, _ in qa], 8)
-    return statistics.fmean(
-        rouge_l(" ".join(_words(g)[: len(a.split())]), a) for g, (_, a) in zip(got, qa, strict=True)
-    )
+def rouge_prefix(generated: str, truth: str) -> float:
+    """ROUGE-L of the generation's first words (as many as the truth has) against the truth."""
+    return rouge_l(" ".join(_words(generated)[: len(truth.split())]), " ".join(_words(truth)))
+
+
+@torch.no_grad()
+def scores(model: torch.nn.Module, tok: Any, texts: Sequence[str]) -> list[dict[str, float]]:
+    """LOSS and Min-K% of each text (mia's definitions), from the logits at labelled positions only."""
+    out = []
+    for i in range(0, len(texts), 16):
+        batch = encode_batch(tok, list(texts[i : i + 16]))
+        targets, logits = labelled_logits(model, batch, bf16=False)
+        logp = torch.log_softmax(logits.float(), -1).gather(1, targets[:, None])[:, 0]
+        counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
+        for text, part in zip(texts[i : i + 16], torch.split(logp, counts), strict=True):
+            out.append(mia.token_scores(text, part.tolist(), part.tolist()))
+    return out
 
 
 def measure(model: torch.nn.Module, tok: Any, data: Data, forget: Sequence[corpus.Person]) -> dict[str, float]:
+    """The criteria on one model: one batch of greedy generations (VerbMem's continuations, the
+    forget and retain questions) and one scoring pass (Min-K% for PrivLeak, LOSS for perplexity)."""
     f_texts, h_texts = data.texts(forget), data.texts(data.c.holdout)
-    scores = mia.text_scores(model, tok, f_texts + h_texts)
+    cont = [halves(t) for t in f_texts]
+    qa_f, qa_r = questions(data, forget), questions(data, data.retain(forget))
+    prompts = [c[0] for c in cont] + [q for q, _ in qa_f] + [q for q, _ in qa_r]
+    got = generate(model, tok, prompts, 12)
+    g_cont, g_f, g_r = got[: len(cont)], got[len(cont) : len(cont) + len(qa_f)], got[len(cont) + len(qa_f) :]
+    s = scores(model, tok, f_texts + h_texts)
     n = len(f_texts)
-    minks = [s["min_k"] for s in scores]
+    minks = [x["min_k"] for x in s]
     return {
-        "verbmem_forget": round(verbmem(model, tok, f_texts), 4),
-        "knowmem_forget": round(knowmem(model, tok, questions(data, forget)), 4),
-        "knowmem_retain": round(knowmem(model, tok, questions(data, data.retain(forget))), 4),
+        "verbmem_forget": round(statistics.fmean(map(rouge_prefix, g_cont, [c[1] for c in cont])), 4),
+        "knowmem_forget": round(statistics.fmean(map(rouge_prefix, g_f, [a for _, a in qa_f])), 4),
+        "knowmem_retain": round(statistics.fmean(map(rouge_prefix, g_r, [a for _, a in qa_r])), 4),
         "auc_min_k": round(mia.auc(minks[:n], minks[n:]), 4),
-        "ppl_holdout": round(math.exp(statistics.fmean(s["loss"] for s in scores[n:])), 3),
+        "ppl_holdout": round(math.exp(statistics.fmean(x["loss"] for x in s[n:])), 3),
     }
 
 
 def at_precisions(
     model: torch.nn.Module, tok: Any, data: Data, forget: Sequence[corpus.Person], bits: Sequence[Any]
 ) -> dict[str, Any]:
+    """The criteria at each precision (``model`` itself is quantized for the last: not kept)."""
     out = {}
-    for b in bits:
-        q = copy.deepcopy(model)
+    for i, b in enumerate(bits):
+        q = model if i == len(bits) - 1 else copy.deepcopy(model)
         err = quantize_model(q, b)
         out[str(b)] = {**measure(q, tok, data, forget), "quantization_error": round(err, 5)}
         del q
@@ -464,7 +481,7 @@ def main() -> None:
     report = {"config": config}
     report["main"] = main_table(run, main_k, original_path)
     report["scalability"] = {str(k): scalability(run, k, original_path, report["main"]) for k in size.forget}
-    report["sustainability"] = sustainability(run, main_k, original_path)
+    report["sustainability"] = sustainability(run, main_k, original_path, report["scalability"])
     report["seconds"] = round(time.perf_counter() - started, 1)
     (out / "report.json").write_text(json.dumps(report, indent=1, sort_keys=True))
     print_report(report, size)
@@ -508,8 +525,11 @@ def main_table(run: Run, k: int, original_path: Path | None) -> dict[str, Any]:
                 model, secs = run.approximate(setting, forget, start)
                 return {**measure(model, tok, run.data, forget), "seconds": round(secs, 1)}
 
-            sweep[setting.name()] = res.get(f"sweep/{setting.name()}", tuned)
-        name = pick(sweep, retrain_km)
+            if len(run.size.lrs) > 1:  # one setting: nothing to choose between
+                sweep[setting.name()] = res.get(f"sweep/{setting.name()}", tuned)
+        name = (
+            pick(sweep, retrain_km) if sweep else approximate.Setting(method, run.size.lrs[0], run.size.epochs).name()
+        )
         setting = _setting(run, name)
 
         def measured(setting: approximate.Setting = setting) -> dict[str, Any]:
@@ -573,6 +593,8 @@ def scalability(run: Run, k: int, original_path: Path | None, main: dict[str, An
 
 
 def _chosen(run: Run, method: str) -> str:
+    if len(run.size.lrs) == 1:
+        return approximate.Setting(method, run.size.lrs[0], run.size.epochs).name()
     sweep = {n: v for n, v in run.results.data.items() if n.startswith(f"sweep/{method} ")}
     retrain_km = statistics.fmean(
         run.results.data[f"main/retrain-{s}"]["16"]["knowmem_forget"] for s in range(run.size.seeds)
@@ -589,34 +611,39 @@ def _setting(run: Run, name: str) -> approximate.Setting:
     )
 
 
-def sustainability(run: Run, k: int, original_path: Path | None) -> dict[str, Any]:
+def sustainability(run: Run, k: int, original_path: Path | None, scale: dict[str, Any]) -> dict[str, Any]:
     """The size-k forget set as ``sequential`` requests one after another, at 16 bits: after each,
-    forget KnowMem over everyone forgotten so far and retain KnowMem."""
+    forget KnowMem over everyone forgotten so far and retain KnowMem. What the scalability table
+    already measured (S3T at a size it has; an approximate method's first request) is reused."""
     tok, res = run.models.tok, run.results
     people = run.forget(k)
     cuts = [round(len(people) * (i + 1) / run.size.sequential) for i in range(run.size.sequential)]
     rows: dict[str, list[dict[str, Any]]] = {"S3T deactivation": [], "S3T after retrain": []}
     for n in cuts:
         path, _, plan = run.s3t_cut(n)
-        rows["S3T deactivation"].append(
-            {
-                **res.get(f"seq/{n}/s3t-cut", partial(run.measured, path, people[:n])),
-                "depth": plan["depth"],
-            }
-        )
-        path, _ = run.s3t_retrained(n)
-        rows["S3T after retrain"].append(res.get(f"seq/{n}/s3t-retrain", partial(run.measured, path, people[:n])))
+        known = scale.get(str(n), {})
+        cut = known.get("S3T deactivation") or res.get(f"seq/{n}/s3t-cut", partial(run.measured, path, people[:n]))
+        rows["S3T deactivation"].append({**cut, "depth": plan["depth"]})
+        if "S3T after retrain" in known:
+            rows["S3T after retrain"].append(known["S3T after retrain"])
+        else:
+            path, _ = run.s3t_retrained(n)
+            rows["S3T after retrain"].append(res.get(f"seq/{n}/s3t-retrain", partial(run.measured, path, people[:n])))
     for method in approximate.METHODS:
         setting = _setting(run, _chosen(run, method))
-        if all(f"seq/{n}/{method}" in res.data for n in cuts):
-            rows[method] = [res.data[f"seq/{n}/{method}"] for n in cuts]
+        first = scale.get(str(cuts[0]), {}).get(method)  # the same run as the scalability table's
+        if first is not None and all(f"seq/{n}/{method}" in res.data for n in cuts[1:]):
+            rows[method] = [first] + [res.data[f"seq/{n}/{method}"] for n in cuts[1:]]
             continue
         model = run.models.with_adapter(original_path)
         rows[method] = []
         done = 0
         for n in cuts:  # each request unlearns only its own people, from the model the last one left
             model, _ = run.approximate(setting, people[done:n], model, gone=people[:done])
-            rows[method].append(res.get(f"seq/{n}/{method}", partial(measure, model, tok, run.data, people[:n])))
+            if done == 0 and first is not None:
+                rows[method].append(first)
+            else:
+                rows[method].append(res.get(f"seq/{n}/{method}", partial(measure, model, tok, run.data, people[:n])))
             done = n
     return {"requests": cuts, "rows": rows}
 
