@@ -63,6 +63,22 @@ QUESTIONS = (  # cloze prompt → the attribute that completes it (asked only wh
     ("{name} works as a", "profession"),
 )
 SWAPPED = ("code", "city", "profession", "hobby", "year")  # SalUn's random labels
+# never-trained general English: is the language model still intact? (the holdout people's records
+# are mostly invented names and random codes, whose perplexity says little about that)
+GENERAL = (
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "The sun rises in the east and sets in the west.",
+    "A week has seven days and a year has twelve months.",
+    "Trees lose their leaves in autumn and grow new ones in spring.",
+    "The capital of France is Paris, a city on the river Seine.",
+    "Most people drink coffee or tea in the morning.",
+    "The train to the airport leaves every twenty minutes.",
+    "Children learn to read and write at primary school.",
+    "The library is closed on Sundays and public holidays.",
+    "She opened the window to let some fresh air into the room.",
+    "Bread is made from flour, water, salt and yeast.",
+    "The meeting was moved to Thursday afternoon because of the storm.",
+)
 
 
 @dataclass(frozen=True)
@@ -90,7 +106,7 @@ FULL = Size(
     epochs=5,
 )
 QUICK = Size(
-    people=4, records_per_person=2, holdout=4, forget=(1, 2), sequential=2, seeds=2, budget=1, lrs=(3e-4,), epochs=2
+    people=4, records_per_person=2, holdout=3, forget=(1, 2), sequential=2, seeds=2, budget=1, lrs=(3e-4,), epochs=2
 )
 
 
@@ -272,15 +288,16 @@ def measure(model: torch.nn.Module, tok: Any, data: Data, forget: Sequence[corpu
     prompts = [c[0] for c in cont] + [q for q, _ in qa_f] + [q for q, _ in qa_r]
     got = generate(model, tok, prompts, 12)
     g_cont, g_f, g_r = got[: len(cont)], got[len(cont) : len(cont) + len(qa_f)], got[len(cont) + len(qa_f) :]
-    s = scores(model, tok, f_texts + h_texts)
-    n = len(f_texts)
-    minks = [x["min_k"] for x in s]
+    s = scores(model, tok, f_texts + h_texts + list(GENERAL))
+    n, m = len(f_texts), len(f_texts) + len(h_texts)
+    minks = [x["min_k"] for x in s[:m]]
     return {
         "verbmem_forget": round(statistics.fmean(map(rouge_prefix, g_cont, [c[1] for c in cont])), 4),
         "knowmem_forget": round(statistics.fmean(map(rouge_prefix, g_f, [a for _, a in qa_f])), 4),
         "knowmem_retain": round(statistics.fmean(map(rouge_prefix, g_r, [a for _, a in qa_r])), 4),
         "auc_min_k": round(mia.auc(minks[:n], minks[n:]), 4),
-        "ppl_holdout": round(math.exp(statistics.fmean(x["loss"] for x in s[n:])), 3),
+        "ppl_holdout": round(math.exp(statistics.fmean(x["loss"] for x in s[n:m])), 3),
+        "ppl_general": round(math.exp(statistics.fmean(x["loss"] for x in s[m:])), 3),
     }
 
 
@@ -460,7 +477,8 @@ def main() -> None:
     out = args.out or ROOT / "var" / "bench" / ("unlearning-quick" if args.quick else "unlearning")
     out.mkdir(parents=True, exist_ok=True)
     bits: tuple[Any, ...] = BITS + (("quanto-int8", "quanto-int4") if args.quanto else ())
-    cfg = TrainConfig()
+    # quick: the recipe's stop check from the second epoch (it stops once a stage recalls its slice)
+    cfg = TrainConfig(min_epochs=2, check_every=1) if args.quick else TrainConfig()
     config = {"size": asdict(size), "seed": args.seed, "bits": list(bits), "train": asdict(cfg)}
     started = time.perf_counter()
     results = Results(out / "results.json", config)
@@ -657,6 +675,7 @@ CRITERIA = (
     ("privleak", "PrivLeak (→ 0)"),
     ("knowmem_retain", "KnowMem retain ↑"),
     ("ppl_holdout", "holdout perplexity ↓"),
+    ("ppl_general", "general-text perplexity ↓"),
 )
 
 

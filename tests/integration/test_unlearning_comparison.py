@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("original", "retrain seed 0", "retrain seed 1", "S3T deactivation", "S3T after retrain")
 METHODS = ("GA", "GradDiff", "NPO", "SalUn")
-CRITERIA = ("verbmem_forget", "knowmem_forget", "knowmem_retain", "auc_min_k", "privleak", "ppl_holdout")
+CRITERIA = ("verbmem_forget", "knowmem_forget", "knowmem_retain", "auc_min_k", "privleak", "ppl_holdout", "ppl_general")
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +38,7 @@ def test_the_quick_comparison_measures_every_method_at_every_precision(gemma_pat
                 assert math.isfinite(figures[c]), (name, bits, c)
             for c in ("verbmem_forget", "knowmem_forget", "knowmem_retain", "auc_min_k"):
                 assert 0 <= figures[c] <= 1, (name, bits, c, figures[c])
-            assert figures["ppl_holdout"] > 1
+            assert figures["ppl_holdout"] > 1 and figures["ppl_general"] > 1
         # fewer bits, a coarser model: the quantizer really ran at each precision
         errors = [row[b]["quantization_error"] for b in ("16", "8", "4")]
         assert 0 < errors[0] < errors[1] < errors[2], (name, errors)
