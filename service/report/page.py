@@ -31,6 +31,11 @@ def e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
+def digest(value: str | None, missing: str = "—") -> str:
+    """A hash as its first 16 hex digits, in code type (the full one is in the JSON twin)."""
+    return f"<code>{e((value or missing)[:16])}</code>"
+
+
 def flag(ok: bool | None, yes: str = "yes", no: str = "no") -> str:
     if ok is None:
         return '<span class="meh">not checked</span>'
@@ -146,7 +151,7 @@ def _proof(p: dict[str, Any]) -> str:
             *(e(b.get(k, "—")) for k in ("shard", "sequence", "version", "block")),
             e(", ".join(map(str, b.get("slices", [])))),
             e(b.get("records", "—")),
-            f"<code>{e(b.get('records_sha256', '')[:16])}</code>",
+            digest(b.get("records_sha256")),
             flag(b.get("holds_deleted", 1) == 0, "0", e(b.get("holds_deleted", "lineage missing"))),
         )
         for b in now["blocks"]
@@ -165,18 +170,16 @@ def _equivalence(q: dict[str, Any]) -> str:
     if at:
         out += (
             f"<p>At completion: generation {e(at['generation'])}, clean adapter "
-            f"<code>{e((at.get('served_sha256') or 'base model')[:16])}</code>.</p>"
+            f"{digest(at.get('served_sha256'), 'base model')}.</p>"
         )
         out += table(("replica", "served it"), [(k, flag(v)) for k, v in sorted(at["replicas"].items())], raw=True)
     now = q["now"]
-    out += (
-        f"<p>Now: generation {e(now['generation'])}, <code>{e((now['served_sha256'] or 'base model')[:16])}</code>.</p>"
-    )
+    out += f"<p>Now: generation {e(now['generation'])}, {digest(now['served_sha256'], 'base model')}.</p>"
     rows = [
         (
             e(r["id"]),
             flag(r["routable"]),
-            f"<code>{e((r['serving_sha256'] or '—')[:16])}</code>",
+            digest(r["serving_sha256"]),
             e(r["acked_generation"]),
             flag(r["matches"]),
         )
@@ -254,7 +257,7 @@ def _ledger(led: dict[str, Any]) -> str:
     out = ""
     if cp:
         out += (
-            f"<p>Newest signed checkpoint: {e(cp['size'])} entries, root <code>{e(cp['root'][:16])}</code>, "
+            f"<p>Newest signed checkpoint: {e(cp['size'])} entries, root {digest(cp['root'])}, "
             f"key {e(cp['key_name'])} ({e(cp['origin'])}); signature valid: {flag(cp['signature_ok'])}.</p>"
         )
     rows = [
@@ -262,7 +265,7 @@ def _ledger(led: dict[str, Any]) -> str:
             e(x["seq"]),
             e(x["kind"]),
             e(x["created_at"]),
-            f"<code>{e(x['row_hash'][:16])}</code>",
+            digest(x["row_hash"]),
             flag(x["chain_ok"]),
             flag(x["inclusion_ok"]),
         )
