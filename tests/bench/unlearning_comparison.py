@@ -97,7 +97,7 @@ class Size:
 FULL = Size(
     people=12,
     records_per_person=3,
-    holdout=30,
+    holdout=20,
     forget=(1, 3),
     sequential=3,
     seeds=3,
