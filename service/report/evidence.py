@@ -6,6 +6,7 @@ controller chose may name the person), and so do the subject's documents."""
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Any, cast
 
@@ -51,6 +52,7 @@ class Evidence:
             "dead_shards": plan.get("dead_shards", []),
             "full_depth": layout[1] if layout else None,
             "served": plan.get("served", {}),
+            "depth_before": depth_before(cast(dict[str, Any], r.get("apply") or {}), plan.get("served", {})),
             "retrain_queued": plan.get("retrain_queued", []),
             "documents": len(plan.get("documents") or []),
         }
@@ -118,6 +120,25 @@ class Evidence:
                 for x in reps
             ],
         }
+
+
+SHARD_ADAPTER = re.compile(r"-p(\d+)-v\d+-")  # training.served_adapters' names: s<k>-q<seq>-p<prefix>-v<version>-<hash>
+
+
+def depth_before(applied: dict[str, Any], served: dict[str, Any]) -> dict[str, int | None]:
+    """Each shard's served depth before the request, from its ledger-recorded adapter before (a
+    shard the request did not change kept its depth; None: the model served since start-up, as
+    trained)."""
+    out: dict[str, int | None] = {k: v.get("prefix") for k, v in served.items()}
+    for shard, change in (applied.get("adapters") or {}).items():
+        before = (change.get("before") or {}).get("adapter")
+        if before is None:
+            out[shard] = 0  # no adapter: the shard was dead already
+        elif m := SHARD_ADAPTER.search(before):
+            out[shard] = int(m.group(1))
+        else:
+            out[shard] = None
+    return out
 
 
 def _iso(t: datetime | None) -> str | None:

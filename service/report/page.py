@@ -120,12 +120,15 @@ def _plan(p: dict[str, Any] | None) -> str:
     if p is None:
         return '<p class="note">No plan: the request named no training records, or has not run.</p>'
     full = p.get("full_depth")
+    before = p.get("depth_before") or {}
     rows = []
     for shard, s in sorted(p["served"].items(), key=lambda kv: int(kv[0])):
         cuts = ", ".join(f"sequence {q}: from block {b}" for q, b in sorted(s.get("cuts", {}).items())) or "none"
-        deactivated = f"{full - s['prefix']}" if full is not None else "—"
-        rows.append((shard, s["sequence"], s["version"], f"{s['prefix']} of {full}", deactivated, cuts))
-    out = table(("shard", "sequence served", "version", "depth served", "blocks not served", "blocks destroyed"), rows)
+        was = before.get(shard, "—")
+        was = f"{full} (as trained)" if was is None else was
+        rows.append((shard, s["sequence"], s["version"], was, f"{s['prefix']} of {full}", cuts))
+    head = ("shard", "sequence served", "version", "depth before", "depth after", "blocks destroyed")
+    out = table(head, rows)
     out += table(
         ("", ""),
         [

@@ -54,6 +54,7 @@ REPORT = {
         "dead_shards": [],
         "full_depth": 4,
         "served": {"0": {"sequence": 1, "version": 0, "prefix": 2, "cuts": {"0": 2, "1": 3}}},
+        "depth_before": {"0": None},
         "retrain_queued": ["0/0", "0/1"],
         "documents": 0,
     },
@@ -241,6 +242,22 @@ def test_probes_without_kept_scores_show_the_figures_and_say_why_no_curve():
     html = page.render(r)
     assert "Per-record scores were not kept" in html
     assert len(svgs(html)) == 2  # the timeline and VerbMem
+
+
+def test_the_depth_before_comes_from_the_adapter_the_ledger_recorded_before():
+    from service.report.evidence import depth_before
+
+    served = {"0": {"prefix": 2}, "1": {"prefix": 4}, "2": {"prefix": 1}, "3": {"prefix": 0}}
+    applied = {
+        "adapters": {
+            "0": {"before": {"adapter": "s00-q1-p3-v0-0123456789ab"}},  # cut again: 3 → 2
+            "2": {"before": {"adapter": "lethe-g1-0123456789ab"}},  # first change since start-up
+            "3": {"before": {"adapter": None}},  # dead already
+        }
+    }
+    assert depth_before(applied, served) == {"0": 3, "1": 4, "2": None, "3": 0}
+    html = page.render(REPORT)
+    assert "4 (as trained)" in html and "2 of 4" in html
 
 
 def test_a_lineage_holding_a_deleted_record_is_shown_as_a_failure():
