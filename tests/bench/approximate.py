@@ -27,6 +27,7 @@ from peft import get_peft_model
 
 from shards.batches import encode_batch, labelled_logits
 from shards.specs import TrainConfig
+from shards.train import lm_loss
 
 METHODS = ("GA", "GradDiff", "NPO", "SalUn")
 NPO_BETA = 0.1
@@ -49,11 +50,6 @@ def sequence_nll(model: Any, batch: dict[str, torch.Tensor], *, bf16: bool = Tru
     nll = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="none")
     counts = (batch["labels"][:, 1:] != -100).sum(1).tolist()
     return torch.stack([part.sum() for part in torch.split(nll, counts)])
-
-
-def mean_nll(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    targets, logits = labelled_logits(model, batch, bf16=True)
-    return torch.nn.functional.cross_entropy(logits.float(), targets)
 
 
 def unlearn(
@@ -107,11 +103,11 @@ def unlearn(
 
 def _loss(pm: Any, tok: Any, method: str, forget: list[str], relabelled: list[str], retain: list[str]) -> torch.Tensor:
     f = encode_batch(tok, forget)
-    retain_nll = mean_nll(pm, encode_batch(tok, retain)) if retain else torch.zeros(())
+    retain_nll = lm_loss(pm, encode_batch(tok, retain), bf16=True) if retain else torch.zeros(())
     if method == "GA":
-        return -mean_nll(pm, f)
+        return -lm_loss(pm, f, bf16=True)
     if method == "GradDiff":
-        return -mean_nll(pm, f) + retain_nll
+        return -lm_loss(pm, f, bf16=True) + retain_nll
     if method == "NPO":
         with torch.no_grad(), pm.disable_adapter():
             ref = sequence_nll(pm, f)
@@ -120,7 +116,7 @@ def _loss(pm: Any, tok: Any, method: str, forget: list[str], relabelled: list[st
         npo = -(2 / NPO_BETA) * torch.nn.functional.logsigmoid(-NPO_BETA * ratio).mean()
         return npo + retain_nll
     if method == "SalUn":
-        return mean_nll(pm, encode_batch(tok, relabelled)) + retain_nll
+        return lm_loss(pm, encode_batch(tok, relabelled), bf16=True) + retain_nll
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -129,7 +125,7 @@ def _saliency(pm: Any, tok: Any, forget: Sequence[str], params: list[torch.nn.Pa
     all LoRA weights. A fresh LoRA's B is zero, so A's gradient is too: the mask is taken on B
     (and A kept whole), which is where the update starts."""
     pm.zero_grad(set_to_none=True)
-    mean_nll(pm, encode_batch(tok, list(forget))).backward()
+    lm_loss(pm, encode_batch(tok, list(forget)), bf16=True).backward()
     grads = [p.grad.abs() if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.flatten() for g, p in zip(grads, params, strict=True) if g.any()])
     threshold = flat.median() if flat.numel() else torch.tensor(0.0)
