@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,22 +76,37 @@ def records_sha256(content_hashes: Iterable[bytes]) -> str:
 
 def tensors_sha256(path: Path) -> str:
     """sha256 over a safetensors file's tensors in name order (independent of file layout)."""
+    with safe_open(str(path), framework="pt") as st:
+        return tensors_digest((name, st.get_tensor(name)) for name in sorted(st.keys()))
+
+
+def tensors_digest(named: Iterable[tuple[str, Any]]) -> str:
+    """``tensors_sha256`` of tensors in memory, given in name order: the hash of the file they are
+    saved to, without reading it back."""
     import torch  # safe_open's "pt" framework loads it anyway; not at import (reconcilers import this)
 
     h = hashlib.sha256()
-    with safe_open(str(path), framework="pt") as st:
-        for name in sorted(st.keys()):
-            t = st.get_tensor(name).contiguous()
-            h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
-            h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes: any dtype (bf16 too), no copy
+    for name, tensor in named:
+        t = tensor.contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())  # raw bytes: any dtype (bf16 too), no copy
     return h.hexdigest()
 
 
 def adapter_sha256(adapter_dir: Path) -> str:
     """Content hash of a PEFT adapter: its tensors plus the config fields that change its output."""
     cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    return _with_config(cfg, tensors_sha256(adapter_dir / "adapter_model.safetensors"))
+
+
+def adapter_digest(tensors: Mapping[str, Any], cfg: Mapping[str, Any]) -> str:
+    """``adapter_sha256`` of an adapter in memory (``cfg`` as it is written to JSON)."""
+    return _with_config(json.loads(json.dumps(cfg)), tensors_digest(sorted(tensors.items())))
+
+
+def _with_config(cfg: Mapping[str, Any], tensors_hex: str) -> str:
     keys = ("r", "lora_alpha", "use_rslora", "target_modules", "layers_to_transform", "rank_pattern", "alpha_pattern")
     meaning = {k: (sorted(cfg[k]) if isinstance(cfg.get(k), list) else cfg.get(k)) for k in keys}
     h = hashlib.sha256(json.dumps(meaning, sort_keys=True).encode())
-    h.update(tensors_sha256(adapter_dir / "adapter_model.safetensors").encode())
+    h.update(tensors_hex.encode())
     return h.hexdigest()

@@ -8,13 +8,17 @@
 - ``routing``: the alternative that sends each request to one live shard's adapter: a directory
   of the live shards' adapters and a manifest (shards.served), hashed as a whole.
 
-Every output directory is new and named by its content hash: never changed in place.
+Every output directory is new and named by its content hash: never changed in place. A process
+keeps what it wrote or read and hashed (``_Verified``), so a deletion that cuts one shard neither
+re-reads nor re-hashes the other shards' adapters; a file changed on disk since is read again.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shards import blocks, served
-from shards.lineage import adapter_sha256
+from shards.lineage import adapter_digest, adapter_sha256
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -38,8 +42,62 @@ class Materialised:
     rank: int
 
 
+Stamp = tuple[int, ...]
+
+
+def _stamp(adapter_dir: Path) -> Stamp:
+    """Identity of an adapter's two files as they are now: any rewrite, replacement or touch changes
+    it (inode, size, modification and change times)."""
+    out: list[int] = []
+    for f in (WEIGHTS, CONFIG):
+        st = (adapter_dir / f).stat()
+        out += [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return tuple(out)
+
+
+class _Verified:
+    """Adapters this process has read or written, with their tensors and content hash, while their
+    files are unchanged (least recently used first out)."""
+
+    def __init__(self, size: int = 12) -> None:
+        self.size = size
+        self.lock = threading.Lock()
+        self.items: OrderedDict[Path, tuple[Stamp, dict[str, torch.Tensor], dict[str, Any], str | None]] = OrderedDict()
+
+    def get(self, adapter_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], str | None] | None:
+        """Tensors, config and content hash (None: not hashed yet) if the files are as they were."""
+        key = adapter_dir.resolve()
+        try:
+            stamp = _stamp(key)
+        except OSError:
+            return None
+        with self.lock:
+            hit = self.items.get(key)
+            if hit is None or hit[0] != stamp:
+                return None
+            self.items.move_to_end(key)
+            return hit[1], hit[2], hit[3]
+
+    def put(self, adapter_dir: Path, tensors: dict[str, torch.Tensor], cfg: dict[str, Any], digest: str | None) -> None:
+        key = adapter_dir.resolve()
+        with self.lock:
+            self.items[key] = (_stamp(key), tensors, cfg, digest)
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_verified = _Verified()
+
+
 def _read(adapter_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    return load_file(str(adapter_dir / WEIGHTS)), json.loads((adapter_dir / CONFIG).read_text())
+    """An adapter's tensors and config (callers never modify them: they may be shared)."""
+    if (hit := _verified.get(adapter_dir)) is not None:
+        return hit[0], hit[1]
+    tensors = load_file(str(adapter_dir / WEIGHTS))
+    cfg = json.loads((adapter_dir / CONFIG).read_text())
+    _verified.put(adapter_dir, tensors, cfg, None)
+    return tensors, cfg
 
 
 def _scaling(cfg: dict[str, Any]) -> float:
@@ -47,20 +105,24 @@ def _scaling(cfg: dict[str, Any]) -> float:
     return alpha / (r**0.5) if cfg.get("use_rslora") else alpha / r
 
 
-def _publish(tensors: dict[str, torch.Tensor], cfg: dict[str, Any], out_root: Path, prefix: str) -> Materialised:
-    """Write to a temporary directory, hash, then rename to ``<prefix>-<hash12>`` (idempotent)."""
+def _publish(
+    tensors: dict[str, torch.Tensor], cfg: dict[str, Any], out_root: Path, prefix: str, *, remember: bool = True
+) -> Materialised:
+    """Hash in memory, write to a temporary directory, then rename to ``<prefix>-<hash12>``
+    (idempotent). ``remember``: keep the tensors for the next merge (a shard's part)."""
     out_root.mkdir(parents=True, exist_ok=True)
-    tmp = out_root / f".tmp-{prefix}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.contiguous() for k, v in sorted(tensors.items())}, str(tmp / WEIGHTS), metadata={"format": "pt"})
-    (tmp / CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True))
-    digest = adapter_sha256(tmp)
+    tensors = {k: v.contiguous() for k, v in sorted(tensors.items())}
+    digest = adapter_digest(tensors, cfg)
     final = out_root / f"{prefix}-{digest[:12]}"
-    if final.exists():
-        shutil.rmtree(tmp)
-    else:
+    if not final.exists():
+        tmp = out_root / f".tmp-{prefix}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        (tmp / CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True))
         tmp.rename(final)
+        if remember:
+            _verified.put(final, tensors, json.loads(json.dumps(cfg)), digest)
     layers = tuple(cfg.get("layers_to_transform") or ())
     return Materialised(final, digest, layers, cfg["r"])
 
@@ -70,11 +132,12 @@ def _published(out_root: Path, prefix: str) -> Materialised | None:
     found = sorted(out_root.glob(f"{prefix}-*")) if out_root.exists() else []
     if len(found) != 1 or not (found[0] / WEIGHTS).exists() or not (found[0] / CONFIG).exists():
         return None
-    digest = adapter_sha256(found[0])
+    hit = _verified.get(found[0])
+    digest = hit[2] if hit is not None and hit[2] is not None else adapter_sha256(found[0])
     if not found[0].name.endswith(f"-{digest[:12]}"):  # altered since: built again, in its place
         shutil.rmtree(found[0])
         return None
-    cfg = json.loads((found[0] / CONFIG).read_text())
+    cfg = hit[1] if hit is not None else json.loads((found[0] / CONFIG).read_text())
     return Materialised(found[0], digest, tuple(cfg.get("layers_to_transform") or ()), cfg["r"])
 
 
@@ -153,7 +216,7 @@ def merge(adapters: Sequence[Path], out_root: Path, name: str, dtype: torch.dtyp
         "layers_to_transform": layers,
         "layers_pattern": "layers",
     }
-    return _publish(merged, cfg, out_root, name)
+    return _publish(merged, cfg, out_root, name, remember=False)
 
 
 def routing(adapters: Mapping[int, Materialised], out_root: Path, name: str) -> Materialised:
