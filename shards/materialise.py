@@ -20,6 +20,7 @@ import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from shards import blocks, served
-from shards.lineage import adapter_digest, adapter_sha256
+from shards.lineage import adapter_digest
 
 WEIGHTS = "adapter_model.safetensors"
 CONFIG = "adapter_config.json"
@@ -88,16 +89,52 @@ class _Verified:
 
 
 _verified = _Verified()
+_HASHER = ThreadPoolExecutor(1, thread_name_prefix="materialise-hash")
 
 
-def _read(adapter_dir: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """An adapter's tensors and config (callers never modify them: they may be shared)."""
-    if (hit := _verified.get(adapter_dir)) is not None:
-        return hit[0], hit[1]
+class _LastMerge:
+    """Each module's merged pair from the last merge, with the very tensor objects it was made of:
+    a deletion that cuts one shard's block leaves every other block's modules as they were. Inputs
+    are compared by identity while this holds them (alive, so an identity cannot be reused), and
+    they are never modified."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pairs: dict[tuple[str, Any], tuple[tuple[Any, ...], torch.Tensor, torch.Tensor]] = {}
+
+    def get(self, mod: str, context: Any, inputs: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        with self.lock:
+            hit = self.pairs.get((mod, context))
+        if hit is None or len(hit[0]) != len(inputs) or any(x is not y for x, y in zip(hit[0], inputs, strict=True)):
+            return None
+        return hit[1], hit[2]
+
+    def replace(self, made: dict[tuple[str, Any], tuple[tuple[Any, ...], torch.Tensor, torch.Tensor]]) -> None:
+        with self.lock:
+            self.pairs = made
+
+
+_last_merge = _LastMerge()
+
+
+def forget_memory() -> None:
+    """Drop what this process remembers (it then reads and hashes as a restarted worker does)."""
+    with _verified.lock:
+        _verified.items.clear()
+    _last_merge.replace({})
+
+
+def _read(adapter_dir: Path, *, hashed: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any], str | None]:
+    """An adapter's tensors, config and (``hashed``) content hash, read once while its files are
+    unchanged (callers never modify the tensors: they are shared)."""
+    hit = _verified.get(adapter_dir)
+    if hit is not None and (hit[2] is not None or not hashed):
+        return hit
     tensors = load_file(str(adapter_dir / WEIGHTS))
     cfg = json.loads((adapter_dir / CONFIG).read_text())
-    _verified.put(adapter_dir, tensors, cfg, None)
-    return tensors, cfg
+    digest = adapter_digest(tensors, cfg) if hashed else None
+    _verified.put(adapter_dir, tensors, cfg, digest)
+    return tensors, cfg, digest
 
 
 def _scaling(cfg: dict[str, Any]) -> float:
@@ -108,18 +145,22 @@ def _scaling(cfg: dict[str, Any]) -> float:
 def _publish(
     tensors: dict[str, torch.Tensor], cfg: dict[str, Any], out_root: Path, prefix: str, *, remember: bool = True
 ) -> Materialised:
-    """Hash in memory, write to a temporary directory, then rename to ``<prefix>-<hash12>``
-    (idempotent). ``remember``: keep the tensors for the next merge (a shard's part)."""
+    """Write to a temporary directory while hashing in memory (the writer runs outside the GIL),
+    then rename to ``<prefix>-<hash12>`` (idempotent). ``remember``: keep the tensors for the next
+    merge (a shard's part)."""
     out_root.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.contiguous() for k, v in sorted(tensors.items())}
-    digest = adapter_digest(tensors, cfg)
+    tmp = out_root / f".tmp-{prefix}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    hashing = _HASHER.submit(adapter_digest, tensors, cfg)
+    save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
+    (tmp / CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    digest = hashing.result()
     final = out_root / f"{prefix}-{digest[:12]}"
-    if not final.exists():
-        tmp = out_root / f".tmp-{prefix}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        (tmp / CONFIG).write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    if final.exists():
+        shutil.rmtree(tmp)
+    else:
         tmp.rename(final)
         if remember:
             _verified.put(final, tensors, json.loads(json.dumps(cfg)), digest)
@@ -132,12 +173,11 @@ def _published(out_root: Path, prefix: str) -> Materialised | None:
     found = sorted(out_root.glob(f"{prefix}-*")) if out_root.exists() else []
     if len(found) != 1 or not (found[0] / WEIGHTS).exists() or not (found[0] / CONFIG).exists():
         return None
-    hit = _verified.get(found[0])
-    digest = hit[2] if hit is not None and hit[2] is not None else adapter_sha256(found[0])
+    _, cfg, digest = _read(found[0], hashed=True)
+    assert digest is not None
     if not found[0].name.endswith(f"-{digest[:12]}"):  # altered since: built again, in its place
         shutil.rmtree(found[0])
         return None
-    cfg = hit[1] if hit is not None else json.loads((found[0] / CONFIG).read_text())
     return Materialised(found[0], digest, tuple(cfg.get("layers_to_transform") or ()), cfg["r"])
 
 
@@ -153,7 +193,7 @@ def truncate(
         raise ValueError(f"prefix must be in 1..{num_blocks}; a shard at 0 serves no adapter")
     if (done := _published(out_root, name)) is not None:
         return done
-    tensors, cfg = _read(adapter_dir)
+    tensors, cfg, _ = _read(adapter_dir)
     kept = {
         k: v
         for k, v in tensors.items()
@@ -187,25 +227,36 @@ def merge(adapters: Sequence[Path], out_root: Path, name: str, dtype: torch.dtyp
         raise ValueError("nothing to merge: every shard is dead")
     loaded = [_read(a) for a in adapters]
     m = len(loaded)
-    ranks = {cfg["r"] for _, cfg in loaded}
+    ranks = {cfg["r"] for _, cfg, _ in loaded}
     if len(ranks) != 1:
         raise ValueError(f"shard adapters differ in rank: {sorted(ranks)}")
     r = ranks.pop()
-    modules = sorted({k.rsplit(".lora_", 1)[0] for t, _ in loaded for k in t})
+    modules = sorted({k.rsplit(".lora_", 1)[0] for t, _, _ in loaded for k in t})
+    # the scalings, their number and the dtype are the context; the parts' tensors the inputs
+    context = (tuple(_scaling(cfg) / m for _, cfg, _ in loaded), str(dtype))
     merged: dict[str, torch.Tensor] = {}
+    made: dict[tuple[str, Any], tuple[tuple[Any, ...], torch.Tensor, torch.Tensor]] = {}
     for mod in modules:
-        a_parts, b_parts = [], []
-        ref_a = next(t[f"{mod}.lora_A.weight"] for t, _ in loaded if f"{mod}.lora_A.weight" in t)
-        ref_b = next(t[f"{mod}.lora_B.weight"] for t, _ in loaded if f"{mod}.lora_B.weight" in t)
-        for t, cfg in loaded:
-            if f"{mod}.lora_A.weight" in t:
-                a_parts.append(t[f"{mod}.lora_A.weight"])
-                b_parts.append(t[f"{mod}.lora_B.weight"] * (_scaling(cfg) / m))
-            else:  # this shard has no LoRA on the module (truncated there): a zero slot keeps ranks aligned
-                a_parts.append(torch.zeros_like(ref_a))
-                b_parts.append(torch.zeros_like(ref_b))
-        merged[f"{mod}.lora_A.weight"] = torch.cat(a_parts, dim=0).to(dtype or a_parts[0].dtype)
-        merged[f"{mod}.lora_B.weight"] = torch.cat(b_parts, dim=1).to(dtype or b_parts[0].dtype)
+        ka, kb = f"{mod}.lora_A.weight", f"{mod}.lora_B.weight"
+        inputs = tuple(x for t, _, _ in loaded for x in (t.get(ka), t.get(kb)))
+        if (pair := _last_merge.get(mod, context, inputs)) is None:
+            ref_a = next(t[ka] for t, _, _ in loaded if ka in t)
+            ref_b = next(t[kb] for t, _, _ in loaded if kb in t)
+            a_parts, b_parts = [], []
+            for (t, _, _), scale in zip(loaded, context[0], strict=True):
+                if ka in t:
+                    a_parts.append(t[ka])
+                    b_parts.append(t[kb] * scale)
+                else:  # this shard has no LoRA on the module (truncated there): a zero slot keeps ranks aligned
+                    a_parts.append(torch.zeros_like(ref_a))
+                    b_parts.append(torch.zeros_like(ref_b))
+            pair = (
+                torch.cat(a_parts, dim=0).to(dtype or a_parts[0].dtype),
+                torch.cat(b_parts, dim=1).to(dtype or b_parts[0].dtype),
+            )
+        merged[ka], merged[kb] = pair
+        made[(mod, context)] = (inputs, *pair)
+    _last_merge.replace(made)
     base_cfg = loaded[0][1]
     layers = sorted({blocks.layer_of(k) for k in merged} - {None})  # type: ignore[type-var]
     cfg = {

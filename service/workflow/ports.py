@@ -35,6 +35,10 @@ class Engine(Protocol):
 
     def roll_out(self, plan: Plan, request_id: uuid.UUID | None, on_wait: OnWait) -> rollout.Rollout: ...
 
+    def warm(self) -> None:
+        """Load what is served now into the process, so its first rollout costs what later ones do."""
+        ...
+
 
 @dataclass(frozen=True)
 class S3TPlanner:
@@ -68,3 +72,6 @@ class ReplicaRollout:
             fail_closed=self.fail_closed,
             on_wait=on_wait,
         )
+
+    def warm(self) -> None:
+        rollout.warm(self.db, self.served_root, self.aggregation)

@@ -22,6 +22,8 @@ def run_worker(deps: DeletionDeps, *, once: bool = False, verify_concurrency: in
     import shards.materialise
     import shards.train  # noqa: F401
 
+    deps.engine.warm()  # likewise the served shards' adapters
+
     ledger = deps.ledger
     # a quiet ledger still gets its entries signed within about max_age_seconds
     ticks = [(min(ledger.max_age_seconds, 30.0), ledger.maybe_checkpoint)] if ledger is not None else []

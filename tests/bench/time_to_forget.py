@@ -91,7 +91,7 @@ def main() -> None:
         key = create_api_key(db, ["admin"])
         stack = Stack(s, db)
         stack.start()
-        ttf, done = [], []
+        ttf, done, waterfalls = [], [], []
         try:
             api = httpx.Client(
                 base_url=f"http://127.0.0.1:{stack.api_port}", headers={"Authorization": f"Bearer {key}"}, timeout=60
@@ -116,6 +116,7 @@ def main() -> None:
                 rollout = d["result"].get("apply", {}).get("rollout")
                 if rollout:  # forgotten: every routable replica acknowledged the clean generation
                     ttf.append((forgotten - received).total_seconds())
+                    waterfalls.append(d["result"].get("waterfall", {}))
                 done.append((completed - received).total_seconds())
         finally:
             stack.stop()
@@ -136,6 +137,7 @@ def main() -> None:
     print(f"| retrain the affected shard from scratch (SISA) | {shard:.1f} | – | {shard / p50:.0f} |")
     print(f"| full retrain (every unit) | {full:.1f} | – | {full / p50:.0f} |")
     print(f"\nrollouts measured: {len(ttf)} of {len(victims)} requests; each (s): {[round(t, 2) for t in ttf]}")
+    print_waterfall(waterfalls)
     print(f"\nShard aggregation on the same {args.shards} shards (before any deletion; transformers, fp32):")
     print(
         "\n| served as | trained people: mean loss | holdout people: mean loss | member AUC (calibrated, per person) |"
@@ -143,6 +145,18 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, row in aggregation.items():
         print(f"| {name} | {row['trained']:.3f} | {row['holdout']:.3f} | {row['auc']:.3f} |")
+
+
+def print_waterfall(waterfalls: list[dict[str, float]]) -> None:
+    """Median time of each step up to *forgotten* (``result.waterfall``) over the rollouts."""
+    if not waterfalls:
+        return
+    print("\nWhere the time to forget went (median over the rollouts, s):\n\n| step | p50 s | max s |\n|---|---:|---:|")
+    for step in waterfalls[0]:
+        if step in ("verify_queued", "verify", "purge"):  # after forgotten
+            continue
+        got = [w.get(step, 0.0) for w in waterfalls]
+        print(f"| {step} | {statistics.median(got):.3f} | {max(got):.3f} |")
 
 
 def _aggregation(db: dbm.DatabaseInfo, s: Settings, c: corpus.Corpus, base: Path, out: Path) -> dict[str, dict]:

@@ -41,9 +41,13 @@ def write_adapter(
 
 @pytest.fixture(autouse=True)
 def forget_between_tests():
-    materialise._verified.items.clear()
+    forget_all()
     yield
-    materialise._verified.items.clear()
+    forget_all()
+
+
+def forget_all() -> None:
+    materialise.forget_memory()
 
 
 @settings(max_examples=15, deadline=None)
@@ -51,38 +55,59 @@ def forget_between_tests():
     layers=st.integers(2, 5),
     rank=st.integers(1, 4),
     dtype=st.sampled_from([torch.float32, torch.bfloat16]),
-    prefixes=st.lists(st.integers(1, 2), min_size=1, max_size=3),
+    rounds=st.lists(st.lists(st.integers(0, 2), min_size=3, max_size=3), min_size=1, max_size=4),
     serve=st.sampled_from([None, torch.bfloat16, torch.float32]),
 )
-def test_the_hash_made_in_memory_is_the_hash_of_the_files_written(
-    tmp_path_factory, layers, rank, dtype, prefixes, serve
-):
+def test_a_warm_worker_publishes_what_a_fresh_process_would(tmp_path_factory, layers, rank, dtype, rounds, serve):
+    """Rounds of cuts (each shard's prefix; 0: dead): the hash made in memory is the hash of the
+    files written, and the merge a worker makes from what it remembers is the merge a fresh
+    process makes from the files."""
     root = tmp_path_factory.mktemp("m")
-    parts = []
-    for i, prefix in enumerate(prefixes):
-        unit = write_adapter(root, layers, rank, dtype, seed=i)
-        t = materialise.truncate(unit, prefix, layers, 2, root / "out", f"s{i:02d}-p{prefix}")
-        assert t.sha256 == adapter_sha256(t.path) and t.path.name.endswith(t.sha256[:12])
-        parts.append(t.path)
-    merged = materialise.merge(parts, root / "out", "merged", serve)
-    assert merged.sha256 == adapter_sha256(merged.path) and merged.path.name.endswith(merged.sha256[:12])
-    materialise._verified.items.clear()  # another process builds the same bytes and the same name
-    again = materialise.merge(parts, root / "out", "merged", serve)
-    assert again == merged
+    units = [write_adapter(root, layers, rank, dtype, seed=k) for k in range(3)]
+    for n, prefixes in enumerate(rounds):
+        parts = []
+        for k, prefix in enumerate(prefixes):
+            if prefix == 0:
+                continue
+            t = materialise.truncate(units[k], prefix, layers, 2, root / "out", f"s{k:02d}-p{prefix}")
+            assert t.sha256 == adapter_sha256(t.path) and t.path.name.endswith(t.sha256[:12])
+            parts.append(t.path)
+        if not parts:
+            continue
+        merged = materialise.merge(parts, root / "out", f"merged{n}", serve)
+        assert merged.sha256 == adapter_sha256(merged.path) and merged.path.name.endswith(merged.sha256[:12])
+        warm = (materialise._verified.items.copy(), materialise._last_merge.pairs)
+        forget_all()
+        cold = materialise.merge(parts, root / "cold", f"merged{n}", serve)
+        assert cold.sha256 == merged.sha256
+        materialise._verified.items, materialise._last_merge.pairs = warm  # the worker goes on
+
+
+def test_a_cut_remerges_only_the_modules_of_the_cut_block(tmp_path):
+    units = [write_adapter(tmp_path, 4, 2, torch.float32, seed=k) for k in range(2)]
+    parts = [materialise.truncate(u, 2, 4, 2, tmp_path / "out", f"s{k:02d}-p2") for k, u in enumerate(units)]
+    materialise.merge([p.path for p in parts], tmp_path / "out", "m1", torch.bfloat16)
+    before = dict(materialise._last_merge.pairs)
+    cut = materialise.truncate(units[1], 1, 4, 2, tmp_path / "out", "s01-p1")  # shard 1 loses layers 0-1
+    materialise.merge([parts[0].path, cut.path], tmp_path / "out", "m2", torch.bfloat16)
+    after = materialise._last_merge.pairs
+    assert before.keys() == after.keys()
+    same = {k[0] for k in after if after[k][1] is before[k][1] and after[k][2] is before[k][2]}
+    assert same == {f"base_model.model.model.layers.{i}.{m}" for i in (2, 3) for m in MODULES}
 
 
 def test_a_reused_part_is_neither_read_nor_hashed_again(tmp_path, monkeypatch):
     unit = write_adapter(tmp_path, 4, 2, torch.float32, seed=0)
     first = materialise.truncate(unit, 1, 4, 2, tmp_path / "out", "s00-p1")
-
-    def no(*_a, **_k):
-        raise AssertionError("read or hashed again")
-
-    monkeypatch.setattr(materialise, "adapter_sha256", no)
-    monkeypatch.setattr(materialise, "load_file", no)
+    calls: list[str] = []
+    read, digest = materialise.load_file, materialise.adapter_digest
+    monkeypatch.setattr(materialise, "load_file", lambda *a, **k: calls.append("read") or read(*a, **k))
+    monkeypatch.setattr(materialise, "adapter_digest", lambda *a, **k: calls.append("hash") or digest(*a, **k))
     assert materialise.truncate(tmp_path / "gone", 1, 4, 2, tmp_path / "out", "s00-p1") == first
+    assert calls == []
     merged = materialise.merge([first.path], tmp_path / "out", "merged")
-    assert merged.sha256 != first.sha256  # rank and scaling differ: a new adapter, built from memory
+    assert calls == ["hash"]  # the merged adapter's, from memory: the part was not read again
+    assert merged.sha256 == adapter_sha256(merged.path) != first.sha256
 
 
 def test_a_part_changed_on_disk_is_hashed_again_and_rebuilt(tmp_path):
