@@ -240,20 +240,7 @@ def merge(adapters: Sequence[Path], out_root: Path, name: str, dtype: torch.dtyp
         ka, kb = f"{mod}.lora_A.weight", f"{mod}.lora_B.weight"
         inputs = tuple(x for t, _, _ in loaded for x in (t.get(ka), t.get(kb)))
         if (pair := _last_merge.get(mod, context, inputs)) is None:
-            ref_a = next(t[ka] for t, _, _ in loaded if ka in t)
-            ref_b = next(t[kb] for t, _, _ in loaded if kb in t)
-            a_parts, b_parts = [], []
-            for (t, _, _), scale in zip(loaded, context[0], strict=True):
-                if ka in t:
-                    a_parts.append(t[ka])
-                    b_parts.append(t[kb] * scale)
-                else:  # this shard has no LoRA on the module (truncated there): a zero slot keeps ranks aligned
-                    a_parts.append(torch.zeros_like(ref_a))
-                    b_parts.append(torch.zeros_like(ref_b))
-            pair = (
-                torch.cat(a_parts, dim=0).to(dtype or a_parts[0].dtype),
-                torch.cat(b_parts, dim=1).to(dtype or b_parts[0].dtype),
-            )
+            pair = _merge_module(ka, kb, [t for t, _, _ in loaded], context[0], dtype)
         merged[ka], merged[kb] = pair
         made[(mod, context)] = (inputs, *pair)
     _last_merge.replace(made)
@@ -268,6 +255,26 @@ def merge(adapters: Sequence[Path], out_root: Path, name: str, dtype: torch.dtyp
         "layers_pattern": "layers",
     }
     return _publish(merged, cfg, out_root, name, remember=False)
+
+
+def _merge_module(
+    ka: str, kb: str, parts: list[dict[str, torch.Tensor]], scales: tuple[float, ...], dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One module's A = [A₁; …; A_m] and B = [s₁B₁, …, s_mB_m]."""
+    ref_a = next(t[ka] for t in parts if ka in t)
+    ref_b = next(t[kb] for t in parts if kb in t)
+    a_parts, b_parts = [], []
+    for t, scale in zip(parts, scales, strict=True):
+        if ka in t:
+            a_parts.append(t[ka])
+            b_parts.append(t[kb] * scale)
+        else:  # this shard has no LoRA on the module (truncated there): a zero slot keeps ranks aligned
+            a_parts.append(torch.zeros_like(ref_a))
+            b_parts.append(torch.zeros_like(ref_b))
+    return (
+        torch.cat(a_parts, dim=0).to(dtype or a_parts[0].dtype),
+        torch.cat(b_parts, dim=1).to(dtype or b_parts[0].dtype),
+    )
 
 
 def routing(adapters: Mapping[int, Materialised], out_root: Path, name: str) -> Materialised:
