@@ -103,11 +103,13 @@ def materialise(db: DatabaseInfo, plan: Any, served_root: Path, aggregation: str
 def warm(db: DatabaseInfo, served_root: Path, aggregation: str = "merged") -> None:
     """Materialise what is served now, under the rollout lock (no purge meanwhile): a worker that
     has just started then reads and hashes only the shard its first deletion cuts, not all of them
-    (materialise keeps the parts it read). Best effort: whatever fails here fails again, and is
-    reported, in the rollout that needs it."""
+    (materialise keeps the parts it read). Best effort: skipped while another rollout holds the
+    lock (it may wait long for a replica); whatever fails here fails again, and is reported, in
+    the rollout that needs it."""
     try:
-        with store.rollout_lock(db.url):
-            materialise(db, training.plan_for(db, []), served_root, aggregation)
+        with store.rollout_lock_if_free(db.url) as free:
+            if free:
+                materialise(db, training.plan_for(db, []), served_root, aggregation)
     except Exception as e:  # a warm-up never stops a worker from starting
         log.warning("materialise warm-up skipped: %s", type(e).__name__)
 

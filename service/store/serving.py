@@ -170,6 +170,19 @@ def rollout_lock(url: str) -> contextlib.AbstractContextManager[None]:
     return advisory_lock(url, ROLLOUT_LOCK)
 
 
+@contextlib.contextmanager
+def rollout_lock_if_free(url: str) -> Iterator[bool]:
+    """The rollout lock if no one holds it now (True), else nothing (False): never waits."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (ROLLOUT_LOCK,)).fetchone()
+        got = bool(row and row[0])
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (ROLLOUT_LOCK,))
+
+
 def apply_lock(url: str) -> contextlib.AbstractContextManager[None]:
     """Held by a deletion batch from its claim until its rollout is acknowledged: a plan is never
     made stale by another batch's cut before it is served, and requests arriving during a

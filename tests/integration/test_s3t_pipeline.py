@@ -468,3 +468,29 @@ def test_a_run_that_fails_after_the_cut_still_rolls_the_clean_model_out_when_ret
     assert done.result["apply"]["rollout"]["generation"] == served.generation
     assert after["sha256"] is None or served.adapter_sha256 is not None
     assert applied == 1
+
+
+def test_a_started_worker_has_read_the_served_parts_so_its_first_deletion_reads_only_the_cut_shard(
+    empty_db, s3t_settings, tiny_model, tmp_path, monkeypatch
+):
+    from service.core.deletions import Status
+    from service.workflow import steps
+    from shards import materialise
+
+    core, admin, rid = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=1)
+    deps = saga(empty_db, s3t_settings, retrain_delay=600.0)
+    served = s3t_settings.artifacts_dir() / "served"
+    materialise.forget_memory()  # a worker process starting
+    with serving.rollout_lock(empty_db.url):  # another worker's rollout in flight: no wait, nothing read
+        deps.engine.warm()
+    assert not materialise._verified.items
+    deps.engine.warm()
+    parts = {p.parent for p in served.glob("s*/adapter_model.safetensors")}
+    assert len(parts) == 2 and all(materialise._verified.get(p) for p in parts)
+    reads: list[Path] = []
+    load = materialise.load_file
+    monkeypatch.setattr(materialise, "load_file", lambda f, *a: reads.append(Path(f).parent) or load(f, *a))
+    assert steps.run(deps, rid) is Status.COMPLETED
+    (cut,) = core.get(rid, admin).result["plan"]["affected_shards"]
+    assert not [r for r in reads if r.is_relative_to(served)]  # no published part read again
+    assert all(f"shard-{cut:02d}" in str(r) for r in reads)  # at most the cut shard's unit
