@@ -188,6 +188,17 @@ def served_adapters(db: DatabaseInfo, p: Plan, out_root: Path) -> dict[int, Mate
     return out
 
 
+def served_units(db: DatabaseInfo, p: Plan) -> list[Path]:
+    """The adapter directories of the units the plan serves (one per live shard)."""
+    units = {(u.shard, u.sequence): u for u in _live(db)}
+    out = []
+    for shard, sp in sorted(p.shards.items()):
+        u = units.get((shard, sp.sequence))
+        if not sp.dead and u is not None and u.path is not None:
+            out.append(Path(u.path))
+    return out
+
+
 def _check_base_model(units: list[store.LiveUnit], base_model: Path) -> None:
     """Adapters only mean something on the base model they were trained on (PEFT records its path;
     a rebuilt local model gets a new directory): refuse to mix them."""

@@ -192,16 +192,40 @@ def truncate(
     if not 1 <= prefix <= num_blocks:
         raise ValueError(f"prefix must be in 1..{num_blocks}; a shard at 0 serves no adapter")
     if (done := _published(out_root, name)) is not None:
+        _share(done, adapter_dir, prefix, num_layers, num_blocks)
         return done
     tensors, cfg, _ = _read(adapter_dir)
-    kept = {
+    kept = _kept(tensors, prefix, num_layers, num_blocks)
+    layers = sorted({blocks.layer_of(k) for k in kept} - {None})  # type: ignore[type-var]
+    cfg = {**cfg, "layers_to_transform": layers, "layers_pattern": "layers"}
+    return _publish(kept, cfg, out_root, name)
+
+
+def _kept(tensors: dict[str, torch.Tensor], prefix: int, num_layers: int, num_blocks: int) -> dict[str, torch.Tensor]:
+    return {
         k: v
         for k, v in tensors.items()
         if (b := blocks.block_of_param(k, num_layers, num_blocks)) is not None and b < prefix
     }
-    layers = sorted({blocks.layer_of(k) for k in kept} - {None})  # type: ignore[type-var]
-    cfg = {**cfg, "layers_to_transform": layers, "layers_pattern": "layers"}
-    return _publish(kept, cfg, out_root, name)
+
+
+def remember(adapter_dir: Path) -> None:
+    """Read a unit's adapter into this process's memory (a starting worker, before ``truncate``)."""
+    _read(adapter_dir)
+
+
+def _share(part: Materialised, unit_dir: Path, prefix: int, num_layers: int, num_blocks: int) -> None:
+    """A published part read from disk holds its own copies of the unit's tensors: once the unit
+    is in memory too and the part's content hash checks out on the unit's tensors, keep the unit's
+    (one copy, and the merge recognises the modules a later cut of this shard leaves unchanged)."""
+    unit, held = _verified.get(unit_dir), _verified.get(part.path)
+    if unit is None or held is None:
+        return
+    kept = _kept(unit[0], prefix, num_layers, num_blocks)
+    if kept.keys() == held[0].keys() and all(kept[k] is held[0][k] for k in kept):
+        return  # shared already
+    if adapter_digest(kept, held[1]) == part.sha256:
+        _verified.put(part.path, kept, held[1], part.sha256)
 
 
 def serving_dtype(adapter_dir: Path) -> torch.dtype:

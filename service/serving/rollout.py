@@ -109,7 +109,12 @@ def warm(db: DatabaseInfo, served_root: Path, aggregation: str = "merged") -> No
     try:
         with store.rollout_lock_if_free(db.url) as free:
             if free:
-                materialise(db, training.plan_for(db, []), served_root, aggregation)
+                from shards import materialise as mat
+
+                plan = training.plan_for(db, [])
+                for unit in training.served_units(db, plan):
+                    mat.remember(unit)
+                materialise(db, plan, served_root, aggregation)
     except Exception as e:  # a warm-up never stops a worker from starting
         log.warning("materialise warm-up skipped: %s", type(e).__name__)
 

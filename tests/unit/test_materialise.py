@@ -132,3 +132,23 @@ def test_what_a_process_remembers_is_bounded(tmp_path):
         unit = write_adapter(tmp_path, 2, 1, torch.float32, seed=i)
         materialise.truncate(unit, 1, 2, 2, tmp_path / "out", f"s{i:02d}-p1")
     assert len(materialise._verified.items) == materialise._verified.size
+
+
+def test_a_restarted_worker_shares_the_published_parts_with_the_units(tmp_path):
+    units = [write_adapter(tmp_path, 4, 2, torch.float32, seed=k) for k in range(2)]
+    for k, u in enumerate(units):
+        materialise.truncate(u, 2, 4, 2, tmp_path / "out", f"s{k:02d}-p2")
+    forget_all()  # restarted: the parts are on disk, nothing in memory
+    for u in units:
+        materialise.remember(u)
+    parts = [materialise.truncate(u, 2, 4, 2, tmp_path / "out", f"s{k:02d}-p2") for k, u in enumerate(units)]
+    for u, part in zip(units, parts, strict=True):
+        unit_t, part_t = materialise._verified.get(u)[0], materialise._verified.get(part.path)[0]
+        assert part_t.keys() == unit_t.keys() and all(part_t[k] is unit_t[k] for k in part_t)
+    materialise.merge([p.path for p in parts], tmp_path / "out", "m1", torch.bfloat16)
+    before = dict(materialise._last_merge.pairs)
+    cut = materialise.truncate(units[0], 1, 4, 2, tmp_path / "out", "s00-p1")
+    materialise.merge([cut.path, parts[1].path], tmp_path / "out", "m2", torch.bfloat16)
+    after = materialise._last_merge.pairs
+    same = {k[0] for k in after if after[k][1] is before[k][1]}
+    assert same == {f"base_model.model.model.layers.{i}.{m}" for i in (2, 3) for m in MODULES}
