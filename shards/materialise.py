@@ -93,10 +93,11 @@ _HASHER = ThreadPoolExecutor(1, thread_name_prefix="materialise-hash")
 
 
 class _LastMerge:
-    """Each module's merged pair from the last merge, with the very tensor objects it was made of:
-    a deletion that cuts one shard's block leaves every other block's modules as they were. Inputs
-    are compared by identity while this holds them (alive, so an identity cannot be reused), and
-    they are never modified."""
+    """Each module's merged pair from the last merge, with the tensors it was made of: a deletion
+    that cuts one shard's block leaves every other block's modules as they were. An input is the
+    same if it is the same object (held here, so alive: an identity cannot be reused) or has the
+    same bits (a cut shard's part is read from an earlier stage's file, whose frozen blocks hold
+    the same bits); inputs are never modified."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -105,7 +106,7 @@ class _LastMerge:
     def get(self, mod: str, context: Any, inputs: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
         with self.lock:
             hit = self.pairs.get((mod, context))
-        if hit is None or len(hit[0]) != len(inputs) or any(x is not y for x, y in zip(hit[0], inputs, strict=True)):
+        if hit is None or len(hit[0]) != len(inputs) or not all(map(_same, hit[0], inputs)):
             return None
         return hit[1], hit[2]
 
@@ -115,6 +116,14 @@ class _LastMerge:
 
 
 _last_merge = _LastMerge()
+
+
+def _same(x: torch.Tensor | None, y: torch.Tensor | None) -> bool:
+    if x is y:
+        return True
+    if x is None or y is None or x.dtype != y.dtype or x.shape != y.shape:
+        return False
+    return torch.equal(x.contiguous().view(torch.uint8), y.contiguous().view(torch.uint8))  # bits, not values
 
 
 def forget_memory() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -83,12 +84,17 @@ def test_a_warm_worker_publishes_what_a_fresh_process_would(tmp_path_factory, la
         materialise._verified.items, materialise._last_merge.pairs = warm  # the worker goes on
 
 
-def test_a_cut_remerges_only_the_modules_of_the_cut_block(tmp_path):
+@pytest.mark.parametrize("earlier_stage", [False, True])
+def test_a_cut_remerges_only_the_modules_of_the_cut_block(tmp_path, earlier_stage):
     units = [write_adapter(tmp_path, 4, 2, torch.float32, seed=k) for k in range(2)]
     parts = [materialise.truncate(u, 2, 4, 2, tmp_path / "out", f"s{k:02d}-p2") for k, u in enumerate(units)]
     materialise.merge([p.path for p in parts], tmp_path / "out", "m1", torch.bfloat16)
     before = dict(materialise._last_merge.pairs)
-    cut = materialise.truncate(units[1], 1, 4, 2, tmp_path / "out", "s01-p1")  # shard 1 loses layers 0-1
+    source = units[1]
+    if earlier_stage:  # the cut unit's deepest live stage is now an earlier file: the same bits, other objects
+        source = tmp_path / "stage-00"
+        shutil.copytree(units[1], source)
+    cut = materialise.truncate(source, 1, 4, 2, tmp_path / "out", "s01-p1")  # shard 1 loses layers 0-1
     materialise.merge([parts[0].path, cut.path], tmp_path / "out", "m2", torch.bfloat16)
     after = materialise._last_merge.pairs
     assert before.keys() == after.keys()
