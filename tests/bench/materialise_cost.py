@@ -3,7 +3,8 @@
 Adapters of Gemma 3 270M's LoRA shape (r 16 on the seven projections of 18 layers, fp32 as trained,
 4 blocks), random weights (the cost does not depend on them), m shards. Each round cuts one
 shard's prefix by one block and materialises what the rollout serves: every live shard's
-truncated adapter (the uncut ones already published) and their merge in bf16. "Cold": a process
+truncated adapter (the uncut ones already published; the cut one from its deepest live stage's
+file, as the planner names it) and their merge in bf16. "Cold": a process
 that remembers nothing (every part read and hashed from disk, as a restarted worker does);
 "warm": the worker that built the last rollout.
 
@@ -13,6 +14,7 @@ that remembers nothing (every part read and hashed from disk, as a restarted wor
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -46,18 +48,20 @@ def main() -> None:
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lethe-mat-"))
     units = [write_adapter(root, LAYERS, 16, torch.float32, k, GEMMA) for k in range(args.shards)]
+    # a unit's deepest live stage after a cut is an earlier stage's file (the frozen blocks' bits)
+    stages = [[shutil.copytree(u, root / f"{u.name}-stage-{i}") for i in range(BLOCKS)] for u in units]
     times: dict[str, list[float]] = {"cold": [], "warm": []}
     for mode in ("cold", "warm"):
         out = root / mode
         prefix = [BLOCKS] * args.shards
         materialise.forget_memory()
-        build(units, prefix, out, "r0")  # the rollout before the first deletion
+        build(stages, prefix, out, "r0")  # the rollout before the first deletion
         for r in range(args.rounds):
             prefix[r % args.shards] = max(1, prefix[r % args.shards] - 1)
             if mode == "cold":
                 materialise.forget_memory()
             t = time.perf_counter()
-            build(units, prefix, out, f"r{r + 1}")
+            build(stages, prefix, out, f"r{r + 1}")
             times[mode].append(time.perf_counter() - t)
     mb = sum(f.stat().st_size for f in (root / "warm").glob("merged-*/*.safetensors")) / 2**20 / (args.rounds + 1)
     print(f"\n{args.shards} shards, Gemma 3 270M LoRA shape (r 16, 18 layers), merged bf16 ≈ {mb:.0f} MB")
@@ -67,10 +71,10 @@ def main() -> None:
         print(f"| {mode} | {statistics.median(ts):.3f} | {max(ts):.3f} | {statistics.median(ts) / warm:.1f} |")
 
 
-def build(units: list[Path], prefix: list[int], out: Path, name: str) -> materialise.Materialised:
+def build(stages: list[list[Path]], prefix: list[int], out: Path, name: str) -> materialise.Materialised:
     parts = [
-        materialise.truncate(u, p, LAYERS, BLOCKS, out, f"s{k:02d}-p{p}-v0")
-        for k, (u, p) in enumerate(zip(units, prefix, strict=True))
+        materialise.truncate(st[p - 1], p, LAYERS, BLOCKS, out, f"s{k:02d}-p{p}-v0")
+        for k, (st, p) in enumerate(zip(stages, prefix, strict=True))
     ]
     return materialise.merge([p.path for p in parts], out, f"merged-{name}", torch.bfloat16)
 
