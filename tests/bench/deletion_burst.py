@@ -188,9 +188,7 @@ def retrain_after_burst(db: dbm.DatabaseInfo, s: Settings, stack: Stack) -> tupl
                 (since,),
             ).fetchall()
         )
-        trained = conn.execute(
-            "SELECT count(*) FROM procrastinate_jobs WHERE task_name = 'train_unit' AND status = 'succeeded'"
-        ).fetchone()[0]
+    trained = ran.get("train_unit", 0)  # since the burst (the initial training's jobs are older)
     restored = {k: p.prefix for k, p in training.plan_for(db, []).shards.items()}
     full = {k: len(seqs[0]) for k, seqs in orders.items()}
     return predicted, burst_depth, predicted_cut, cut, trained, ran, restored, full, seconds_taken
