@@ -366,7 +366,10 @@ def test_two_training_workers_share_a_run_and_a_killed_workers_unit_resumes_from
     from service.workflow import training_jobs
     from shards.train import LINEAGE_FILE, stage_dir
 
-    s = s3t_settings.model_copy(update={"base_model": tiny_model, "train": replace(s3t_settings.train, epochs=150)})
+    # stages of a fixed length (no early stop, no recall checks: seconds each), so the window
+    # between stage 0 and stage 1 is wide on any machine
+    slow = replace(s3t_settings.train, epochs=60, stop_recall=2.0)
+    s = s3t_settings.model_copy(update={"base_model": tiny_model, "train": slow})
     ingest(empty_db, s, tmp_path)
     job = lethe.training_job(s, tiny_model)
     units = training.pending_units(empty_db, job)
@@ -375,7 +378,9 @@ def test_two_training_workers_share_a_run_and_a_killed_workers_unit_resumes_from
         assert training_jobs.enqueue(conn, [(u.shard, u.sequence) for u in units]) == 4
         assert training_jobs.enqueue(conn, [(u.shard, u.sequence) for u in units]) == 0  # queued once
 
-    env = {**os.environ, **settings_env(s), "DATABASE_URL": empty_db.url}
+    # two workers on this machine share its cores, one thread each (as train_all's workers do):
+    # oversubscribed OpenMP threads make a tiny model's steps orders of magnitude slower
+    env = {**os.environ, **settings_env(s), "DATABASE_URL": empty_db.url, "OMP_NUM_THREADS": "1"}
     logs = [tmp_path / f"worker-{i}.log" for i in range(2)]
     procs = [
         subprocess.Popen(
@@ -390,7 +395,7 @@ def test_two_training_workers_share_a_run_and_a_killed_workers_unit_resumes_from
     try:
         victim, kept = None, {}
         deadline = time.monotonic() + 300
-        while victim is None and time.monotonic() < deadline:
+        while victim is None and time.monotonic() < deadline and any(p.poll() is None for p in procs):
             for u in units:
                 unit_dir = job.artifacts / u.dir_name()
                 if (stage_dir(unit_dir, 0) / LINEAGE_FILE).exists() and not stage_dir(unit_dir, 1).exists():
@@ -403,7 +408,9 @@ def test_two_training_workers_share_a_run_and_a_killed_workers_unit_resumes_from
                         victim = (u, proc)
                         break
             time.sleep(0.02)
-        assert victim is not None, "no unit was caught between its stages"
+        assert victim is not None, "no unit was caught between its stages: " + "\n".join(
+            f"worker {p.pid} exit {p.poll()}: {log.read_text()[-1500:]}" for p, log in zip(procs, logs, strict=True)
+        )
         unit, killed = victim
         survivor = next(p for p in procs if p is not killed)
         assert survivor.wait(300) == 0, logs[procs.index(survivor)].read_text()[-2000:]
