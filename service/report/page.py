@@ -204,7 +204,10 @@ def _probes(p: dict[str, Any]) -> str:
     out += (f' <span class="note">{e(p["reason"])}</span>' if p.get("reason") else "") + "</p>"
     if p.get("scope"):
         scope = p["scope"]
-        out += f'<p class="note">Scored with its batch {e(scope["batch"])} ({e(scope["records"])} records).</p>'
+        others = len(scope.get("batches", [scope["batch"]])) - 1  # batches verified with it
+        joined = f" and {others} other batch{'es' if others > 1 else ''}" if others else ""
+        out += f'<p class="note">Scored with its batch {e(scope["batch"])}{e(joined)}'
+        out += f" ({e(scope['records'])} records).</p>"
     if p.get("sample"):
         out += f'<p class="note">A spread sample of {e(p["sample"]["records"])} of {e(p["sample"]["of"])} records.</p>'
     if m:

@@ -329,6 +329,16 @@ def join_batch(conn: psycopg.Connection, ids: Sequence[uuid.UUID], batch_id: uui
     conn.execute("UPDATE deletion_requests SET batch_id = %s WHERE id = ANY(%s)", (batch_id, list(ids)))
 
 
+def forgotten_batches(conn: psycopg.Connection) -> list[uuid.UUID]:
+    """Batches whose apply half is done (their open members forgotten, in the transaction that
+    queued the batch's verify job) and whose verify half is not, the earliest forgotten first."""
+    rows = conn.execute(
+        "SELECT batch_id FROM deletion_requests WHERE status = 'in_progress' AND forgotten_time IS NOT NULL"
+        " AND batch_id IS NOT NULL GROUP BY batch_id ORDER BY min(forgotten_time), batch_id"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def batch_members(conn: psycopg.Connection, batch_id: uuid.UUID) -> list[Deletion]:
     """The requests of a batch, in the order they were received."""
     with conn.cursor(row_factory=dict_row) as cur:

@@ -47,3 +47,13 @@ def start_now(conn: psycopg.Connection, task_name: str) -> int:
         (task_name,),
     )
     return cur.rowcount
+
+
+def queued(conn: psycopg.Connection, task_name: str) -> int:
+    """``task_name`` jobs due or running (a job scheduled for later is not counted)."""
+    row = conn.execute(
+        "SELECT count(*) FROM procrastinate_jobs WHERE task_name = %s AND (status = 'doing'"
+        " OR (status = 'todo' AND (scheduled_at IS NULL OR scheduled_at <= now())))",
+        (task_name,),
+    ).fetchone()
+    return int(row[0]) if row else 0

@@ -165,6 +165,22 @@ def advisory_lock(url: str, key: int) -> Iterator[None]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
+@contextlib.contextmanager
+def advisory_locks_if_free(url: str, keys: list[int]) -> Iterator[set[int]]:
+    """Those of ``keys`` no one holds now, locked on one connection of their own: never waits."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        got = set[int]()
+        try:
+            for key in keys:
+                row = conn.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
+                if row and row[0]:
+                    got.add(key)
+            yield got
+        finally:
+            for key in got:
+                conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
 def rollout_lock(url: str) -> contextlib.AbstractContextManager[None]:
     """Held for a whole rollout."""
     return advisory_lock(url, ROLLOUT_LOCK)

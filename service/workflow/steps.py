@@ -39,7 +39,7 @@ from service.core.deletions import Deletion, Status
 from service.core.verdict import Checks, verdict
 from service.serving import rollout
 from service.store import deletions as store
-from service.store import kb, s3t, serving
+from service.store import jobs, kb, s3t, serving
 from service.store.database import DatabaseInfo
 from service.verify import probes, rag_probes
 from service.workflow import batches, training_jobs
@@ -79,7 +79,7 @@ def verify_batch(context: procrastinate.JobContext, batch_id: str, trace: dict[s
     token = tracing.attach(trace)
     try:
         with tracing.tracer.start_as_current_span("workflow.verify_batch", attributes={"lethe.batch_id": batch_id}):
-            _verify_batch(deps, uuid.UUID(batch_id))
+            _verify_batch(deps, uuid.UUID(batch_id), VERIFY_GATHER_SECONDS)
     finally:
         tracing.detach(token)
     if deps.ledger is not None:
@@ -507,29 +507,60 @@ def _run(deps: DeletionDeps, deletion_id: uuid.UUID) -> Status:
     return _status(deps.db, deletion_id)
 
 
-def _verify_batch(deps: DeletionDeps, batch_id: uuid.UUID) -> None:
-    """The verify half, from what the apply half stored: verify (once for the batch), purge,
-    complete. One run per batch at a time (a re-run of the apply job may queue it twice)."""
-    with serving.advisory_lock(deps.db.url, int.from_bytes(batch_id.bytes[:8], "big", signed=True)):
-        batch = batches.resume(deps.db, batch_id)
-        if batch is None:
+VERIFY_GATHER_SECONDS = 20.0  # a verify job waits at most this long for the apply lane to go quiet
+
+
+def _verify_batch(deps: DeletionDeps, batch_id: uuid.UUID, gather: float = 0.0) -> None:
+    """The verify half, from what the apply half stored: verify, purge, complete. One run per
+    batch at a time (a re-run of the apply job may queue it twice).
+
+    Other batches forgotten by now whose verify half no job is running are verified with it, in
+    one probe run: in a burst, completion costs one verify after the last rollout, not one per
+    batch. With ``gather``, it first waits (that long at most) until no deletion job is queued or
+    running, so the batches of a burst still being applied join (and the probes do not share the
+    cores with their rollouts). Their own verify jobs then find nothing left to do."""
+    with serving.advisory_lock(deps.db.url, _batch_key(batch_id)):
+        if batches.resume(deps.db, batch_id) is None:
             return
-        started, timings = datetime.now(UTC), dict[str, float]()
-        work = []
-        for d in batch.members:
-            plan = cast(dict[str, Any], d.result["plan"])
-            m = _Member(d, cast(dict[str, list[str]], d.result["resolved"]), list(plan["affected_shards"]))
-            # what the apply half's suppress step did (a result from before it was kept: re-derived)
-            kept = d.result.get("suppressed")
-            m.suppressed = cast(dict[str, Any], kept) if kept is not None else _suppress(deps, d.id, m.documents)
-            work.append(m)
-        ids = sorted(set().union(*(m.ids for m in work)))
-        shards = sorted(set().union(*(m.shards for m in work)))
-        with _step("verify", timings, batch.leader):
-            shared = _verify(deps, ids, shards)
-            verifications = {m.d.id: _verification(deps, m, shared, batch, len(ids)) for m in work}
-        with _step("purge", timings, batch.leader):
-            _purge(deps, work, verifications)
+        if gather > 0:
+            _await_quiet(deps.db, gather)
+        with deps.db.connect() as conn:
+            others = [b for b in store.forgotten_batches(conn) if b != batch_id]
+        with serving.advisory_locks_if_free(deps.db.url, [_batch_key(b) for b in others]) as got:
+            found = [batches.resume(deps.db, b) for b in [batch_id, *(b for b in others if _batch_key(b) in got)]]
+            _verify_together(deps, [b for b in found if b is not None])
+
+
+def _batch_key(batch_id: uuid.UUID) -> int:
+    return int.from_bytes(batch_id.bytes[:8], "big", signed=True)
+
+
+def _await_quiet(db: DatabaseInfo, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with db.connect() as conn:
+            if jobs.queued(conn, "process_deletion") == 0:
+                return
+        time.sleep(0.1)
+
+
+def _verify_together(deps: DeletionDeps, found: list[Batch]) -> None:
+    """Verify the batches' records in one run (probes over their union), purge, then complete
+    each batch in a transaction of its own."""
+    if not found:
+        return
+    started, timings = datetime.now(UTC), dict[str, float]()
+    work = {b.id: [_resumed(deps, d) for d in b.members] for b in found}
+    everyone = [m for ms in work.values() for m in ms]
+    ids = sorted(set().union(*(m.ids for m in everyone)))
+    shards = sorted(set().union(*(m.shards for m in everyone)))
+    scope = {"batches": [str(b.id) for b in found], "requests": len(everyone), "records": len(ids)}
+    with _step("verify", timings, found[0].leader):
+        shared = _verify(deps, ids, shards)
+        verifications = {m.d.id: _verification(deps, m, shared, b, scope) for b in found for m in work[b.id]}
+    with _step("purge", timings, found[0].leader):
+        _purge(deps, everyone, verifications)
+    for b in found:
         outcomes = {
             m.d.id: {
                 "plan": {
@@ -539,22 +570,33 @@ def _verify_batch(deps: DeletionDeps, batch_id: uuid.UUID) -> None:
                 "apply": m.d.result.get("apply", {}),
                 "verification": verifications[m.d.id],
             }
-            for m in work
+            for m in work[b.id]
         }
-        _complete(deps.db, batch, work, outcomes, timings, started, deps.retrain_delay)
-        _crash_point("complete")
+        _complete(deps.db, b, work[b.id], outcomes, timings, started, deps.retrain_delay)
+    _crash_point("complete")
 
 
-def _verification(deps: DeletionDeps, m: _Member, shared: dict[str, Any], batch: Batch, records: int) -> dict[str, Any]:
-    """A member's verification: the batch's structural proof, equivalence and probes (the served
-    model was rolled out once for all of them; the probes scored the batch's records together,
-    which says so), and its own knowledge-base probes."""
+def _resumed(deps: DeletionDeps, d: Deletion) -> _Member:
+    plan = cast(dict[str, Any], d.result["plan"])
+    m = _Member(d, cast(dict[str, list[str]], d.result["resolved"]), list(plan["affected_shards"]))
+    # what the apply half's suppress step did (a result from before it was kept: re-derived)
+    kept = d.result.get("suppressed")
+    m.suppressed = cast(dict[str, Any], kept) if kept is not None else _suppress(deps, d.id, m.documents)
+    return m
+
+
+def _verification(
+    deps: DeletionDeps, m: _Member, shared: dict[str, Any], batch: Batch, scope: dict[str, Any]
+) -> dict[str, Any]:
+    """A member's verification: the structural proof, equivalence and probes shared by the
+    requests verified together (its batch's, and the batches verified with it: the probes scored
+    their records together, which ``probes_scope`` says), and its own knowledge-base probes."""
     out = copy.deepcopy(shared)
     if not m.ids:  # knowledge base only: other members' probes say nothing about it
         for k in ("membership", "verbmem", "probes"):
             out.pop(k, None)
-    elif len(batch.members) > 1 and ("membership" in out or "verbmem" in out):
-        out["probes_scope"] = {"batch": str(batch.id), "records": records}
+    elif scope["requests"] > 1 and ("membership" in out or "verbmem" in out):
+        out["probes_scope"] = {"batch": str(batch.id), **scope}
     if m.documents:
         out["kb"] = _verify_kb(deps, m.d.id, m.suppressed)
     return out

@@ -19,6 +19,7 @@ import pytest
 from service import app as lethe
 from service import training
 from service.config import Settings
+from service.store import deletions as store_deletions
 from service.store import s3t as store
 from service.store import serving
 from service.workflow import training_jobs
@@ -439,6 +440,59 @@ def test_two_training_workers_share_a_run_and_a_killed_workers_unit_resumes_from
     assert _stage_files(stage_dir(job.artifacts / unit.dir_name(), 0)) == kept
     took_over = owner.findall(logs[procs.index(survivor)].read_text())
     assert (str(unit.shard), str(unit.sequence), str(survivor.pid)) in took_over
+
+
+def test_batches_forgotten_before_a_verify_run_are_verified_with_it_unless_their_own_job_holds_them(
+    empty_db, s3t_settings, tiny_model, tmp_path
+):
+    """Three requests applied as three batches: the first batch's verify run takes the second
+    along (one verification: the same verify step for both, each completed once); the third,
+    whose own verify job holds its lock, is left to that job. The second's verify job then finds
+    nothing to do. The deletion jobs a verify job waits on to gather are those due or running."""
+    import uuid
+
+    from service.core.deletions import Status, SubmitDeletion
+    from service.store import jobs
+    from service.workflow import steps
+
+    core, admin, first = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=0)
+    c = corpus.generate(seed=11, trained=8, holdout=2)
+    deps = saga(empty_db, s3t_settings)
+    rids = [first]
+    assert steps.apply(deps, first) is Status.IN_PROGRESS  # forgotten, its verify job queued
+    for person in (1, 2):
+        rid = uuid.uuid4()
+        core.submit(SubmitDeletion(rid, [("person", c.trained[person].subject_id)]), admin)
+        assert steps.apply(deps, rid) is Status.IN_PROGRESS
+        rids.append(rid)
+    batch = [core.get(r, admin).batch_id for r in rids]
+    assert len(set(batch)) == 3 and all(core.get(r, admin).forgotten_time for r in rids)
+    with psycopg.connect(empty_db.url) as conn:
+        assert store_deletions.forgotten_batches(conn) == batch
+        assert jobs.queued(conn, "process_deletion") == 3  # their jobs: no worker ran them here
+        jobs.postpone(conn, "process_deletion", 60, 600)
+        assert jobs.queued(conn, "process_deletion") == 0  # scheduled for later: not waited on
+
+    with serving.advisory_lock(empty_db.url, steps._batch_key(batch[2])):  # its verify job runs
+        steps._verify_batch(deps, batch[0])
+    done = [core.get(r, admin) for r in rids]
+    assert [d.status for d in done] == [Status.COMPLETED, Status.COMPLETED, Status.IN_PROGRESS]
+    assert done[0].result["waterfall"]["verify"] == done[1].result["waterfall"]["verify"]  # one run
+    assert all(d.result["verification"]["lineage_excludes_deleted"] for d in done[:2])
+    steps._verify_batch(deps, batch[1])  # its own job: nothing left
+    steps._verify_batch(deps, batch[2])
+    assert core.get(rids[2], admin).status is Status.COMPLETED
+    with psycopg.connect(empty_db.url) as conn:
+        assert store_deletions.forgotten_batches(conn) == []
+        for rid in rids:
+            kinds = [
+                k
+                for (k,) in conn.execute(
+                    "SELECT kind FROM ledger_entries WHERE body->>'request' = %s ORDER BY seq", (str(rid),)
+                )
+            ]
+            assert kinds.count("deletion.completed") == 1 and kinds.count("deletion.forgotten") == 1, kinds
+    assert lethe.ledger(empty_db, s3t_settings).verify().ok
 
 
 def test_a_run_that_fails_after_the_cut_still_rolls_the_clean_model_out_when_retried(

@@ -244,6 +244,18 @@ def test_probes_without_kept_scores_show_the_figures_and_say_why_no_curve():
     assert len(svgs(html)) == 2  # the timeline and VerbMem
 
 
+def test_the_probes_scope_names_the_batch_and_how_many_others_were_scored_with_it():
+    r = with_probes(random.Random(4))
+    r["probes"]["scope"] = {"batch": "b-1", "records": 12}  # a result from before batches were verified together
+    assert "Scored with its batch b-1 (12 records)" in page.render(r)
+    r["probes"]["scope"] = {"batch": "b-1", "batches": ["b-1"], "requests": 3, "records": 12}
+    assert "Scored with its batch b-1 (12 records)" in page.render(r)
+    r["probes"]["scope"] = {"batch": "b-2", "batches": ["b-1", "b-2", "b-3"], "requests": 40, "records": 160}
+    assert "Scored with its batch b-2 and 2 other batches (160 records)" in page.render(r)
+    r["probes"]["scope"]["batches"] = ["b-1", "b-2"]
+    assert "Scored with its batch b-2 and 1 other batch (160 records)" in page.render(r)
+
+
 def test_the_depth_before_comes_from_the_adapter_the_ledger_recorded_before():
     from service.report.evidence import depth_before
 
