@@ -57,3 +57,12 @@ def queued(conn: psycopg.Connection, task_name: str) -> int:
         (task_name,),
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+def queued_args(conn: psycopg.Connection, task_name: str, arg: str) -> set[str]:
+    """The values of argument ``arg`` of the ``task_name`` jobs queued and not started (neither
+    running nor failed: a failed job is its own business)."""
+    rows = conn.execute(
+        "SELECT args->>%s FROM procrastinate_jobs WHERE task_name = %s AND status = 'todo'", (arg, task_name)
+    ).fetchall()
+    return {r[0] for r in rows if r[0] is not None}

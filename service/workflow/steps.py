@@ -514,21 +514,32 @@ def _verify_batch(deps: DeletionDeps, batch_id: uuid.UUID, gather: float = 0.0) 
     """The verify half, from what the apply half stored: verify, purge, complete. One run per
     batch at a time (a re-run of the apply job may queue it twice).
 
-    Other batches forgotten by now whose verify half no job is running are verified with it, in
-    one probe run: in a burst, completion costs one verify after the last rollout, not one per
-    batch. With ``gather``, it first waits (that long at most) until no deletion job is queued or
-    running, so the batches of a burst still being applied join (and the probes do not share the
-    cores with their rollouts). Their own verify jobs then find nothing left to do."""
+    Other batches forgotten by now whose verify job is queued and not started are verified with
+    it, in one probe run: in a burst, completion costs one verify after the last rollout, not one
+    per batch. With ``gather``, it first waits (that long at most) until no deletion job is queued
+    or running, so the batches of a burst still being applied join (and the probes do not share
+    the cores with their rollouts). Their own verify jobs then find nothing left to do. If the
+    run with others fails, this batch is verified alone (one batch's fault is not the others')."""
     with serving.advisory_lock(deps.db.url, _batch_key(batch_id)):
-        if batches.resume(deps.db, batch_id) is None:
+        own = batches.resume(deps.db, batch_id)
+        if own is None:
             return
         if gather > 0:
             _await_quiet(deps.db, gather)
         with deps.db.connect() as conn:
-            others = [b for b in store.forgotten_batches(conn) if b != batch_id]
+            queued = jobs.queued_args(conn, "verify_batch", "batch_id")
+            others = [b for b in store.forgotten_batches(conn) if b != batch_id and str(b) in queued]
         with serving.advisory_locks_if_free(deps.db.url, [_batch_key(b) for b in others]) as got:
             found = [batches.resume(deps.db, b) for b in [batch_id, *(b for b in others if _batch_key(b) in got)]]
-            _verify_together(deps, [b for b in found if b is not None])
+            together = [b for b in found if b is not None]
+            try:
+                _verify_together(deps, together)
+            except Exception as e:
+                if len(together) == 1:
+                    raise
+                log.warning("verify with other batches failed (%s): this batch alone", type(e).__name__)
+                if (own := batches.resume(deps.db, batch_id)) is not None:
+                    _verify_together(deps, [own])
 
 
 def _batch_key(batch_id: uuid.UUID) -> int:

@@ -443,12 +443,13 @@ def test_two_training_workers_share_a_run_and_a_killed_workers_unit_resumes_from
 
 
 def test_batches_forgotten_before_a_verify_run_are_verified_with_it_unless_their_own_job_holds_them(
-    empty_db, s3t_settings, tiny_model, tmp_path
+    empty_db, s3t_settings, tiny_model, tmp_path, monkeypatch
 ):
-    """Three requests applied as three batches: the first batch's verify run takes the second
-    along (one verification: the same verify step for both, each completed once); the third,
-    whose own verify job holds its lock, is left to that job. The second's verify job then finds
-    nothing to do. The deletion jobs a verify job waits on to gather are those due or running."""
+    """Requests applied as batches of one: the first batch's verify run takes the second along
+    (one verification: the same verify step for both, each completed once); the third, whose own
+    verify job holds its lock, and the fourth, whose verify job failed, are left to their jobs.
+    A batch that breaks the run it joined is dropped from it: the run's own batch still completes.
+    The deletion jobs a verify job waits on to gather are those due or running."""
     import uuid
 
     from service.core.deletions import Status, SubmitDeletion
@@ -458,30 +459,55 @@ def test_batches_forgotten_before_a_verify_run_are_verified_with_it_unless_their
     core, admin, first = trained_with_a_request(empty_db, s3t_settings, tiny_model, tmp_path, person=0)
     c = corpus.generate(seed=11, trained=8, holdout=2)
     deps = saga(empty_db, s3t_settings)
-    rids = [first]
     assert steps.apply(deps, first) is Status.IN_PROGRESS  # forgotten, its verify job queued
-    for person in (1, 2):
+
+    def applied_alone(person: int) -> uuid.UUID:
         rid = uuid.uuid4()
         core.submit(SubmitDeletion(rid, [("person", c.trained[person].subject_id)]), admin)
         assert steps.apply(deps, rid) is Status.IN_PROGRESS
-        rids.append(rid)
+        return rid
+
+    rids = [first, *(applied_alone(p) for p in (1, 2, 3))]
     batch = [core.get(r, admin).batch_id for r in rids]
-    assert len(set(batch)) == 3 and all(core.get(r, admin).forgotten_time for r in rids)
+    assert len(set(batch)) == 4 and all(core.get(r, admin).forgotten_time for r in rids)
     with psycopg.connect(empty_db.url) as conn:
         assert store_deletions.forgotten_batches(conn) == batch
-        assert jobs.queued(conn, "process_deletion") == 3  # their jobs: no worker ran them here
+        assert jobs.queued(conn, "process_deletion") == 4  # their jobs: no worker ran them here
         jobs.postpone(conn, "process_deletion", 60, 600)
         assert jobs.queued(conn, "process_deletion") == 0  # scheduled for later: not waited on
+        conn.execute(  # the fourth batch's verify job failed for good
+            "UPDATE procrastinate_jobs SET status = 'failed' WHERE task_name = 'verify_batch'"
+            " AND args->>'batch_id' = %s",
+            (str(batch[3]),),
+        )
 
     with serving.advisory_lock(empty_db.url, steps._batch_key(batch[2])):  # its verify job runs
         steps._verify_batch(deps, batch[0])
     done = [core.get(r, admin) for r in rids]
-    assert [d.status for d in done] == [Status.COMPLETED, Status.COMPLETED, Status.IN_PROGRESS]
+    assert [d.status for d in done] == [Status.COMPLETED] * 2 + [Status.IN_PROGRESS] * 2
     assert done[0].result["waterfall"]["verify"] == done[1].result["waterfall"]["verify"]  # one run
     assert all(d.result["verification"]["lineage_excludes_deleted"] for d in done[:2])
     steps._verify_batch(deps, batch[1])  # its own job: nothing left
-    steps._verify_batch(deps, batch[2])
-    assert core.get(rids[2], admin).status is Status.COMPLETED
+    for b in batch[2:]:
+        steps._verify_batch(deps, b)
+
+    rids += [applied_alone(p) for p in (4, 5)]  # the second breaks any run it is in
+    broken = core.get(rids[5], admin).batch_id
+    real = steps._resumed
+
+    def resumed(deps, d):
+        if d.batch_id == broken:
+            raise ValueError("a result the verify half cannot read")
+        return real(deps, d)
+
+    monkeypatch.setattr(steps, "_resumed", resumed)
+    steps._verify_batch(deps, core.get(rids[4], admin).batch_id)
+    assert [core.get(r, admin).status for r in rids[4:]] == [Status.COMPLETED, Status.IN_PROGRESS]
+    with pytest.raises(ValueError):
+        steps._verify_batch(deps, broken)  # its own job fails (and is retried)
+    monkeypatch.setattr(steps, "_resumed", real)
+    steps._verify_batch(deps, broken)
+    assert [core.get(r, admin).status for r in rids] == [Status.COMPLETED] * 6
     with psycopg.connect(empty_db.url) as conn:
         assert store_deletions.forgotten_batches(conn) == []
         for rid in rids:
