@@ -157,7 +157,7 @@ def retrain_after_burst(db: dbm.DatabaseInfo, s: Settings, stack: Stack) -> tupl
         units = s3t.live_units(conn)
         placement = s3t.placement(conn)
         cells = [placement[r] for r in s3t.deleted_records(conn) if r in placement]
-        since = conn.execute("SELECT coalesce(max(id), 0) FROM procrastinate_jobs").fetchone()[0]
+        since = conn.execute("SELECT now()").fetchone()[0]  # the cut units' jobs are older: queued by the burst
     orders: dict[int, list] = {}
     for u in sorted(units, key=lambda u: (u.shard, u.sequence)):
         orders.setdefault(u.shard, []).append(u.order)
@@ -184,11 +184,12 @@ def retrain_after_burst(db: dbm.DatabaseInfo, s: Settings, stack: Stack) -> tupl
     with psycopg.connect(db.url) as conn:
         ran = dict(
             conn.execute(
-                "SELECT task_name, count(*) FROM procrastinate_jobs WHERE status = 'succeeded' AND id > %s GROUP BY 1",
+                "SELECT j.task_name, count(DISTINCT j.id) FROM procrastinate_jobs j JOIN procrastinate_events e"
+                " ON e.job_id = j.id WHERE j.status = 'succeeded' AND e.type = 'started' AND e.at >= %s GROUP BY 1",
                 (since,),
             ).fetchall()
         )
-    trained = ran.get("train_unit", 0)  # since the burst (the initial training's jobs are older)
+    trained = ran.get("train_unit", 0)  # started after the burst (the initial training's ran before)
     restored = {k: p.prefix for k, p in training.plan_for(db, []).shards.items()}
     full = {k: len(seqs[0]) for k, seqs in orders.items()}
     return predicted, burst_depth, predicted_cut, cut, trained, ran, restored, full, seconds_taken
