@@ -117,7 +117,7 @@ class Results:
         self.path = path
         config = json.loads(json.dumps(config))  # as it reads back (lists, not tuples)
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        if self.data.get("config") not in (None, config):
+        if self.data.get("config") not in (None, config) and _key(self.data["config"]) != _key(config):
             raise SystemExit(f"{path} holds results of another configuration: use another --out")
         self.data["config"] = config
 
@@ -126,6 +126,12 @@ class Results:
             self.data[key] = compute()
             self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True))
         return self.data[key]
+
+
+def _key(config: dict[str, Any]) -> dict[str, Any]:
+    """What the kept figures depend on: every retrain seed's figures are kept under its own key,
+    so a run with more seeds adds references to the same results."""
+    return config | {"size": {k: v for k, v in config["size"].items() if k != "seeds"}}
 
 
 @dataclass
@@ -498,6 +504,7 @@ def main() -> None:
     main_k = max(size.forget)
     report = {"config": config}
     report["main"] = main_table(run, main_k, original_path)
+    report["target"] = target(report["main"], list(map(str, bits)))
     report["scalability"] = {str(k): scalability(run, k, original_path, report["main"]) for k in size.forget}
     report["sustainability"] = sustainability(run, main_k, original_path, report["scalability"])
     report["seconds"] = round(time.perf_counter() - started, 1)
@@ -557,6 +564,29 @@ def main_table(run: Run, k: int, original_path: Path | None) -> dict[str, Any]:
         rows[method] = {**res.get(f"main/{name}", measured), "setting": name, "sweep": sweep}
     add_privleak(rows, run)
     return rows
+
+
+TARGET = ("verbmem_forget", "knowmem_forget", "privleak")
+
+
+def target(main: dict[str, Any], bits: list[str]) -> dict[str, Any]:
+    """The comparison's target: at each precision, is each S3T model's forget VerbMem, KnowMem and
+    PrivLeak inside the retrained seeds' min–max? Outside, by how much."""
+    seeds = [n for n in main if n.startswith("retrain seed")]
+    verdict: dict[str, Any] = {}
+    for name in ("S3T deactivation", "S3T after retrain"):
+        for b in bits:
+            for c in TARGET:
+                ref = [main[s][b][c] for s in seeds]
+                v = main[name][b][c]
+                off = max(min(ref) - v, v - max(ref), 0.0)
+                verdict.setdefault(name, {}).setdefault(b, {})[c] = {
+                    "value": v,
+                    "min": min(ref),
+                    "max": max(ref),
+                    "outside_by": round(off, 4),
+                }
+    return verdict
 
 
 def pick(sweep: dict[str, dict[str, Any]], retrain_knowmem: float) -> str:
@@ -702,6 +732,20 @@ def print_report(report: dict[str, Any], size: Size) -> None:
             print(
                 f"| {label} | " + " | ".join(f"{row[b].get(c, float('nan')):.3f}" for c, _ in CRITERIA) + f" | {cost} |"
             )
+    print(f"\n### Target: each S3T model's forget criteria inside the {len(seeds)} retrain seeds' min–max")
+    bits = list(map(str, report["config"]["bits"]))
+    print("| model | criterion | " + " | ".join(bits) + " |")
+    print("|---" * (len(bits) + 2) + "|")
+    for name, by_bits in report["target"].items():
+        for c in TARGET:
+            cells = []
+            for b in bits:
+                t = by_bits[b][c]
+                mark = "inside" if t["outside_by"] == 0 else f"**outside by {t['outside_by']:.3f}**"
+                cells.append(f"{t['value']:.3f} ({t['min']:.3f}–{t['max']:.3f}) {mark}")
+            print(f"| {name} | {c} | " + " | ".join(cells) + " |")
+        inside = sum(by_bits[b][c]["outside_by"] == 0 for b in bits for c in TARGET)
+        print(f"| {name} | inside | {inside} of {len(bits) * len(TARGET)} |" + " |" * (len(bits) - 1))
     print("\n### Recovery by quantization (forget KnowMem and VerbMem at 8 and 4 bits against 16 bits)")
     print("| model | KnowMem 16 → 8 → 4 | VerbMem 16 → 8 → 4 |")
     print("|---|---|---|")

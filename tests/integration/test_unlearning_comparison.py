@@ -52,7 +52,22 @@ def test_the_quick_comparison_measures_every_method_at_every_precision(gemma_pat
         assert main[m]["setting"].startswith(m) and main[m]["seconds"] > 0
     assert set(report["scalability"]) == {"1", "2"}
     assert all(len(seq) == 2 for seq in report["sustainability"]["rows"].values())
-    for table in ("### 16 bits", "### 8 bits", "### 4 bits", "### Recovery by quantization", "### Scalability"):
+    # the target check: each S3T model's forget criteria against the seeds' min–max, at each precision
+    for name in ("S3T deactivation", "S3T after retrain"):
+        for bits in ("16", "8", "4"):
+            for c in ("verbmem_forget", "knowmem_forget", "privleak"):
+                t = report["target"][name][bits][c]
+                seeds = [main[f"retrain seed {s}"][bits][c] for s in (0, 1)]
+                assert (t["min"], t["max"], t["value"]) == (min(seeds), max(seeds), main[name][bits][c])
+                assert (t["outside_by"] == 0) == (t["min"] <= t["value"] <= t["max"]), t
+    for table in (
+        "### 16 bits",
+        "### 8 bits",
+        "### 4 bits",
+        "### Target",
+        "### Recovery by quantization",
+        "### Scalability",
+    ):
         assert table in proc.stdout
     for plot in ("unlearning-knowmem_forget.svg", "unlearning-verbmem_forget.svg"):
         assert ET.parse(out / plot).getroot().tag.endswith("svg")
