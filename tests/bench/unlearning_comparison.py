@@ -21,7 +21,7 @@ model is measured merged, then quantized round-to-nearest group-wise (tests/benc
 Resumable: every trained adapter and every figure is kept under ``--out`` (results.json) and
 reused by a re-run with the same arguments.
 
-    .venv/bin/python tests/bench/unlearning_comparison.py [--quick] [--out DIR] [--seeds 3] [--quanto]
+    .venv/bin/python tests/bench/unlearning_comparison.py [--quick] [--out DIR] [--seeds 6] [--quanto]
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ FULL = Size(
     holdout=20,
     forget=(1, 3),
     sequential=3,
-    seeds=3,
+    seeds=6,
     budget=2,
     lrs=(1e-4, 3e-4, 1e-3),
     epochs=5,
@@ -472,7 +472,7 @@ def main() -> None:
     ap.add_argument(
         "--out", type=Path, default=None, help="results and adapters (default var/bench/unlearning[-quick])"
     )
-    ap.add_argument("--seeds", type=int, default=None, help="retrain references (default 3; quick 2)")
+    ap.add_argument("--seeds", type=int, default=None, help="retrain references (default 6; quick 2)")
     ap.add_argument("--seed", type=int, default=0, help="the corpus and forget set")
     ap.add_argument("--quanto", action="store_true", help="also optimum-quanto int8/int4 (compiles its kernels once)")
     ap.add_argument("--plots", type=Path, default=None, help="write the plots (SVG) into this directory")
