@@ -117,7 +117,7 @@ class Results:
         self.path = path
         config = json.loads(json.dumps(config))  # as it reads back (lists, not tuples)
         self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        if self.data.get("config") not in (None, config) and _key(self.data["config"]) != _key(config):
+        if "config" in self.data and _key(self.data["config"]) != _key(config):
             raise SystemExit(f"{path} holds results of another configuration: use another --out")
         self.data["config"] = config
 
@@ -577,14 +577,13 @@ def target(main: dict[str, Any], bits: list[str]) -> dict[str, Any]:
     for name in ("S3T deactivation", "S3T after retrain"):
         for b in bits:
             for c in TARGET:
-                ref = [main[s][b][c] for s in seeds]
+                lo, hi = min(main[s][b][c] for s in seeds), max(main[s][b][c] for s in seeds)
                 v = main[name][b][c]
-                off = max(min(ref) - v, v - max(ref), 0.0)
                 verdict.setdefault(name, {}).setdefault(b, {})[c] = {
                     "value": v,
-                    "min": min(ref),
-                    "max": max(ref),
-                    "outside_by": round(off, 4),
+                    "min": lo,
+                    "max": hi,
+                    "outside_by": round(max(lo - v, v - hi, 0.0), 4),
                 }
     return verdict
 
